@@ -1,0 +1,58 @@
+// swift-tools-version:6.1
+//
+// DMAIO: Ulrich Drepper's asynchronous zero-copy network API (dma_alloc, dma_assoc,
+// sio_reserve, sio_release, event channels, aio_send, aio_recv) on RDMA verbs.
+//
+// Layers, bottom to top (see README.md):
+//   CRDMA       system-library module over libibverbs + librdmacm (one shim header)
+//   RDMAVerbs   safe Swift verbs layer: device, context, PD, MR, CQ, QP, SRQ, rdma_cm
+//   examples/   tools built on the layers above
+
+import PackageDescription
+
+let package = Package(
+    name: "DMAIO",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "RDMAVerbs", targets: ["RDMAVerbs"]),
+        .executable(name: "pingpong", targets: ["pingpong"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CRDMA",
+            path: "Sources/CRDMA",
+            pkgConfig: "libibverbs",
+            providers: [.apt(["libibverbs-dev", "librdmacm-dev"])]
+        ),
+        .target(
+            name: "RDMAVerbs",
+            dependencies: [
+                "CRDMA",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            path: "Sources/RDMAVerbs"
+        ),
+        .executableTarget(
+            name: "pingpong",
+            dependencies: [
+                "RDMAVerbs",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "examples/pingpong"
+        ),
+        .testTarget(
+            name: "RDMAVerbsUnitTests",
+            dependencies: ["RDMAVerbs"],
+            path: "Tests/RDMAVerbsUnitTests"
+        ),
+        .testTarget(
+            name: "RDMAVerbsIntegrationTests",
+            dependencies: ["RDMAVerbs"],
+            path: "Tests/RDMAVerbsIntegrationTests"
+        ),
+    ]
+)

@@ -1,0 +1,257 @@
+import CRDMA
+import Synchronization
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An rdma_cm id: the connection manager's handle for one endpoint, like a socket. It resolves
+/// IP addresses to an RDMA device and a route, listens, connects and accepts, and moves its
+/// queue pair through the connection states.
+///
+/// rdma_cm picks the device and the RoCE GID from the IP address: nobody types a GID index.
+///
+/// A client: ``resolve(to:timeout:)``, ``createQueuePair(protectionDomain:sendQueue:receiveQueue:capabilities:sharedReceiveQueue:)``,
+/// ``connect(_:timeout:)``. A server: ``bind(to:)``, ``listen(backlog:)``, take
+/// ``ConnectionEvent/request`` from a ``ConnectionEvent/Kind/connectRequest`` event, create its
+/// queue pair, ``accept(_:timeout:)``.
+///
+/// Keeps its event channel alive. An incoming request that is dropped unanswered is rejected.
+///
+/// The corresponding C functions are `rdma_create_id` and `rdma_destroy_id`.
+public final class ConnectionID: @unchecked Sendable {
+    /// The identity of an id, as events report it.
+    public struct ID: Hashable, Sendable {
+        let address: UInt
+        init(_ pointer: UnsafeMutablePointer<rdma_cm_id>) { address = UInt(bitPattern: pointer) }
+    }
+
+    /// The underlying `struct rdma_cm_id *`.
+    public let pointer: UnsafeMutablePointer<rdma_cm_id>
+    private let state: Mutex<State>
+
+    private struct State {
+        var channel: ConnectionEventChannel
+        /// An incoming request not yet accepted or rejected.
+        var awaitingAnswer: Bool
+        var context: Context?
+    }
+
+    /// Creates an id on `channel` for reliable-connected (TCP port space) connections.
+    ///
+    /// The corresponding C function is `rdma_create_id`.
+    public init(channel: ConnectionEventChannel) throws(RDMAError) {
+        var id: UnsafeMutablePointer<rdma_cm_id>? = nil
+        try minusOneOrErrno("rdma_create_id", "creating an rdma_cm id") {
+            rdma_create_id(channel.pointer, &id, nil, RDMA_PS_TCP)
+        }
+        pointer = id!
+        state = Mutex(State(channel: channel, awaitingAnswer: false, context: nil))
+    }
+
+    /// Wraps the id of an incoming connection request.
+    init(incoming pointer: UnsafeMutablePointer<rdma_cm_id>, channel: ConnectionEventChannel) {
+        self.pointer = pointer
+        state = Mutex(State(channel: channel, awaitingAnswer: true, context: nil))
+    }
+
+    deinit {
+        if state.withLock({ $0.awaitingAnswer }) { rdma_reject(pointer, nil, 0) }
+        rdma_destroy_id(pointer)
+    }
+
+    /// This id's identity, to compare with ``ConnectionEvent/id``.
+    public var id: ID { ID(pointer) }
+
+    /// The channel the id's events arrive on.
+    public var channel: ConnectionEventChannel { state.withLock { $0.channel } }
+
+    /// The device context the id is bound to, once an address is bound or resolved.
+    ///
+    /// The context belongs to librdmacm, which keeps it open for the life of the process.
+    public var context: Context? {
+        state.withLock { state in
+            if state.context == nil, let verbs = pointer.pointee.verbs { state.context = Context(borrowing: verbs) }
+            return state.context
+        }
+    }
+
+    /// The device port the id is bound to (valid once bound or resolved).
+    public var portNumber: UInt8 { pointer.pointee.port_num }
+
+    /// The local address (after bind, resolve, or for an accepted connection).
+    ///
+    /// The corresponding C function is `rdma_get_local_addr`.
+    public var localAddress: SocketAddress? { SocketAddress(rdma_get_local_addr(pointer)) }
+
+    /// The peer's address (after resolve, or for an accepted connection).
+    ///
+    /// The corresponding C function is `rdma_get_peer_addr`.
+    public var peerAddress: SocketAddress? { SocketAddress(rdma_get_peer_addr(pointer)) }
+
+    /// Binds the id to a local address (and so to the device that owns it).
+    ///
+    /// Fails with ``RDMAError/Code/addressNotAvailable`` when no RDMA device owns the address.
+    ///
+    /// The corresponding C function is `rdma_bind_addr`.
+    public func bind(to address: SocketAddress) throws(RDMAError) {
+        do {
+            try address.withSockaddr { sockaddr throws(RDMAError) in
+                try minusOneOrErrno("rdma_bind_addr", "binding to \(address)") { rdma_bind_addr(pointer, sockaddr) }
+            }
+        } catch where error.errno == .addressNotAvailable || error.errno == Errno(rawValue: ENODEV)
+            || error.errno == .noSuchAddressOrDevice
+        {
+            throw RDMAError(
+                .addressNotAvailable, operation: "rdma_bind_addr", errno: error.errno,
+                message: "no RDMA device owns address \(address.host): use an address of an interface "
+                    + "that has an RDMA device (rxe-setup status lists them)")
+        } catch where error.errno == .addressInUse {
+            throw RDMAError(
+                .addressNotAvailable, operation: "rdma_bind_addr", errno: error.errno,
+                message: "\(address) is already in use by another rdma_cm listener: pick another port")
+        }
+    }
+
+    /// Starts listening for connection requests (after ``bind(to:)``).
+    ///
+    /// The corresponding C function is `rdma_listen`.
+    public func listen(backlog: Int32 = 128) throws(RDMAError) {
+        try minusOneOrErrno("rdma_listen", "listening on \(localAddress.map(String.init(describing:)) ?? "an unbound id")") {
+            rdma_listen(pointer, backlog)
+        }
+    }
+
+    /// Starts resolving `destination` to a device and port (event
+    /// ``ConnectionEvent/Kind/addressResolved`` follows).
+    ///
+    /// The corresponding C function is `rdma_resolve_addr`.
+    public func startResolvingAddress(
+        of destination: SocketAddress, from source: SocketAddress? = nil, timeout: Duration
+    ) throws(RDMAError) {
+        let ms = Int32(clamping: timeout.milliseconds)
+        try destination.withSockaddr { destination throws(RDMAError) in
+            if let source {
+                try source.withSockaddr { source throws(RDMAError) in
+                    try minusOneOrErrno("rdma_resolve_addr", "resolving \(destination)") {
+                        rdma_resolve_addr(pointer, source, destination, ms)
+                    }
+                }
+            } else {
+                try minusOneOrErrno("rdma_resolve_addr", "resolving \(destination)") {
+                    rdma_resolve_addr(pointer, nil, destination, ms)
+                }
+            }
+        }
+    }
+
+    /// Starts resolving the route to the resolved address (event
+    /// ``ConnectionEvent/Kind/routeResolved`` follows).
+    ///
+    /// The corresponding C function is `rdma_resolve_route`.
+    public func startResolvingRoute(timeout: Duration) throws(RDMAError) {
+        try minusOneOrErrno("rdma_resolve_route", "resolving the route") {
+            rdma_resolve_route(pointer, Int32(clamping: timeout.milliseconds))
+        }
+    }
+
+    /// Resolves `destination`'s address and route, waiting on this id's channel (which must
+    /// serve this id alone while it waits).
+    ///
+    /// The corresponding C functions are `rdma_resolve_addr` and `rdma_resolve_route`.
+    public func resolve(to destination: SocketAddress, from source: SocketAddress? = nil, timeout: Duration) throws(RDMAError) {
+        try startResolvingAddress(of: destination, from: source, timeout: timeout)
+        _ = try channel.expectEvent(.addressResolved, timeout: timeout + .seconds(1), while: "resolving \(destination)")
+        try startResolvingRoute(timeout: timeout)
+        _ = try channel.expectEvent(.routeResolved, timeout: timeout + .seconds(1), while: "resolving the route to \(destination)")
+    }
+
+    /// Creates the id's queue pair, on the device the id is bound to. rdma_cm moves it through
+    /// its states when the connection is made.
+    ///
+    /// The corresponding C function is `rdma_create_qp`.
+    public func createQueuePair(
+        protectionDomain: ProtectionDomain, sendQueue: CompletionQueue, receiveQueue: CompletionQueue,
+        capabilities: QueuePairCapabilities = QueuePairCapabilities(), sharedReceiveQueue: SharedReceiveQueue? = nil
+    ) throws(RDMAError) -> QueuePair {
+        guard let verbs = pointer.pointee.verbs else {
+            throw RDMAError.invalidArgument("rdma_create_qp", "the id is not bound to a device yet: resolve or accept first")
+        }
+        guard verbs == protectionDomain.context.pointer else {
+            throw RDMAError.invalidArgument(
+                "rdma_create_qp",
+                "the protection domain must be allocated on this id's device context (ConnectionID.context), "
+                    + "which librdmacm opened for \(String(cString: ibv_get_device_name(verbs.pointee.device)))")
+        }
+        return try QueuePair(
+            connectionID: self, protectionDomain: protectionDomain, sendQueue: sendQueue,
+            receiveQueue: receiveQueue, capabilities: capabilities, sharedReceiveQueue: sharedReceiveQueue)
+    }
+
+    /// Connects (after ``resolve(to:from:timeout:)`` and creating the queue pair) and waits for
+    /// the connection to be established.
+    ///
+    /// The corresponding C function is `rdma_connect`.
+    public func connect(_ parameters: ConnectionParameters = ConnectionParameters(), timeout: Duration) throws(RDMAError) -> ConnectionEvent {
+        try parameters.withRaw(limit: ConnectionParameters.maxConnectPrivateData, "rdma_connect") { raw throws(RDMAError) in
+            try minusOneOrErrno("rdma_connect", "connecting to \(peerAddress.map(String.init(describing:)) ?? "the peer")") {
+                rdma_connect(pointer, &raw)
+            }
+        }
+        return try channel.expectEvent(.established, timeout: timeout, while: "connecting to \(peerAddress.map(String.init(describing:)) ?? "the peer")")
+    }
+
+    /// Accepts an incoming connection (after creating its queue pair) and waits for it to be
+    /// established.
+    ///
+    /// The corresponding C function is `rdma_accept`.
+    public func accept(_ parameters: ConnectionParameters = ConnectionParameters(), timeout: Duration) throws(RDMAError) -> ConnectionEvent {
+        state.withLock { $0.awaitingAnswer = false }
+        try parameters.withRaw(limit: ConnectionParameters.maxAcceptPrivateData, "rdma_accept") { raw throws(RDMAError) in
+            try minusOneOrErrno("rdma_accept", "accepting a connection from \(peerAddress.map(String.init(describing:)) ?? "the peer")") {
+                rdma_accept(pointer, &raw)
+            }
+        }
+        return try channel.expectEvent(.established, timeout: timeout, while: "accepting a connection")
+    }
+
+    /// Rejects an incoming connection request.
+    ///
+    /// The corresponding C function is `rdma_reject`.
+    public func reject(privateData: [UInt8] = []) throws(RDMAError) {
+        guard privateData.count <= ConnectionParameters.maxAcceptPrivateData else {
+            throw RDMAError.invalidArgument("rdma_reject", "\(privateData.count) bytes of private data exceed the limit of 196")
+        }
+        state.withLock { $0.awaitingAnswer = false }
+        let result = privateData.withUnsafeBytes { bytes in
+            Result { () throws(RDMAError) in
+                try minusOneOrErrno("rdma_reject", "rejecting a connection request") {
+                    rdma_reject(pointer, bytes.baseAddress, UInt8(bytes.count))
+                }
+            }
+        }
+        _ = try result.get()
+    }
+
+    /// Disconnects; both sides then see ``ConnectionEvent/Kind/disconnected`` and the queue
+    /// pair's outstanding work requests complete as flushed.
+    ///
+    /// The corresponding C function is `rdma_disconnect`.
+    public func disconnect() throws(RDMAError) {
+        try minusOneOrErrno("rdma_disconnect", "disconnecting") { rdma_disconnect(pointer) }
+    }
+
+    /// Moves the id (and its future events) to another channel, e.g. to give an accepted
+    /// connection a channel of its own.
+    ///
+    /// The corresponding C function is `rdma_migrate_id`.
+    public func migrate(to newChannel: ConnectionEventChannel) throws(RDMAError) {
+        try state.withLock { state throws(RDMAError) in
+            try minusOneOrErrno("rdma_migrate_id", "moving the id to another event channel") {
+                rdma_migrate_id(pointer, newChannel.pointer)
+            }
+            state.channel = newChannel
+        }
+    }
+}

@@ -1,0 +1,18 @@
+import CRDMA
+
+/// One contiguous piece of registered memory that a work request reads from or writes into.
+///
+/// Made by ``MemoryRegion/segment(offset:length:)``, which checks that the piece lies inside
+/// the region.
+///
+/// The corresponding C structure is `struct ibv_sge`.
+public struct ScatterGatherElement: Sendable, Hashable {
+    /// The virtual address of the first byte.
+    public let address: UInt64
+    /// The number of bytes.
+    public let length: UInt32
+    /// The local key of the region the bytes belong to.
+    public let localKey: UInt32
+
+    var raw: ibv_sge { ibv_sge(addr: address, length: length, lkey: localKey) }
+}
