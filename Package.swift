@@ -46,12 +46,15 @@ let package = Package(
         ),
         .testTarget(
             name: "RDMAVerbsUnitTests",
-            dependencies: ["RDMAVerbs"],
+            dependencies: [
+                "RDMAVerbs", "CRDMA",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
             path: "Tests/RDMAVerbsUnitTests"
         ),
         .testTarget(
             name: "RDMAVerbsIntegrationTests",
-            dependencies: ["RDMAVerbs"],
+            dependencies: ["RDMAVerbs", "CRDMA"],
             path: "Tests/RDMAVerbsIntegrationTests"
         ),
     ]
