@@ -25,8 +25,9 @@ import Testing
     }
 
     @Test func noDeviceSaysHowToGetOne() {
-        #expect(RDMAError.noDevice.code == .noDevice)
-        #expect(RDMAError.noDevice.message.hasPrefix("no RDMA device found: run rxe-setup up, or rxe-setup vm -- CMD"))
+        #expect(RDMAError.noDevice().code == .noDevice)
+        #expect(RDMAError.noDevice().description.hasPrefix("ibv_get_device_list: "))
+        #expect(RDMAError.noDevice().message.hasPrefix("no RDMA device found: run rxe-setup up, or rxe-setup vm -- CMD"))
     }
 
     @Test func memoryLockAdviceNamesLimitSizeAndFixes() {

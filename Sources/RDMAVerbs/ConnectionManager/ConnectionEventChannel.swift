@@ -1,6 +1,10 @@
 import CRDMA
 import SystemPackage
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// An rdma_cm event channel: where address resolution, connection requests, establishment and
 /// disconnection are reported, behind a non-blocking file descriptor.
 ///
@@ -15,9 +19,15 @@ public final class ConnectionEventChannel: @unchecked Sendable {
     /// Creates a channel with a non-blocking descriptor.
     ///
     /// The corresponding C function is `rdma_create_event_channel`.
+    /// Fails with ``RDMAError/Code/noDevice`` when the machine has no RDMA device (librdmacm
+    /// reports `ENODEV` then).
     public init() throws(RDMAError) {
-        pointer = try nonNull("rdma_create_event_channel", "opening the rdma_cm event channel (is the rdma_ucm module loaded? see rxe-setup doctor)") {
-            rdma_create_event_channel()
+        do {
+            pointer = try nonNull("rdma_create_event_channel", "opening the rdma_cm event channel (is the rdma_ucm module loaded? see rxe-setup doctor)") {
+                rdma_create_event_channel()
+            }
+        } catch where error.errno == Errno(rawValue: ENODEV) {
+            throw RDMAError.noDevice("rdma_create_event_channel")
         }
         do {
             try setNonBlocking(pointer.pointee.fd, for: "rdma_cm event channel")

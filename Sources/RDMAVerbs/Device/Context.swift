@@ -28,7 +28,7 @@ public final class Context: @unchecked Sendable {
     public init(deviceName: String? = nil) throws(RDMAError) {
         let (pointer, name) = try withDeviceList {
             devices throws(RDMAError) -> (UnsafeMutablePointer<ibv_context>, String) in
-            guard !devices.isEmpty else { throw RDMAError.noDevice }
+            guard !devices.isEmpty else { throw RDMAError.noDevice() }
             let names = devices.map { String(cString: ibv_get_device_name($0)) }
             let index: Int
             if let deviceName {

@@ -50,10 +50,10 @@ func withDeviceList<R>(
 }
 
 extension RDMAError {
-    /// There is no RDMA device at all.
-    static var noDevice: RDMAError {
+    /// There is no RDMA device at all (`operation` is the call that found out).
+    static func noDevice(_ operation: String = "ibv_get_device_list") -> RDMAError {
         RDMAError(
-            .noDevice, operation: "ibv_get_device_list",
+            .noDevice, operation: operation,
             message: "no RDMA device found: run rxe-setup up, or rxe-setup vm -- CMD "
                 + "(see rxe-setup/README.md)")
     }
