@@ -6,6 +6,7 @@
 // Layers, bottom to top (see README.md):
 //   CRDMA       system-library module over libibverbs + librdmacm (one shim header)
 //   RDMAVerbs   safe Swift verbs layer: device, context, PD, MR, CQ, QP, SRQ, rdma_cm
+//   DMAIO       the proposal's API: DMA areas, event channels, zero-copy aio send/receive
 //   examples/   tools built on the layers above
 
 import PackageDescription
@@ -15,11 +16,13 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "RDMAVerbs", targets: ["RDMAVerbs"]),
+        .library(name: "DMAIO", targets: ["DMAIO"]),
         .executable(name: "pingpong", targets: ["pingpong"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
     ],
     targets: [
         .systemLibrary(
@@ -35,6 +38,14 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             path: "Sources/RDMAVerbs"
+        ),
+        .target(
+            name: "DMAIO",
+            dependencies: [
+                "RDMAVerbs", "CRDMA",
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
+            path: "Sources/DMAIO"
         ),
         .executableTarget(
             name: "pingpong",
@@ -52,9 +63,18 @@ let package = Package(
             ],
             path: "Tests/RDMAVerbsUnitTests"
         ),
+        .target(
+            name: "CMallocCounter",
+            path: "Tests/CMallocCounter"
+        ),
+        .testTarget(
+            name: "DMAIOUnitTests",
+            dependencies: ["DMAIO"],
+            path: "Tests/DMAIOUnitTests"
+        ),
         .testTarget(
             name: "RDMAVerbsIntegrationTests",
-            dependencies: ["RDMAVerbs", "CRDMA"],
+            dependencies: ["RDMAVerbs", "DMAIO", "CRDMA", "CMallocCounter"],
             path: "Tests/RDMAVerbsIntegrationTests"
         ),
     ]

@@ -12,6 +12,8 @@
 #include <infiniband/verbs.h>
 #include <rdma/rdma_cma.h>
 #include <stddef.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <stdint.h>
 
 /* ibv_query_port is a macro over ___ibv_query_port; this is its callable form. */

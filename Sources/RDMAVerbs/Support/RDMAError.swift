@@ -42,6 +42,17 @@ public struct RDMAError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let workCompletion = Code("workCompletion")
         /// The device or driver does not support what was asked.
         public static let unsupported = Code("unsupported")
+        /// The DMA area has no free block large enough (in-flight sends and held receives still
+        /// occupy it).
+        public static let areaExhausted = Code("areaExhausted")
+        /// The connection is not (or no longer) connected and associated.
+        public static let notConnected = Code("notConnected")
+        /// The connection is already associated with an area.
+        public static let alreadyAssociated = Code("alreadyAssociated")
+        /// A message is larger than the peer's receive slots.
+        public static let messageTooLarge = Code("messageTooLarge")
+        /// A buffer was used with an area or connection it does not belong to.
+        public static let wrongArea = Code("wrongArea")
         /// A C call failed for another reason; see ``RDMAError/errno``.
         public static let systemCall = Code("systemCall")
     }

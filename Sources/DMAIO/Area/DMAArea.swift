@@ -1,0 +1,110 @@
+import RDMAVerbs
+import Synchronization
+
+/// A DMA area — the proposal's `dma_alloc`: memory the network device reads and writes
+/// directly, allocated and registered once.
+///
+/// The area is page-aligned memory registered with the device (`ibv_reg_mr` on a protection
+/// domain of its own). Send buffers are reserved inside it with ``reserve(_:)`` (the proposal's
+/// `sio_reserve`); associating a connection (``Connection/associate(_:receiveBytes:slotSize:timeout:)``,
+/// `dma_assoc`) carves receive slots out of it. Neither touches the kernel or the heap per
+/// buffer: a buddy allocator hands out blocks of the registered memory.
+///
+/// The application never sees the area's addresses except through the buffers handed to it.
+///
+/// ```swift
+/// let area = try DMAArea(size: 16 << 20)        // dma_alloc
+/// var buffer = try area.reserve(4096)           // sio_reserve
+/// buffer.withUnsafeMutableBytes { fill($0) }
+/// try connection.send(buffer, cookie: 1)        // aio_send: the buffer comes back when sent
+/// ```
+///
+/// The corresponding C calls are `mmap`, `ibv_alloc_pd` and `ibv_reg_mr`.
+public final class DMAArea: @unchecked Sendable {
+    /// The registered bytes.
+    public let size: Int
+    let context: Context
+    let protectionDomain: ProtectionDomain
+    let region: MemoryRegion
+    private let allocator: Mutex<BuddyAllocator>
+
+    /// The smallest block the area hands out; smaller reservations are rounded up to it.
+    public static let minimumBlock = 256
+
+    /// Allocates and registers an area of `size` bytes.
+    ///
+    /// - Parameters:
+    ///   - size: bytes, at least 4 KiB; rounded up to whole pages.
+    ///   - hugePages: back the area with 2 MiB huge pages (they must be reserved first).
+    ///   - device: the RDMA device, by name; by default the first. Connections associated with
+    ///     the area must run over the same device.
+    /// - Throws: ``RDMAError/Code/invalidArgument`` for a bad size,
+    ///   ``RDMAError/Code/memoryLockLimit`` when `RLIMIT_MEMLOCK` is too small (the message says
+    ///   how to raise it), ``RDMAError/Code/noDevice`` without an RDMA device.
+    ///
+    /// The corresponding C calls are `mmap`, `ibv_alloc_pd` and `ibv_reg_mr`.
+    public init(size: Int, hugePages: Bool = false, device: String? = nil) throws(RDMAError) {
+        guard size >= 4096 else {
+            throw RDMAError(.invalidArgument, operation: "dma_alloc", errno: .invalidArgument,
+                            message: "an area needs at least 4096 bytes, not \(size)")
+        }
+        context = try Context.connectionManagerContext(deviceName: device)
+        protectionDomain = try ProtectionDomain(context: context)
+        region = try MemoryRegion(protectionDomain: protectionDomain, length: size, hugePages: hugePages)
+        self.size = region.bytes.count
+        allocator = Mutex(BuddyAllocator(capacity: region.bytes.count, minimumBlock: Self.minimumBlock))
+    }
+
+    /// The name of the device the area is registered with.
+    public var deviceName: String { context.deviceName }
+
+    /// Bytes currently reserved (in-flight sends, unsent buffers, receive slots), in whole blocks.
+    public var bytesInUse: Int { allocator.withLock { $0.bytesInUse } }
+
+    /// Reserves a send buffer of exactly `count` bytes — the proposal's `sio_reserve`.
+    ///
+    /// No system call and no heap allocation: a block of the registered area is taken from its
+    /// allocator. The buffer returns to the area when the send that consumes it completes, or
+    /// when it is dropped unsent.
+    ///
+    /// - Throws: ``RDMAError/Code/invalidArgument`` for a zero size or one larger than the
+    ///   area; ``RDMAError/Code/areaExhausted`` when no free block is large enough.
+    public func reserve(_ count: Int) throws(RDMAError) -> SendBuffer {
+        let offset = try allocate(count, for: "sio_reserve")
+        return SendBuffer(area: self, offset: offset, count: count)
+    }
+
+    /// Takes a block of at least `count` bytes; returns its offset.
+    func allocate(_ count: Int, for operation: String) throws(RDMAError) -> Int {
+        guard count > 0 else {
+            throw RDMAError(.invalidArgument, operation: operation, errno: .invalidArgument,
+                            message: "cannot reserve 0 bytes: the size must be positive")
+        }
+        guard count <= size else {
+            throw RDMAError(.invalidArgument, operation: operation, errno: .invalidArgument,
+                            message: "cannot reserve \(count) bytes from an area of \(size) bytes: the buffer must fit in the area")
+        }
+        let result = allocator.withLock { allocator -> (Int?, Int) in (allocator.allocate(count), allocator.bytesInUse) }
+        guard let offset = result.0 else {
+            throw RDMAError(.areaExhausted, operation: operation, errno: .noMemory,
+                            message: "the area has no free block of \(count) bytes: \(result.1) of its \(size) bytes are held by "
+                                + "in-flight sends, unsent buffers and receive slots; wait for send completions or allocate a larger area")
+        }
+        return offset
+    }
+
+    /// Returns a block to the area.
+    func free(_ offset: Int) {
+        let freed = allocator.withLock { $0.free(offset) }
+        assert(freed, "block at offset \(offset) freed twice")
+    }
+
+    /// The address of `offset` inside the area.
+    @inline(__always)
+    func address(_ offset: Int) -> UnsafeMutableRawPointer { region.bytes.baseAddress! + offset }
+
+    /// Whether `pointer ..< pointer + count` lies inside the area.
+    public func contains(_ pointer: UnsafeRawPointer, count: Int) -> Bool {
+        region.contains(pointer, length: count)
+    }
+}

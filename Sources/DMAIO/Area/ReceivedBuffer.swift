@@ -1,0 +1,48 @@
+import RDMAVerbs
+
+/// A received message, where the device wrote it inside the ``DMAArea`` — what the
+/// proposal's `aio_recv(socket, void **buffer, ...)` hands out.
+///
+/// Non-copyable: ``release()`` (the proposal's `sio_release`) consumes it, so a buffer cannot
+/// be released twice or read after its slot went back to the device:
+///
+/// ```swift
+/// let message = try connection.receive()!
+/// message.release()
+/// message.release()                          // error: 'message' used after consume
+/// ```
+///
+/// A buffer dropped without ``release()`` is released then. Releasing re-posts the slot as a
+/// receive and hands a credit back to the sender.
+public struct ReceivedBuffer: ~Copyable {
+    private let owner: Unmanaged<ConnectionState>
+    let slot: Int
+    /// The message's bytes, inside the area (zero-copy).
+    public let bytes: UnsafeRawBufferPointer
+
+    init(owner: ConnectionState, slot: Int, bytes: UnsafeRawBufferPointer) {
+        self.owner = .passRetained(owner)
+        self.slot = slot
+        self.bytes = bytes
+    }
+
+    /// The connection the message arrived on.
+    public var connection: Connection.ID { owner.takeUnretainedValue().id }
+
+    /// The message's length in bytes.
+    public var count: Int { bytes.count }
+
+    /// Gives the slot back (out of order is fine): re-posts it as a receive work request and
+    /// returns a credit to the sender. The proposal's `sio_release`, for one buffer.
+    ///
+    /// The corresponding C function is `ibv_post_recv`.
+    public consuming func release() {
+        // deinit does the work.
+    }
+
+    deinit {
+        let state = owner.takeUnretainedValue()
+        state.channel.release(slot: slot, of: state)
+        owner.release()
+    }
+}

@@ -1,0 +1,248 @@
+import RDMAVerbs
+
+/// A reliable connection to one peer, over rdma_cm — the proposal's socket, after `dma_assoc`
+/// turned it into a zero-copy RDMA endpoint.
+///
+/// A client makes one with ``init(to:events:timeout:)`` (which resolves the address to a
+/// device and route); a server takes one from ``Listener/accept(timeout:)``. Either way,
+/// ``associate(_:receiveBytes:slotSize:timeout:)`` (`dma_assoc`) completes it: the queue pair
+/// is created on the area's protection domain, receive slots are carved out of the area and
+/// posted, the peers exchange their credits, and ``Event/connected(connection:)`` follows.
+/// Then ``send(_:cookie:)`` (`aio_send`) and ``receive()`` (`aio_recv`) move data without
+/// copying it.
+///
+/// Messages are at most one receive slot of the peer (``peerSlotSize``); larger ones are
+/// refused with ``RDMAError/Code/messageTooLarge``, never split.
+public final class Connection: @unchecked Sendable {
+    /// A connection's identity in events.
+    public struct ID: Hashable, Sendable, CustomStringConvertible {
+        public let rawValue: UInt32
+        public init(rawValue: UInt32) { self.rawValue = rawValue }
+        public var description: String { "connection \(rawValue)" }
+    }
+
+    let state: ConnectionState
+    /// The event channel this connection reports to.
+    public let events: EventChannel
+    /// The connection's identity in ``Event``s.
+    public var id: ID { state.id }
+
+    /// Resolves `address` (`HOST:PORT`) to an RDMA device and route — the first half of a
+    /// connect; ``associate(_:receiveBytes:slotSize:timeout:)`` finishes it.
+    ///
+    /// - Throws: ``RDMAError/Code/addressNotAvailable`` when no RDMA device routes there,
+    ///   ``RDMAError/Code/timedOut`` when resolution takes longer than `timeout`.
+    ///
+    /// The corresponding C functions are `rdma_resolve_addr` and `rdma_resolve_route`.
+    public convenience init(to address: String, events: EventChannel, timeout: Duration = .seconds(5)) throws(RDMAError) {
+        let destination = try SocketAddress(parsing: address)
+        let id = try ConnectionID(channel: try ConnectionEventChannel())
+        try id.resolve(to: destination, timeout: timeout)
+        try self.init(cmID: id, events: events)
+    }
+
+    init(cmID: ConnectionID, events: EventChannel, peerHello: WireProtocol.Hello? = nil) throws(RDMAError) {
+        guard let context = cmID.context else {
+            throw RDMAError(.addressNotAvailable, operation: "rdma_resolve_addr", message: "the connection is bound to no RDMA device")
+        }
+        guard context.pointer == events.context.pointer else {
+            throw RDMAError(.wrongArea, operation: "dma_assoc",
+                            message: "the connection runs over \(context.deviceName) but the event channel is on \(events.deviceName): create the EventChannel with device: \"\(context.deviceName)\"")
+        }
+        self.events = events
+        state = events.register(cmID)
+        state.peerHello = peerHello
+    }
+
+    deinit {
+        close()
+    }
+
+    /// The largest message the peer accepts (its receive slot size); 0 before association.
+    public var peerSlotSize: Int { events.lock.withLock { _ in state.peerSlotSize } }
+
+    /// Whether the connection is associated and established.
+    public var isConnected: Bool { events.lock.withLock { _ in state.status == .connected } }
+
+    /// Associates the connection with `area` — the proposal's `dma_assoc` — and completes the
+    /// connection.
+    ///
+    /// `receiveBytes` of the area become `receiveBytes / slotSize` receive slots of `slotSize`
+    /// bytes, all posted as receive work requests; half of them are data credits granted to the
+    /// peer, the other half absorb credit updates (see the flow-control notes in the README).
+    ///
+    /// - Throws: ``RDMAError/Code/alreadyAssociated`` the second time;
+    ///   ``RDMAError/Code/invalidArgument`` for sizes that give fewer than 2 slots;
+    ///   ``RDMAError/Code/wrongArea`` when the area is on another device;
+    ///   ``RDMAError/Code/areaExhausted`` when the area cannot hold the slots;
+    ///   connection errors from rdma_cm (refused, unreachable, timed out).
+    ///
+    /// The corresponding C functions are `rdma_create_qp`, `ibv_post_recv` and `rdma_connect`
+    /// or `rdma_accept`.
+    public func associate(_ area: DMAArea, receiveBytes: Int, slotSize: Int = 64 << 10, timeout: Duration = .seconds(10)) throws(RDMAError) {
+        let status = events.lock.withLock { _ in state.status }
+        guard status == .unassociated, state.queuePair == nil else {
+            throw RDMAError(.alreadyAssociated, operation: "dma_assoc", errno: .alreadyInProcess,
+                            message: status == .unassociated || status == .connected
+                                ? "\(id) is already associated with an area: associate each connection once"
+                                : "\(id) is closed or disconnected: open a new connection")
+        }
+        guard slotSize >= 64, slotSize & (slotSize - 1) == 0, slotSize <= 1 << 30 else {
+            throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .invalidArgument,
+                            message: "slotSize must be a power of two between 64 B and 1 GiB, not \(slotSize)")
+        }
+        let slots = receiveBytes / slotSize
+        guard slots >= 2 else {
+            throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .invalidArgument,
+                            message: "\(receiveBytes) receive bytes make \(slots) slots of \(slotSize) bytes; at least 2 are needed")
+        }
+        guard area.context.pointer == events.context.pointer else {
+            throw RDMAError(.wrongArea, operation: "dma_assoc",
+                            message: "the area is registered on \(area.deviceName) but the connection runs over \(events.deviceName)")
+        }
+        let credits = slots / 2
+        let sendDepth = 2 * credits + 2
+        try events.reserveCapacity(sendDepth + slots)
+        var offsets: [Int] = []
+        offsets.reserveCapacity(slots)
+        do {
+            for _ in 0..<slots { offsets.append(try area.allocate(slotSize, for: "dma_assoc")) }
+            let queuePair = try state.cmID.createQueuePair(
+                protectionDomain: area.protectionDomain, sendQueue: events.completionQueue,
+                receiveQueue: events.completionQueue,
+                capabilities: QueuePairCapabilities(maxSendRequests: sendDepth, maxReceiveRequests: slots))
+            try events.lock.withLock { _ throws(RDMAError) in
+                state.area = area
+                state.queuePair = queuePair
+                state.slotOffsets = offsets
+                state.slotSize = slotSize
+                state.creditsGranted = credits
+                state.sendQueueFree = sendDepth
+                for slot in 0..<slots { try state.postReceive(slot: slot) }
+                state.arrivals.reserveCapacity(slots)
+                state.inFlight.reserveCapacity(sendDepth)
+                state.pending.reserveCapacity(sendDepth)
+            }
+            offsets = []  // owned by the state now
+            let hello = WireProtocol.Hello(credits: UInt32(credits), slotSize: UInt32(slotSize))
+            let peer: WireProtocol.Hello
+            if let request = state.peerHello {
+                _ = try state.cmID.accept(ConnectionParameters(privateData: hello.bytes), timeout: timeout)
+                peer = request
+            } else {
+                let established = try state.cmID.connect(ConnectionParameters(privateData: hello.bytes), timeout: timeout)
+                peer = try WireProtocol.Hello(parsing: established.privateData)
+            }
+            events.lock.withLock { _ in
+                state.credits = Int(peer.credits)
+                state.peerSlotSize = Int(peer.slotSize)
+            }
+            try events.connected(state)
+        } catch {
+            for offset in offsets { area.free(offset) }
+            events.lock.withLock { _ in state.status = .closed }
+            events.returnCapacity(sendDepth + slots)
+            throw error
+        }
+    }
+
+    /// Starts sending `buffer` — the proposal's `aio_send`. Consumes the buffer: the device
+    /// reads it where it is (no copy); it returns to the area when the send completes, announced
+    /// by ``Event/sent(connection:cookie:)`` with `cookie`.
+    ///
+    /// When the peer has no free receive slot (no credit), the message waits in order and goes
+    /// out as soon as the peer releases one: a slow receiver throttles the sender, never fails it.
+    ///
+    /// - Throws: ``RDMAError/Code/notConnected`` before association or after ``close()``;
+    ///   ``RDMAError/Code/disconnected`` after the peer went away;
+    ///   ``RDMAError/Code/wrongArea`` for a buffer of another area;
+    ///   ``RDMAError/Code/messageTooLarge`` beyond ``peerSlotSize``. On error the buffer goes
+    ///   back to its area.
+    ///
+    /// The corresponding C function is `ibv_post_send` (`IBV_WR_SEND_WITH_IMM`, signalled).
+    public func send(_ buffer: consuming SendBuffer, cookie: UInt64 = 0) throws(RDMAError) {
+        let (areaReference, offset, count) = buffer.take()
+        let bufferArea = areaReference.takeUnretainedValue()
+        defer { areaReference.release() }
+        try events.lock.withLock { _ throws(RDMAError) in
+            do throws(RDMAError) {
+                try checkUsableLocked(for: "aio_send")
+                guard bufferArea === state.area else {
+                    throw RDMAError(.wrongArea, operation: "aio_send", errno: .invalidArgument,
+                                    message: "the buffer was reserved from another area than the one \(id) is associated with")
+                }
+                guard count <= state.peerSlotSize else {
+                    throw RDMAError(.messageTooLarge, operation: "aio_send", errno: .messageTooLong,
+                                    message: "a message of \(count) bytes exceeds the peer's receive slots of \(state.peerSlotSize) bytes: "
+                                        + "send smaller messages, or have the peer associate with a larger slotSize")
+                }
+                state.pending.append(.init(offset: offset, count: count, cookie: cookie))
+            } catch {
+                bufferArea.free(offset)
+                throw error
+            }
+            try state.pumpSends()
+        }
+    }
+
+    /// The next received message, or nil when none has arrived — the proposal's `aio_recv`. The
+    /// buffer is where the device wrote the data inside the area (no copy); give it back with
+    /// ``ReceivedBuffer/release()``.
+    ///
+    /// - Throws: ``RDMAError/Code/disconnected`` once the peer is gone and every message that
+    ///   arrived was handed out; ``RDMAError/Code/notConnected`` before association or after
+    ///   ``close()``.
+    ///
+    /// The corresponding C function is `ibv_poll_cq`.
+    public func receive() throws(RDMAError) -> ReceivedBuffer? {
+        try events.lock.withLock { _ throws(RDMAError) -> ReceivedBuffer? in
+            if state.arrivals.isEmpty, state.status == .connected { try events.pumpLocked() }
+            guard let arrival = state.arrivals.popFirst() else {
+                if state.status != .connected { try checkUsableLocked(for: "aio_recv") }
+                return nil
+            }
+            state.handedOut += 1
+            state.held += 1
+            let start = state.area!.address(state.slotOffsets[Int(arrival.slot)])
+            return ReceivedBuffer(owner: state, slot: Int(arrival.slot),
+                                  bytes: UnsafeRawBufferPointer(start: start, count: Int(arrival.length)))
+        }
+    }
+
+    private func checkUsableLocked(for operation: String) throws(RDMAError) {
+        switch state.status {
+        case .connected: return
+        case .unassociated:
+            throw RDMAError(.notConnected, operation: operation, errno: .socketNotConnected,
+                            message: "\(id) is not associated with an area yet: call associate (dma_assoc) first")
+        case .disconnected:
+            throw RDMAError(.disconnected, operation: operation, errno: .connectionReset,
+                            message: "the peer of \(id) disconnected: open a new connection")
+        case .closed:
+            throw RDMAError(.notConnected, operation: operation, errno: .badFileDescriptor,
+                            message: "\(id) was closed")
+        }
+    }
+
+    /// Closes the connection: disconnects, fails unsent messages, and returns its receive
+    /// slots to the area once every received buffer is released. Idempotent.
+    ///
+    /// The corresponding C functions are `rdma_disconnect` and `rdma_destroy_qp`.
+    public func close() {
+        let wasOpen = events.lock.withLock { _ -> Bool in
+            guard state.status != .closed else { return false }
+            let wasConnected = state.status == .connected
+            state.status = .closed
+            if wasConnected { try? state.cmID.disconnect() }
+            return true
+        }
+        guard wasOpen else { return }
+        events.unregister(state)
+        if state.queuePair != nil {
+            events.returnCapacity(state.slotOffsets.count + 2 * state.creditsGranted + 2)
+        }
+    }
+
+    /// Where the last data send was posted from; for tests of the zero-copy path.
+    var lastPostedSendAddress: UnsafeRawPointer? { events.lock.withLock { _ in state.lastPostedSendAddress } }
+}

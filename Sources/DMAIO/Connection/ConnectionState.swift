@@ -1,0 +1,132 @@
+import DequeModule
+import RDMAVerbs
+
+/// The data-path state of one associated connection. Every field is guarded by the lock of the
+/// connection's ``EventChannel``.
+final class ConnectionState {
+    enum Status: Equatable {
+        /// Resolved or requested, not yet associated.
+        case unassociated
+        /// Associated and established: data flows.
+        case connected
+        /// The peer went away or the connection broke.
+        case disconnected
+        /// Closed by this side.
+        case closed
+    }
+
+    struct PendingSend {
+        var offset: Int
+        var count: Int
+        var cookie: UInt64
+    }
+
+    struct Arrival {
+        var slot: Int32
+        var length: Int32
+    }
+
+    let id: Connection.ID
+    let channel: EventChannel
+    let cmID: ConnectionID
+    var status = Status.unassociated
+    var queuePair: QueuePair?
+    var area: DMAArea?
+    /// Offsets of the receive slots in the area; `2 × creditsGranted` of them.
+    var slotOffsets: [Int] = []
+    var slotSize = 0
+    var creditsGranted = 0
+    var peerSlotSize = 0
+    /// Data messages this side may still send before the peer hands credits back.
+    var credits = 0
+    /// Slots released since the last message; handed back on the next one.
+    var creditsToReturn: UInt32 = 0
+    var sendQueueFree = 0
+    var pending: Deque<PendingSend> = []
+    var inFlight: Deque<PendingSend> = []
+    /// Received data messages not yet handed out.
+    var arrivals: Deque<Arrival> = []
+    var arrived = 0
+    var announced = 0
+    var handedOut = 0
+    var inAnnouncementQueue = false
+    /// Slots handed out and not yet released.
+    var held = 0
+    /// The hello the peer sent with its connection request (server side).
+    var peerHello: WireProtocol.Hello?
+    /// Where the last data send was posted from (for tests of the zero-copy path).
+    var lastPostedSendAddress: UnsafeRawPointer?
+
+    init(id: Connection.ID, channel: EventChannel, cmID: ConnectionID) {
+        self.id = id
+        self.channel = channel
+        self.cmID = cmID
+    }
+
+    deinit {
+        // The queue pair goes first (it may still own posted receives), then the slots return.
+        queuePair = nil
+        if let area {
+            for offset in slotOffsets { area.free(offset) }
+            for send in pending { area.free(send.offset) }
+            for send in inFlight { area.free(send.offset) }
+        }
+    }
+
+    // MARK: - Request identifiers
+
+    enum RequestKind: UInt64 {
+        case dataSend = 0, creditUpdate = 1, receive = 2
+    }
+
+    @inline(__always)
+    func requestID(_ kind: RequestKind, slot: Int = 0) -> UInt64 {
+        kind.rawValue << 62 | UInt64(id.rawValue) << 32 | UInt64(UInt32(slot))
+    }
+
+    @inline(__always)
+    static func decode(_ requestID: UInt64) -> (kind: RequestKind, connection: UInt32, slot: Int) {
+        (RequestKind(rawValue: requestID >> 62) ?? .receive, UInt32((requestID >> 32) & 0x3FFF_FFFF), Int(requestID & 0xFFFF_FFFF))
+    }
+
+    // MARK: - Posting (lock held)
+
+    func postReceive(slot: Int) throws(RDMAError) {
+        let segment = try area!.region.segment(offset: slotOffsets[slot], length: slotSize)
+        try queuePair!.postReceive(segment, requestID: requestID(.receive, slot: slot))
+    }
+
+    /// Posts queued sends while credits and send-queue room last, then hands back any credits
+    /// still owed in a credit update.
+    func pumpSends() throws(RDMAError) {
+        guard status == .connected, let queuePair, let area else { return }
+        // One send-queue entry stays free for a credit update.
+        while credits > 0, sendQueueFree > 1, let send = pending.first {
+            let immediate = WireProtocol.immediate(returning: creditsToReturn, creditUpdate: false)
+            let segment = try area.region.segment(offset: send.offset, length: send.count)
+            try queuePair.postSend(segment, requestID: requestID(.dataSend), operation: .sendWithImmediate(immediate))
+            lastPostedSendAddress = UnsafeRawPointer(bitPattern: UInt(segment.address))
+            pending.removeFirst()
+            inFlight.append(send)
+            creditsToReturn = 0
+            credits -= 1
+            sendQueueFree -= 1
+        }
+        if creditsToReturn > 0, sendQueueFree > 0 {
+            let immediate = WireProtocol.immediate(returning: creditsToReturn, creditUpdate: true)
+            try queuePair.postSend(
+                ScatterGatherElement(address: 0, length: 0, localKey: 0), requestID: requestID(.creditUpdate),
+                operation: .sendWithImmediate(immediate))
+            creditsToReturn = 0
+            sendQueueFree -= 1
+        }
+    }
+
+    /// Fails every queued send (after a disconnect): their buffers go back to the area.
+    func failPendingSends(into events: inout Deque<Event>) {
+        while let send = pending.popFirst() {
+            area?.free(send.offset)
+            events.append(.sendFailed(connection: id, cookie: send.cookie, status: .flushed))
+        }
+    }
+}

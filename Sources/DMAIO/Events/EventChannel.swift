@@ -1,0 +1,351 @@
+import CRDMA
+import DequeModule
+import Dispatch
+import RDMAVerbs
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An event channel — the proposal's `ec_create`: where the results of asynchronous sends and
+/// receives, and connection changes, come back.
+///
+/// Underneath: a completion queue on a completion channel (`ibv_create_comp_channel`,
+/// `ibv_create_cq`) shared by the queue pairs of every connection on the channel, and an
+/// rdma_cm event channel for their connection events.
+///
+/// - ``next()`` (`ec_next_event`) never blocks and allocates nothing in steady state: it polls
+///   the user-mapped completion queue first (no system call), then connection events.
+/// - ``fileDescriptor`` (`ec_to_fd`) is one descriptor for poll/epoll, readable while events
+///   are pending: an epoll descriptor over the completion channel, the rdma_cm channel and an
+///   eventfd that the library keeps readable while events it already took are queued. After
+///   draining, the queue is re-armed (`ibv_req_notify_cq`) and polled once more, so a completion
+///   that raced the arming is not missed. Level-triggered loops work as they are.
+/// - ``wait(timeout:)`` (`ec_delay`) blocks on that descriptor, then drains.
+/// - `for try await event in channel` sleeps on the descriptor between events (no busy loop).
+public final class EventChannel: @unchecked Sendable {
+    let context: Context
+    let completionChannel: CompletionChannel
+    let completionQueue: CompletionQueue
+    let connectionEvents: ConnectionEventChannel
+    private let pollDescriptor: Int32
+    private let wakeDescriptor: Int32
+    let lock = Mutex(())
+    /// Completion-queue entries not yet promised to a connection.
+    private var capacityLeft: Int
+
+    // Guarded by `lock`.
+    var connections: [UInt32: ConnectionState] = [:]
+    private var connectionsByCMID: [ConnectionID.ID: UInt32] = [:]
+    private var events: Deque<Event> = []
+    private var announcements: Deque<UInt32> = []
+    private var polled = [WorkCompletion](repeating: WorkCompletion(), count: 32)
+    private var armed = false
+    private var wakeIsSet = false
+    private var nextConnection: UInt32 = 1
+
+    /// Creates a channel on an RDMA device (the first by default).
+    ///
+    /// - Parameters:
+    ///   - capacity: completion-queue entries shared by the channel's connections; each
+    ///     association takes what its queues can hold at once, and fails clearly when too
+    ///     little is left.
+    ///   - device: the device's name; connections on the channel must run over it.
+    ///
+    /// The corresponding C calls are `ibv_create_comp_channel`, `ibv_create_cq`,
+    /// `rdma_create_event_channel`, `epoll_create1` and `eventfd`.
+    public init(capacity: Int = 8192, device: String? = nil) throws(RDMAError) {
+        context = try Context.connectionManagerContext(deviceName: device)
+        completionChannel = try CompletionChannel(context: context)
+        completionQueue = try CompletionQueue(context: context, capacity: capacity, channel: completionChannel)
+        connectionEvents = try ConnectionEventChannel()
+        capacityLeft = completionQueue.capacity
+        let epoll = try minusOneOrErrnoPublic("epoll_create1", "creating the event channel's descriptor") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
+        let wake = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        guard wake >= 0 else {
+            close(epoll)
+            throw RDMAError(.systemCall, operation: "eventfd", errno: .init(rawValue: errno), message: "creating the event channel's wake descriptor")
+        }
+        pollDescriptor = epoll
+        wakeDescriptor = wake
+        for fd in [completionChannel.fileDescriptor, connectionEvents.fileDescriptor, wake] {
+            var event = epoll_event(events: EPOLLIN.rawValue, data: epoll_data_t(fd: fd))
+            if epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) != 0 {
+                close(epoll)
+                close(wake)
+                throw RDMAError(.systemCall, operation: "epoll_ctl", errno: .init(rawValue: errno), message: "watching descriptor \(fd)")
+            }
+        }
+        try completionQueue.requestNotification()
+        armed = true
+    }
+
+    deinit {
+        close(pollDescriptor)
+        close(wakeDescriptor)
+    }
+
+    /// The descriptor for poll/epoll (`ec_to_fd`): readable while events are pending.
+    public var fileDescriptor: Int32 { pollDescriptor }
+
+    /// The name of the device the channel's completion queue lives on.
+    public var deviceName: String { context.deviceName }
+
+    // MARK: - Taking events
+
+    /// The next event, or nil when none is pending — `ec_next_event`. Never blocks.
+    ///
+    /// The corresponding C functions are `ibv_poll_cq`, `ibv_get_cq_event`,
+    /// `ibv_req_notify_cq` and `rdma_get_cm_event`.
+    public func next() throws(RDMAError) -> Event? {
+        try lock.withLock { _ throws(RDMAError) -> Event? in
+            if let event = popLocked() {
+                if events.isEmpty && announcements.isEmpty { try pumpLocked() }
+                updateWakeLocked()
+                return event
+            }
+            try pumpLocked()
+            let event = popLocked()
+            updateWakeLocked()
+            return event
+        }
+    }
+
+    /// Waits up to `timeout` (forever when nil) for an event — `ec_delay`. Nil on timeout.
+    ///
+    /// The corresponding C functions are `poll` and those of ``next()``.
+    public func wait(timeout: Duration?) throws(RDMAError) -> Event? {
+        let clock = ContinuousClock()
+        let deadline = timeout.map { clock.now + $0 }
+        while true {
+            if let event = try next() { return event }
+            let remaining = deadline.map { Swift.max($0 - clock.now, .zero) }
+            if let remaining, remaining == .zero { return nil }
+            var descriptor = pollfd(fd: pollDescriptor, events: Int16(POLLIN), revents: 0)
+            let milliseconds = remaining.map(Self.roundedUpMilliseconds) ?? -1
+            if poll(&descriptor, 1, milliseconds) < 0, errno != EINTR {
+                throw RDMAError(.systemCall, operation: "poll", errno: .init(rawValue: errno), message: "waiting on the event channel")
+            }
+        }
+    }
+
+    private static func roundedUpMilliseconds(_ duration: Duration) -> Int32 {
+        let (seconds, attoseconds) = duration.components
+        let fraction = (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
+        return Int32(clamping: seconds * 1000 + fraction)
+    }
+
+    private func popLocked() -> Event? {
+        if let event = events.popFirst() { return event }
+        while let raw = announcements.popFirst() {
+            guard let state = connections[raw] else { continue }
+            state.inAnnouncementQueue = false
+            state.announced = Swift.max(state.announced, state.handedOut)
+            guard state.announced < state.arrived else { continue }
+            let length = Int(state.arrivals[state.announced - state.handedOut].length)
+            state.announced += 1
+            if state.announced < state.arrived { announceLocked(state) }
+            return .received(connection: state.id, length: length)
+        }
+        return nil
+    }
+
+    private func announceLocked(_ state: ConnectionState) {
+        guard !state.inAnnouncementQueue else { return }
+        state.inAnnouncementQueue = true
+        announcements.append(state.id.rawValue)
+    }
+
+    /// Keeps the eventfd readable exactly while taken events wait in the queue.
+    private func updateWakeLocked() {
+        let pending = !events.isEmpty || !announcements.isEmpty
+        if pending && !wakeIsSet {
+            var one: UInt64 = 1
+            _ = Glibc.write(wakeDescriptor, &one, 8)
+            wakeIsSet = true
+        } else if !pending && wakeIsSet {
+            var value: UInt64 = 0
+            _ = Glibc.read(wakeDescriptor, &value, 8)
+            wakeIsSet = false
+        }
+    }
+
+    /// Moves everything the device and rdma_cm have reported into the connections and the
+    /// event queue. Lock held.
+    func pumpLocked() throws(RDMAError) {
+        while try completionChannel.nextEvent() != nil { armed = false }
+        while try pollOnceLocked() == polled.count {}
+        if !armed {
+            try completionQueue.requestNotification()
+            armed = true
+            // A completion that arrived between the last poll and the arming raised no event.
+            while try pollOnceLocked() == polled.count {}
+        }
+        while let event = try connectionEvents.nextEvent() { handleLocked(event) }
+    }
+
+    private func pollOnceLocked() throws(RDMAError) -> Int {
+        let count = try completionQueue.poll(into: &polled)
+        for index in 0..<count { try handleLocked(polled[index]) }
+        return count
+    }
+
+    private func handleLocked(_ completion: WorkCompletion) throws(RDMAError) {
+        let (kind, raw, slot) = ConnectionState.decode(completion.requestID)
+        guard let state = connections[raw] else { return }  // a closed connection's flushes
+        switch kind {
+        case .dataSend:
+            state.sendQueueFree += 1
+            guard let send = state.inFlight.popFirst() else { return }
+            state.area?.free(send.offset)
+            if completion.isSuccess {
+                events.append(.sent(connection: state.id, cookie: send.cookie))
+            } else {
+                events.append(.sendFailed(connection: state.id, cookie: send.cookie, status: completion.status))
+            }
+        case .creditUpdate:
+            state.sendQueueFree += 1
+        case .receive:
+            guard completion.isSuccess else {
+                if completion.status != .flushed && state.status == .connected {
+                    events.append(.receiveFailed(connection: state.id, status: completion.status))
+                }
+                return
+            }
+            let immediate = completion.immediateData ?? 0
+            state.credits += Int(immediate & WireProtocol.creditMask)
+            if immediate & WireProtocol.creditUpdateFlag != 0 {
+                try state.postReceive(slot: slot)  // a credit update leaves the slot untouched
+            } else {
+                state.arrivals.append(.init(slot: Int32(slot), length: Int32(completion.byteCount)))
+                state.arrived += 1
+                announceLocked(state)
+            }
+        }
+        try state.pumpSends()
+    }
+
+    private func handleLocked(_ event: ConnectionEvent) {
+        guard let raw = connectionsByCMID[event.id], let state = connections[raw] else { return }
+        switch event.kind {
+        case .disconnected, .deviceRemoval, .connectError, .unreachable, .rejected:
+            guard state.status == .connected else { return }
+            state.status = .disconnected
+            try? state.cmID.disconnect()  // completes the peer's disconnect; flushes our queue pair
+            state.failPendingSends(into: &events)
+            events.append(.disconnected(connection: state.id))
+        default:
+            break
+        }
+    }
+
+    // MARK: - Connections
+
+    func register(_ cmID: ConnectionID) -> ConnectionState {
+        lock.withLock { _ in
+            let id = Connection.ID(rawValue: nextConnection)
+            nextConnection = nextConnection == 0x3FFF_FFFF ? 1 : nextConnection + 1
+            let state = ConnectionState(id: id, channel: self, cmID: cmID)
+            connections[id.rawValue] = state
+            return state
+        }
+    }
+
+    /// Claims completion-queue room for a connection's queues.
+    func reserveCapacity(_ entries: Int) throws(RDMAError) {
+        try lock.withLock { _ throws(RDMAError) in
+            guard entries <= capacityLeft else {
+                throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .noSpace,
+                                message: "the event channel's completion queue has room for \(capacityLeft) more entries, "
+                                    + "this association needs \(entries): create the EventChannel with a larger capacity or use fewer receive slots")
+            }
+            capacityLeft -= entries
+        }
+    }
+
+    func returnCapacity(_ entries: Int) {
+        lock.withLock { _ in capacityLeft += entries }
+    }
+
+    /// Marks a connection established and routes its rdma_cm events here.
+    func connected(_ state: ConnectionState) throws(RDMAError) {
+        try state.cmID.migrate(to: connectionEvents)
+        lock.withLock { _ in
+            connectionsByCMID[state.cmID.id] = state.id.rawValue
+            state.status = .connected
+            events.append(.connected(connection: state.id))
+            updateWakeLocked()
+        }
+    }
+
+    /// Forgets a connection that is being closed.
+    func unregister(_ state: ConnectionState) {
+        lock.withLock { _ in
+            connections[state.id.rawValue] = nil
+            connectionsByCMID[state.cmID.id] = nil
+        }
+    }
+
+    /// A received slot comes back: re-post it and owe the sender a credit.
+    func release(slot: Int, of state: ConnectionState) {
+        lock.withLock { _ in
+            state.held -= 1
+            guard state.status == .connected else { return }
+            do {
+                try state.postReceive(slot: slot)
+                state.creditsToReturn += 1
+                try state.pumpSends()
+            } catch {
+                state.status = .disconnected
+                state.failPendingSends(into: &events)
+                events.append(.disconnected(connection: state.id))
+                updateWakeLocked()
+            }
+        }
+    }
+
+    /// Waits until the descriptor is readable, without holding a thread.
+    func readable() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let source = DispatchSource.makeReadSource(fileDescriptor: pollDescriptor, queue: Self.watcher)
+            // Cancelling inside the handler prevents any further call: the continuation is
+            // resumed exactly once.
+            source.setEventHandler {
+                source.cancel()
+                continuation.resume()
+            }
+            source.resume()
+        }
+    }
+
+    private static let watcher = DispatchQueue(label: "DMAIO.EventChannel.watcher")
+}
+
+extension EventChannel: AsyncSequence {
+    public typealias Element = Event
+
+    /// Events as they come; sleeps on ``fileDescriptor`` between them.
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let channel: EventChannel
+
+        public mutating func next() async throws -> Event? {
+            while true {
+                try Task.checkCancellation()
+                if let event = try channel.next() { return event }
+                await channel.readable()
+            }
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(channel: self) }
+}
+
+@inline(__always)
+func minusOneOrErrnoPublic(_ operation: String, _ context: String, _ call: () -> Int32) throws(RDMAError) -> Int32 {
+    let result = call()
+    guard result >= 0 else {
+        throw RDMAError(.systemCall, operation: operation, errno: .init(rawValue: errno), message: context)
+    }
+    return result
+}

@@ -1,0 +1,13 @@
+/*
+ * Counts heap allocations made by the calling thread, for tests that prove a data path
+ * allocates nothing. Linked into the test bundle, the definitions below take the place of the
+ * C library's malloc family for the whole process and forward to glibc's own entry points.
+ */
+#ifndef CMALLOC_COUNTER_H
+#define CMALLOC_COUNTER_H
+
+/* Allocations (malloc, calloc, realloc, posix_memalign, aligned_alloc, memalign) made by the
+ * calling thread since it started. */
+unsigned long malloc_counter_thread_allocations(void);
+
+#endif

@@ -1,0 +1,34 @@
+import Testing
+@testable import DMAIO
+import RDMAVerbs
+
+@Suite struct WireProtocolTests {
+    @Test func helloRoundTripsThroughPaddedPrivateData() throws {
+        let hello = WireProtocol.Hello(credits: 32, slotSize: 65536)
+        #expect(hello.bytes.count == WireProtocol.helloSize)
+        let padded = hello.bytes + Array(repeating: 0, count: 44)  // rdma_cm pads private data
+        #expect(try WireProtocol.Hello(parsing: padded) == hello)
+    }
+
+    @Test(arguments: [
+        ([UInt8](), "not a DMAIO hello"),
+        ([UInt8](repeating: 0, count: 12), "does not start with the DMAIO magic"),
+        (WireProtocol.Hello(credits: 0, slotSize: 64).bytes, "not usable"),
+        (WireProtocol.Hello(credits: 1 << 25, slotSize: 64).bytes, "not usable"),
+    ])
+    func malformedHellosAreRefused(bytes: [UInt8], expected: String) {
+        #expect {
+            _ = try WireProtocol.Hello(parsing: bytes)
+        } throws: { error in
+            (error as! RDMAError).message.contains(expected)
+        }
+    }
+
+    @Test func immediateCarriesCreditsAndTheUpdateFlag() {
+        let data = WireProtocol.immediate(returning: 5, creditUpdate: false)
+        #expect(data == 5)
+        let update = WireProtocol.immediate(returning: 7, creditUpdate: true)
+        #expect(update & WireProtocol.creditUpdateFlag != 0)
+        #expect(update & WireProtocol.creditMask == 7)
+    }
+}
