@@ -22,7 +22,6 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
     ],
     targets: [
         .systemLibrary(
@@ -43,7 +42,6 @@ let package = Package(
             name: "DMAIO",
             dependencies: [
                 "RDMAVerbs", "CRDMA",
-                .product(name: "DequeModule", package: "swift-collections"),
             ],
             path: "Sources/DMAIO"
         ),

@@ -4,17 +4,18 @@ import RDMAVerbs
 
 @Suite struct WireProtocolTests {
     @Test func helloRoundTripsThroughPaddedPrivateData() throws {
-        let hello = WireProtocol.Hello(credits: 32, slotSize: 65536)
+        let hello = WireProtocol.Hello(credits: 32, room: 16, slotSize: 65536)
         #expect(hello.bytes.count == WireProtocol.helloSize)
-        let padded = hello.bytes + Array(repeating: 0, count: 44)  // rdma_cm pads private data
+        let padded = hello.bytes + Array(repeating: 0, count: 40)  // rdma_cm pads private data
         #expect(try WireProtocol.Hello(parsing: padded) == hello)
     }
 
     @Test(arguments: [
         ([UInt8](), "not a DMAIO hello"),
-        ([UInt8](repeating: 0, count: 12), "does not start with the DMAIO magic"),
-        (WireProtocol.Hello(credits: 0, slotSize: 64).bytes, "not usable"),
-        (WireProtocol.Hello(credits: 1 << 25, slotSize: 64).bytes, "not usable"),
+        (WireProtocol.Hello(credits: 1, room: 0, slotSize: 64).bytes, "not usable"),
+        ([UInt8](repeating: 0, count: 16), "does not start with the DMAIO magic"),
+        (WireProtocol.Hello(credits: 0, room: 1, slotSize: 64).bytes, "not usable"),
+        (WireProtocol.Hello(credits: 1 << 25, room: 1, slotSize: 64).bytes, "not usable"),
     ])
     func malformedHellosAreRefused(bytes: [UInt8], expected: String) {
         #expect {

@@ -68,11 +68,14 @@ public final class Connection: @unchecked Sendable {
     /// connection.
     ///
     /// `receiveBytes` of the area become `receiveBytes / slotSize` receive slots of `slotSize`
-    /// bytes, all posted as receive work requests; half of them are data credits granted to the
-    /// peer, the other half absorb credit updates (see the flow-control notes in the README).
+    /// bytes, posted as receive work requests; each is a credit granted to the peer (a server
+    /// grants at most as many as the client has slots). Slots of the same size are added to
+    /// absorb the peer's credit updates, as many as credits the peer grants (see
+    /// ``WireProtocol``), so an association takes up to twice `receiveBytes` of the area.
     ///
     /// - Throws: ``RDMAError/Code/alreadyAssociated`` the second time;
-    ///   ``RDMAError/Code/invalidArgument`` for sizes that give fewer than 2 slots;
+    ///   ``RDMAError/Code/invalidArgument`` for a slot size that is not a power of two from 64 B
+    ///   to 1 GiB, or fewer receive bytes than one slot;
     ///   ``RDMAError/Code/wrongArea`` when the area is on another device;
     ///   ``RDMAError/Code/areaExhausted`` when the area cannot hold the slots;
     ///   connection errors from rdma_cm (refused, unreachable, timed out).
@@ -91,21 +94,32 @@ public final class Connection: @unchecked Sendable {
             throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .invalidArgument,
                             message: "slotSize must be a power of two between 64 B and 1 GiB, not \(slotSize)")
         }
-        let slots = receiveBytes / slotSize
-        guard slots >= 2 else {
+        let dataSlots = receiveBytes / slotSize
+        guard dataSlots >= 1, dataSlots <= Int(WireProtocol.creditMask) else {
             throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .invalidArgument,
-                            message: "\(receiveBytes) receive bytes make \(slots) slots of \(slotSize) bytes; at least 2 are needed")
+                            message: "\(receiveBytes) receive bytes make \(dataSlots) slots of \(slotSize) bytes; at least one is needed")
         }
         guard area.context.pointer == events.context.pointer else {
             throw RDMAError(.wrongArea, operation: "dma_assoc",
                             message: "the area is registered on \(area.deviceName) but the connection runs over \(events.deviceName)")
         }
-        let credits = slots / 2
-        let sendDepth = 2 * credits + 2
+        // A client grants all its slots and makes room for as many credit updates; a server
+        // grants no more than the client's room, and makes room for the client's grant.
+        let granted: Int, room: Int
+        if let request = state.peerHello {
+            granted = min(dataSlots, Int(request.room))
+            room = Int(request.credits)
+        } else {
+            granted = dataSlots
+            room = dataSlots
+        }
+        let slots = granted + room
+        let sendDepth = max(8, 2 * granted + 2)
         try events.reserveCapacity(sendDepth + slots)
+        events.lock.withLock { _ in state.capacityTaken = sendDepth + slots }
         var offsets: [Int] = []
-        offsets.reserveCapacity(slots)
-        do {
+        do throws(RDMAError) {
+            offsets.reserveCapacity(slots)
             for _ in 0..<slots { offsets.append(try area.allocate(slotSize, for: "dma_assoc")) }
             let queuePair = try state.cmID.createQueuePair(
                 protectionDomain: area.protectionDomain, sendQueue: events.completionQueue,
@@ -116,15 +130,15 @@ public final class Connection: @unchecked Sendable {
                 state.queuePair = queuePair
                 state.slotOffsets = offsets
                 state.slotSize = slotSize
-                state.creditsGranted = credits
+                state.creditsGranted = granted
                 state.sendQueueFree = sendDepth
                 for slot in 0..<slots { try state.postReceive(slot: slot) }
                 state.arrivals.reserveCapacity(slots)
                 state.inFlight.reserveCapacity(sendDepth)
                 state.pending.reserveCapacity(sendDepth)
             }
-            offsets = []  // owned by the state now
-            let hello = WireProtocol.Hello(credits: UInt32(credits), slotSize: UInt32(slotSize))
+            offsets = []  // the state owns them now
+            let hello = WireProtocol.Hello(credits: UInt32(granted), room: UInt32(room), slotSize: UInt32(slotSize))
             let peer: WireProtocol.Hello
             if let request = state.peerHello {
                 _ = try state.cmID.accept(ConnectionParameters(privateData: hello.bytes), timeout: timeout)
@@ -132,6 +146,10 @@ public final class Connection: @unchecked Sendable {
             } else {
                 let established = try state.cmID.connect(ConnectionParameters(privateData: hello.bytes), timeout: timeout)
                 peer = try WireProtocol.Hello(parsing: established.privateData)
+                guard Int(peer.credits) <= room else {
+                    throw RDMAError(.connectionFailed, operation: "dma_assoc",
+                                    message: "the peer granted \(peer.credits) credits, more than the \(room) this side can absorb: protocol error")
+                }
             }
             events.lock.withLock { _ in
                 state.credits = Int(peer.credits)
@@ -140,8 +158,7 @@ public final class Connection: @unchecked Sendable {
             try events.connected(state)
         } catch {
             for offset in offsets { area.free(offset) }
-            events.lock.withLock { _ in state.status = .closed }
-            events.returnCapacity(sendDepth + slots)
+            close()
             throw error
         }
     }
@@ -238,9 +255,7 @@ public final class Connection: @unchecked Sendable {
         }
         guard wasOpen else { return }
         events.unregister(state)
-        if state.queuePair != nil {
-            events.returnCapacity(state.slotOffsets.count + 2 * state.creditsGranted + 2)
-        }
+        events.returnCapacity(events.lock.withLock { _ in state.capacityTaken })
     }
 
     /// Where the last data send was posted from; for tests of the zero-copy path.

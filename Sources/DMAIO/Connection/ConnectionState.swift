@@ -1,4 +1,3 @@
-import DequeModule
 import RDMAVerbs
 
 /// The data-path state of one associated connection. Every field is guarded by the lock of the
@@ -32,7 +31,10 @@ final class ConnectionState {
     var status = Status.unassociated
     var queuePair: QueuePair?
     var area: DMAArea?
-    /// Offsets of the receive slots in the area; `2 × creditsGranted` of them.
+    /// Completion-queue entries claimed from the event channel.
+    var capacityTaken = 0
+    /// Offsets of the receive slots in the area: the granted data slots, then room for the
+    /// peer's credit updates.
     var slotOffsets: [Int] = []
     var slotSize = 0
     var creditsGranted = 0
@@ -42,10 +44,10 @@ final class ConnectionState {
     /// Slots released since the last message; handed back on the next one.
     var creditsToReturn: UInt32 = 0
     var sendQueueFree = 0
-    var pending: Deque<PendingSend> = []
-    var inFlight: Deque<PendingSend> = []
+    var pending: RingBuffer<PendingSend> = RingBuffer()
+    var inFlight: RingBuffer<PendingSend> = RingBuffer()
     /// Received data messages not yet handed out.
-    var arrivals: Deque<Arrival> = []
+    var arrivals: RingBuffer<Arrival> = RingBuffer()
     var arrived = 0
     var announced = 0
     var handedOut = 0
@@ -68,8 +70,8 @@ final class ConnectionState {
         queuePair = nil
         if let area {
             for offset in slotOffsets { area.free(offset) }
-            for send in pending { area.free(send.offset) }
-            for send in inFlight { area.free(send.offset) }
+            while let send = pending.popFirst() { area.free(send.offset) }
+            while let send = inFlight.popFirst() { area.free(send.offset) }
         }
     }
 
@@ -101,12 +103,12 @@ final class ConnectionState {
     func pumpSends() throws(RDMAError) {
         guard status == .connected, let queuePair, let area else { return }
         // One send-queue entry stays free for a credit update.
-        while credits > 0, sendQueueFree > 1, let send = pending.first {
+        while credits > 0, sendQueueFree > 1, let send = pending.front {
             let immediate = WireProtocol.immediate(returning: creditsToReturn, creditUpdate: false)
             let segment = try area.region.segment(offset: send.offset, length: send.count)
             try queuePair.postSend(segment, requestID: requestID(.dataSend), operation: .sendWithImmediate(immediate))
             lastPostedSendAddress = UnsafeRawPointer(bitPattern: UInt(segment.address))
-            pending.removeFirst()
+            _ = pending.popFirst()
             inFlight.append(send)
             creditsToReturn = 0
             credits -= 1
@@ -123,7 +125,7 @@ final class ConnectionState {
     }
 
     /// Fails every queued send (after a disconnect): their buffers go back to the area.
-    func failPendingSends(into events: inout Deque<Event>) {
+    func failPendingSends(into events: inout RingBuffer<Event>) {
         while let send = pending.popFirst() {
             area?.free(send.offset)
             events.append(.sendFailed(connection: id, cookie: send.cookie, status: .flushed))

@@ -2,32 +2,35 @@ import RDMAVerbs
 
 /// What two associated peers tell each other, and how credits ride on messages.
 ///
-/// **Handshake.** The connect request and its accept carry a 12-byte hello in rdma_cm's private
-/// data: magic `"DMA1"`, then the number of messages the sender lets the peer have in flight
-/// (its *data credits*) and the size of its receive slots, both as big-endian 32-bit integers.
+/// **Handshake.** The connect request and its accept carry a 16-byte hello in rdma_cm's private
+/// data: magic `"DMA1"`, then, as big-endian 32-bit integers, the *credits* the sender grants
+/// (how many data messages the peer may have in flight), its *room* (how many credit updates it
+/// can absorb) and the size of its receive slots.
 ///
-/// **Credits.** A side posts `2 × credits` receive slots. Every message carries 32 bits of
-/// immediate data: bit 31 marks a *credit update* (a message with no payload) and bits 0–23 are
-/// data credits handed back to the peer, one per receive slot released since the last message.
-/// A sender sends data only while it holds a credit, so a data message always finds a slot; a
-/// credit update is sent only when it hands back at least one credit, so there are never more
-/// updates in flight than the peer's data credits, and the second half of the slots absorbs
-/// them. No message ever meets an empty receive queue: receiver-not-ready retries are never
-/// needed for correctness. A slow receiver holds its slots, hands back no credits, and the
-/// sender's messages wait in its queue: it is throttled, never failed.
+/// **Credits.** Every message carries 32 bits of immediate data: bit 31 marks a *credit update*
+/// (a message with no payload) and bits 0–23 are credits handed back to the peer, one per
+/// receive slot released since the last message. A sender sends data only while it holds a
+/// credit, so a data message always finds a posted slot. A credit update is sent only when it
+/// hands back at least one credit, so the updates a side can have in flight never exceed the
+/// credits the peer granted it; each side posts that many extra slots to absorb them (a client
+/// posts as many as it has data slots and says so as its room; the server grants no more than
+/// that room). No message ever meets an empty receive queue: receiver-not-ready retries are
+/// never needed for correctness. A slow receiver keeps its slots, hands back no credits, and
+/// the sender's messages wait in its queue, in order: it is throttled, never failed.
 enum WireProtocol {
     static let magic: UInt32 = 0x444D_4131  // "DMA1"
-    static let helloSize = 12
+    static let helloSize = 16
     static let creditMask: UInt32 = 0x00FF_FFFF
     static let creditUpdateFlag: UInt32 = 1 << 31
 
     struct Hello: Equatable {
         var credits: UInt32
+        var room: UInt32
         var slotSize: UInt32
 
         var bytes: [UInt8] {
             var bytes: [UInt8] = []
-            for value in [WireProtocol.magic, credits, slotSize] {
+            for value in [WireProtocol.magic, credits, room, slotSize] {
                 withUnsafeBytes(of: value.bigEndian) { bytes.append(contentsOf: $0) }
             }
             return bytes
@@ -48,15 +51,17 @@ enum WireProtocol {
                                 message: "the peer's connection data does not start with the DMAIO magic (wrong protocol or version)")
             }
             credits = word(1)
-            slotSize = word(2)
-            guard credits > 0, credits <= WireProtocol.creditMask, slotSize > 0 else {
+            room = word(2)
+            slotSize = word(3)
+            guard credits > 0, credits <= WireProtocol.creditMask, room > 0, room <= WireProtocol.creditMask, slotSize > 0 else {
                 throw RDMAError(.connectionFailed, operation: "rdma_cm private data",
-                                message: "the peer announced \(credits) credits of \(slotSize)-byte slots: not usable")
+                                message: "the peer announced \(credits) credits, room for \(room) updates and \(slotSize)-byte slots: not usable")
             }
         }
 
-        init(credits: UInt32, slotSize: UInt32) {
+        init(credits: UInt32, room: UInt32, slotSize: UInt32) {
             self.credits = credits
+            self.room = room
             self.slotSize = slotSize
         }
     }

@@ -1,5 +1,4 @@
 import CRDMA
-import DequeModule
 import Dispatch
 import RDMAVerbs
 import Synchronization
@@ -38,10 +37,11 @@ public final class EventChannel: @unchecked Sendable {
     // Guarded by `lock`.
     var connections: [UInt32: ConnectionState] = [:]
     private var connectionsByCMID: [ConnectionID.ID: UInt32] = [:]
-    private var events: Deque<Event> = []
-    private var announcements: Deque<UInt32> = []
+    private var events: RingBuffer<Event> = RingBuffer()
+    private var announcements: RingBuffer<UInt32> = RingBuffer()
     private var polled = [WorkCompletion](repeating: WorkCompletion(), count: 32)
     private var armed = false
+    private var pumps: UInt = 0
     private var wakeIsSet = false
     private var nextConnection: UInt32 = 1
 
@@ -174,15 +174,31 @@ public final class EventChannel: @unchecked Sendable {
     /// Moves everything the device and rdma_cm have reported into the connections and the
     /// event queue. Lock held.
     func pumpLocked() throws(RDMAError) {
-        while try completionChannel.nextEvent() != nil { armed = false }
-        while try pollOnceLocked() == polled.count {}
-        if !armed {
+        // Only an armed queue can have raised a notification; take it so the descriptor quiets.
+        if armed {
+            while try completionChannel.nextEvent() != nil {}
+            armed = false
+        }
+        var found = 0
+        while true {
+            let count = try pollOnceLocked()
+            found += count
+            if count < polled.count { break }
+        }
+        if found == 0 {
             try completionQueue.requestNotification()
             armed = true
             // A completion that arrived between the last poll and the arming raised no event.
             while try pollOnceLocked() == polled.count {}
         }
-        while let event = try connectionEvents.nextEvent() { handleLocked(event) }
+        // Connection events are rare: look when the queue was idle, or every 64th time, and
+        // only when the descriptor says one is there (rdma_get_cm_event allocates per call).
+        pumps &+= 1
+        if found == 0 || pumps & 63 == 0 {
+            while try waitReadablePublic(connectionEvents.fileDescriptor), let event = try connectionEvents.nextEvent() {
+                handleLocked(event)
+            }
+        }
     }
 
     private func pollOnceLocked() throws(RDMAError) -> Int {
@@ -339,6 +355,16 @@ extension EventChannel: AsyncSequence {
     }
 
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(channel: self) }
+}
+
+/// Whether `fd` is readable right now (`poll` with a zero timeout).
+func waitReadablePublic(_ fd: Int32) throws(RDMAError) -> Bool {
+    var descriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    let ready = poll(&descriptor, 1, 0)
+    if ready < 0 && errno != EINTR {
+        throw RDMAError(.systemCall, operation: "poll", errno: .init(rawValue: errno), message: "checking descriptor \(fd)")
+    }
+    return ready > 0
 }
 
 @inline(__always)

@@ -10,4 +10,8 @@
  * calling thread since it started. */
 unsigned long malloc_counter_thread_allocations(void);
 
+/* Prints the call stack of the calling thread's next `count` allocations to standard error
+ * (for finding where an allocation comes from). */
+void malloc_counter_trace_next(int count);
+
 #endif

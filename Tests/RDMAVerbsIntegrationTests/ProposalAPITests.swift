@@ -1,0 +1,293 @@
+import CMallocCounter
+import CRDMA
+@testable import DMAIO
+import Foundation
+import RDMAVerbs
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension RxeIntegration {
+    /// The proposal's calls on a real device: dma_alloc, dma_assoc, sio_reserve, aio_send,
+    /// aio_recv, sio_release and the event channel.
+    @Suite struct ProposalAPI {
+        init() throws { try RxeEnvironment.requireRxeDevice() }
+
+        /// Reserves, fills and sends message `sequence`; false when the area is exhausted.
+        static func trySend(_ pair: ConnectedPair, sequence: Int, size: Int) throws(RDMAError) -> Bool {
+            let buffer: SendBuffer
+            do {
+                buffer = try pair.clientArea.reserve(size)
+            } catch {
+                if error.code == .areaExhausted { return false }
+                throw error
+            }
+            buffer.withUnsafeMutableBytes { StreamMessage.fill($0, sequence: sequence) }
+            try pair.client.send(buffer, cookie: UInt64(sequence))
+            return true
+        }
+
+        /// Sends `count` messages from the client, reserving buffers as the area allows;
+        /// returns how often it had to wait for the area (back-pressure).
+        static func sendStream(_ pair: ConnectedPair, count: Int, slotSize: Int) throws -> Int {
+            var waits = 0, sent = 0
+            func drain(blocking: Bool) throws {
+                while let event = blocking ? try pair.clientEvents.wait(timeout: .seconds(30)) : try pair.clientEvents.next() {
+                    switch event {
+                    case .sent: sent += 1
+                    case .sendFailed(_, let cookie, let status): throw RDMAError(.workCompletion, operation: "test", message: "send \(cookie) failed: \(status)")
+                    case .disconnected: throw RDMAError(.disconnected, operation: "test", message: "disconnected mid-stream")
+                    default: break
+                    }
+                    if blocking { return }
+                }
+                if blocking { throw RDMAError(.timedOut, operation: "test", message: "no event for 30 s with \(count - sent) sends outstanding") }
+            }
+            for sequence in 0..<count {
+                let size = StreamMessage.size(sequence, slotSize: slotSize)
+                while !(try Self.trySend(pair, sequence: sequence, size: size)) {
+                    waits += 1
+                    try drain(blocking: true)
+                }
+                try drain(blocking: false)
+            }
+            while sent < count { try drain(blocking: true) }
+            return waits
+        }
+
+        /// Receives and checks `count` messages in order, stalling once for `stall` at the middle.
+        static func receiveStream(_ pair: ConnectedPair, count: Int, slotSize: Int, stall: Duration = .zero) throws -> Int {
+            var sequence = 0
+            while sequence < count {
+                if sequence == count / 2 && stall > .zero { Thread.sleep(forTimeInterval: Double(stall.components.seconds)) }
+                guard let message = try pair.server.receive() else {
+                    _ = try pair.serverEvents.wait(timeout: .seconds(30))
+                    continue
+                }
+                guard message.count == StreamMessage.size(sequence, slotSize: slotSize),
+                      StreamMessage.matches(message.bytes, sequence: sequence)
+                else {
+                    throw RDMAError(.workCompletion, operation: "test",
+                                    message: "message \(sequence) lost, duplicated, reordered or corrupted (\(message.count) bytes)")
+                }
+                message.release()
+                sequence += 1
+            }
+            return sequence
+        }
+
+        /// 100,000 messages of 1 B ... the slot size; the receiver stalls for 3 s in the middle,
+        /// and the sender is throttled (it waits for its area), never failed.
+        @Test func hundredThousandMessagesSurviveAStalledReceiver() throws {
+            let pair = try ConnectedPair(areaSize: 1 << 20, receiveBytes: 128 << 10, slotSize: 4096)
+            let count = 100_000
+            let receiver = OnThread { try Self.receiveStream(pair, count: count, slotSize: 4096, stall: .seconds(3)) }
+            let waits = try Self.sendStream(pair, count: count, slotSize: 4096)
+            #expect(try receiver.join() == count)
+            #expect(waits > 0, "the sender never had to wait: the stall did not throttle it")
+            #expect(pair.clientArea.bytesInUse == 2 * 32 * 4096, "only the client's receive slots remain reserved")
+        }
+
+        /// A plain level-triggered poll() loop on ec_to_fd drives the receiver to the end.
+        @Test func pollLoopOnTheDescriptorDrivesAStream() throws {
+            let pair = try ConnectedPair()
+            let count = 5000
+            let receiver = OnThread { () throws -> Int in
+                var sequence = 0
+                var descriptor = pollfd(fd: pair.serverEvents.fileDescriptor, events: Int16(POLLIN), revents: 0)
+                while sequence < count {
+                    guard poll(&descriptor, 1, 30_000) == 1 else { throw RDMAError(.timedOut, operation: "poll", message: "no event for 30 s") }
+                    while let event = try pair.serverEvents.next() {
+                        guard case .received(_, let length) = event else { continue }
+                        guard let message = try pair.server.receive() else {
+                            throw RDMAError(.workCompletion, operation: "test", message: "a received event without a message")
+                        }
+                        #expect(message.count == length)
+                        guard StreamMessage.matches(message.bytes, sequence: sequence) else { throw RDMAError(.workCompletion, operation: "test", message: "message \(sequence) corrupted") }
+                        message.release()
+                        sequence += 1
+                    }
+                }
+                return sequence
+            }
+            _ = try Self.sendStream(pair, count: count, slotSize: 4096)
+            #expect(try receiver.join() == count)
+        }
+
+        /// The same with epoll, level-triggered.
+        @Test func epollLoopOnTheDescriptorDrivesAStream() throws {
+            let pair = try ConnectedPair()
+            let count = 5000
+            let receiver = OnThread { () throws -> Int in
+                let epoll = epoll_create1(0)
+                defer { close(epoll) }
+                var registration = epoll_event(events: EPOLLIN.rawValue, data: epoll_data_t(fd: pair.serverEvents.fileDescriptor))
+                try #require(epoll_ctl(epoll, EPOLL_CTL_ADD, pair.serverEvents.fileDescriptor, &registration) == 0)
+                var ready = epoll_event()
+                var sequence = 0
+                while sequence < count {
+                    guard epoll_wait(epoll, &ready, 1, 30_000) == 1 else { throw RDMAError(.timedOut, operation: "epoll_wait", message: "no event for 30 s") }
+                    // Take one event per wake-up: the descriptor must stay readable for the rest.
+                    guard let event = try pair.serverEvents.next(), case .received = event else { continue }
+                    guard let message = try pair.server.receive() else {
+                        throw RDMAError(.workCompletion, operation: "test", message: "a received event without a message")
+                    }
+                    guard StreamMessage.matches(message.bytes, sequence: sequence) else { throw RDMAError(.workCompletion, operation: "test", message: "message \(sequence) corrupted") }
+                    message.release()
+                    sequence += 1
+                }
+                return sequence
+            }
+            _ = try Self.sendStream(pair, count: count, slotSize: 4096)
+            #expect(try receiver.join() == count)
+        }
+
+        /// The send posts the reserved buffer's own address; the receive hands out where the
+        /// device wrote, inside the receiver's area.
+        @Test func sendAndReceiveCopyNothing() throws {
+            let pair = try ConnectedPair()
+            let buffer = try pair.clientArea.reserve(1000)
+            let address = UnsafeRawPointer(buffer.baseAddress)
+            #expect(pair.clientArea.contains(address, count: 1000))
+            buffer.withUnsafeMutableBytes { StreamMessage.fill($0, sequence: 7) }
+            try pair.client.send(buffer, cookie: 99)
+            #expect(pair.client.lastPostedSendAddress == address)
+            func receiveOne() throws -> ReceivedBuffer {
+                while true {
+                    if let message = try pair.server.receive() { return message }
+                    _ = try pair.serverEvents.wait(timeout: .seconds(10))
+                }
+            }
+            let received = try receiveOne()
+            #expect(pair.serverArea.contains(received.bytes.baseAddress!, count: received.count))
+            #expect(received.count == 1000 && StreamMessage.matches(received.bytes, sequence: 7))
+            received.release()
+            var sentCookie: UInt64? = nil
+            while sentCookie == nil, let event = try pair.clientEvents.wait(timeout: .seconds(10)) {
+                if case .sent(_, let cookie) = event { sentCookie = cookie }
+            }
+            #expect(sentCookie == 99)
+        }
+
+        /// Reserve, send, receive, release and event delivery allocate nothing per message once
+        /// warm: counted by a malloc hook, per thread, over 10,000 messages.
+        @Test func steadyStateAllocatesNothingPerMessage() throws {
+            let pair = try ConnectedPair()
+            let warmUp = 2000, measured = 10_000
+            // Set TRACE_ALLOCATIONS to print where allocations in the measured loop come from.
+            let trace = ProcessInfo.processInfo.environment["TRACE_ALLOCATIONS"] != nil
+            let receiver = OnThread { () throws -> (Int, UInt) in
+                var sequence = 0, start: UInt = 0
+                while sequence < warmUp + measured {
+                    if sequence == warmUp {
+                        start = malloc_counter_thread_allocations()
+                        if trace { malloc_counter_trace_next(8) }
+                    }
+                    guard let message = try pair.server.receive() else {
+                        _ = try pair.serverEvents.wait(timeout: .seconds(30))
+                        continue
+                    }
+                    if !StreamMessage.matches(message.bytes, sequence: sequence) { return (sequence, 0) }
+                    message.release()
+                    sequence += 1
+                }
+                return (sequence, malloc_counter_thread_allocations() - start)
+            }
+            var start: UInt = 0
+            var sent = 0
+            for sequence in 0..<(warmUp + measured) {
+                if sequence == warmUp {
+                    start = malloc_counter_thread_allocations()
+                    if trace { malloc_counter_trace_next(8) }
+                }
+                let size = StreamMessage.size(sequence, slotSize: 4096)
+                while !(try Self.trySend(pair, sequence: sequence, size: size)) {
+                    if case .sent = try pair.clientEvents.wait(timeout: .seconds(30)) { sent += 1 }
+                }
+                while let event = try pair.clientEvents.next() { if case .sent = event { sent += 1 } }
+            }
+            let senderAllocations = malloc_counter_thread_allocations() - start
+            while sent < warmUp + measured { if case .sent = try pair.clientEvents.wait(timeout: .seconds(30)) { sent += 1 } }
+            let (received, receiverAllocations) = try receiver.join()
+            #expect(received == warmUp + measured)
+            print("allocations over \(measured) messages: sender \(senderAllocations), receiver \(receiverAllocations)")
+            #expect(senderAllocations == 0, "sender allocated \(senderAllocations) times over \(measured) messages")
+            #expect(receiverAllocations == 0, "receiver allocated \(receiverAllocations) times over \(measured) messages")
+        }
+
+        @Test func badInputsGiveTypedErrors() throws {
+            let pair = try ConnectedPair(areaSize: 1 << 20, receiveBytes: 64 << 10, slotSize: 4096)
+            let area = pair.clientArea
+            func code(_ body: () throws -> Void) -> (RDMAError.Code?, String) {
+                do { try body(); return (nil, "") } catch let error as RDMAError { return (error.code, error.message) } catch { return (nil, "\(error)") }
+            }
+            var (c, m) = code { _ = try area.reserve(0) }
+            #expect(c == .invalidArgument && m == "cannot reserve 0 bytes: the size must be positive")
+            (c, m) = code { _ = try area.reserve(area.size + 1) }
+            #expect(c == .invalidArgument && m.contains("the buffer must fit in the area"))
+            (c, m) = code { _ = try DMAArea(size: 0) }
+            #expect(c == .invalidArgument && m.contains("at least 4096 bytes"))
+            // Exhaustion: hold every free block, then ask for one more.
+            var held: [Int] = []
+            while let offset = try? area.allocate(64 << 10, for: "test") { held.append(offset) }
+            (c, m) = code { _ = try area.reserve(64 << 10) }
+            #expect(c == .areaExhausted && m.contains("held by in-flight sends, unsent buffers and receive slots"))
+            for offset in held { area.free(offset) }
+            // Too large for the peer's slots; a buffer of another area.
+            (c, m) = code { try pair.client.send(try area.reserve(4097)) }
+            #expect(c == .messageTooLarge && m.contains("exceeds the peer's receive slots of 4096 bytes"))
+            (c, m) = code { try pair.client.send(try pair.serverArea.reserve(16)) }
+            #expect(c == .wrongArea)
+            // Association twice.
+            (c, m) = code { try pair.client.associate(area, receiveBytes: 8192, slotSize: 4096) }
+            #expect(c == .alreadyAssociated && m.contains("already associated"))
+            // Send on a connection that is resolved but not associated.
+            let other = try Connection(to: "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())", events: pair.clientEvents)
+            (c, m) = code { try other.send(try area.reserve(16)) }
+            #expect(c == .notConnected && m.contains("not associated with an area yet"))
+            (c, m) = code { _ = try other.receive() }
+            #expect(c == .notConnected)
+            #expect(area.bytesInUse == pair.clientArea.bytesInUse)
+            // After the peer disconnects: an event, then typed errors; nothing leaks.
+            let inUseBefore = area.bytesInUse
+            pair.server.close()
+            var sawDisconnect = false
+            while !sawDisconnect, let event = try pair.clientEvents.wait(timeout: .seconds(10)) {
+                if case .disconnected(let id) = event { sawDisconnect = id == pair.client.id }
+            }
+            #expect(sawDisconnect)
+            (c, m) = code { try pair.client.send(try area.reserve(16)) }
+            #expect(c == .disconnected && m.contains("disconnected"))
+            (c, m) = code { _ = try pair.client.receive() }
+            #expect(c == .disconnected)
+            #expect(area.bytesInUse == inUseBefore, "a refused send returns its buffer to the area")
+            pair.client.close()
+            (c, m) = code { try pair.client.send(try area.reserve(16)) }
+            #expect(c == .notConnected && m.contains("was closed"))
+        }
+
+        /// One connection failing leaves another on the same event channel working.
+        @Test func otherConnectionsAreUnaffected() throws {
+            let first = try ConnectedPair()
+            let second = try ConnectedPair()
+            first.server.close()
+            _ = try? first.client.send(try first.clientArea.reserve(8))
+            let receiver = OnThread { try Self.receiveStream(second, count: 1000, slotSize: 4096) }
+            _ = try Self.sendStream(second, count: 1000, slotSize: 4096)
+            #expect(try receiver.join() == 1000)
+        }
+
+        /// The AsyncSequence of events delivers without a busy loop.
+        @Test func eventsArriveThroughTheAsyncSequence() async throws {
+            let pair = try ConnectedPair()
+            try pair.client.send(try pair.clientArea.reserve(100), cookie: 5)
+            var cookie: UInt64? = nil
+            for try await event in pair.clientEvents {
+                if case .sent(_, let value) = event { cookie = value; break }
+            }
+            #expect(cookie == 5)
+        }
+    }
+}

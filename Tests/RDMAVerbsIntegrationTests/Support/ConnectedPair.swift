@@ -1,0 +1,67 @@
+import DMAIO
+import Foundation
+import RDMAVerbs
+import Testing
+
+/// A client and a server connection, each with its own area and event channel, associated
+/// through the proposal's API over the rxe device.
+final class ConnectedPair: @unchecked Sendable {
+    let clientEvents: EventChannel
+    let serverEvents: EventChannel
+    let clientArea: DMAArea
+    let serverArea: DMAArea
+    let client: Connection
+    let server: Connection
+
+    init(areaSize: Int = 4 << 20, receiveBytes: Int = 256 << 10, slotSize: Int = 4096) throws {
+        serverEvents = try EventChannel()
+        clientEvents = try EventChannel()
+        serverArea = try DMAArea(size: areaSize)
+        clientArea = try DMAArea(size: areaSize)
+        let address = "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())"
+        let listener = try Listener(on: address, events: serverEvents)
+        let accepted = OnThread { [serverArea] () throws -> Connection in
+            let connection = try listener.accept(timeout: .seconds(10))
+            try connection.associate(serverArea, receiveBytes: receiveBytes, slotSize: slotSize)
+            return connection
+        }
+        client = try Connection(to: address, events: clientEvents)
+        try client.associate(clientArea, receiveBytes: receiveBytes, slotSize: slotSize)
+        server = try accepted.join()
+    }
+}
+
+/// Runs `body` on a thread of its own (verbs calls block); `join` returns its result.
+final class OnThread<T>: @unchecked Sendable {
+    private let done = DispatchSemaphore(value: 0)
+    private var result: Result<T, any Error>?
+
+    init(_ body: @escaping () throws -> T) {
+        nonisolated(unsafe) let body = body
+        let thread = Thread { [self] in
+            result = Result { try body() }
+            done.signal()
+        }
+        thread.stackSize = 8 << 20
+        thread.start()
+    }
+
+    func join() throws -> T {
+        done.wait()
+        return try result!.get()
+    }
+}
+
+/// Message n of a stream: its size and its bytes (a window into a pseudo-random table shifted
+/// by n), so that loss, duplication, reordering and corruption all show as a mismatch.
+enum StreamMessage {
+    static func size(_ sequence: Int, slotSize: Int) -> Int { 1 + (sequence &* 7919) % slotSize }
+
+    static func fill(_ buffer: UnsafeMutableRawBufferPointer, sequence: Int) {
+        fillMessage(buffer.baseAddress!, sequence: sequence, size: buffer.count)
+    }
+
+    static func matches(_ bytes: UnsafeRawBufferPointer, sequence: Int) -> Bool {
+        messageMatches(bytes.baseAddress!, sequence: sequence, size: bytes.count)
+    }
+}
