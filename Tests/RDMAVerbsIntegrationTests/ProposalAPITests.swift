@@ -268,6 +268,49 @@ extension RxeIntegration {
             #expect(c == .notConnected && m.contains("was closed"))
         }
 
+        /// The seed's sio_release(handle, size): the oldest bytes go first, across messages, and
+        /// a slot returns (with its credit) once all its bytes are released.
+        @Test func fifoReleaseFreesTheOldestBytesFirst() throws {
+            let pair = try ConnectedPair(areaSize: 1 << 20, receiveBytes: 4 * 4096, slotSize: 4096)
+            func receiveRetained(_ count: Int) throws -> [UnsafeRawBufferPointer] {
+                var views: [UnsafeRawBufferPointer] = []
+                while views.count < count {
+                    if let view = try pair.server.receiveRetained() { views.append(view) } else { _ = try pair.serverEvents.wait(timeout: .seconds(10)) }
+                }
+                return views
+            }
+            func send(_ sizes: [Int], from first: Int) throws {
+                for (index, size) in sizes.enumerated() {
+                    let buffer = try pair.clientArea.reserve(size)
+                    buffer.withUnsafeMutableBytes { StreamMessage.fill($0, sequence: first + index) }
+                    try pair.client.send(buffer, cookie: UInt64(first + index))
+                }
+            }
+            try send([100, 200, 300], from: 0)
+            let views = try receiveRetained(3)
+            #expect(views.map(\.count) == [100, 200, 300])
+            for (index, view) in views.enumerated() { #expect(StreamMessage.matches(view, sequence: index)) }
+            let area = pair.serverArea
+            #expect(area.retainedBytes == 600)
+            try area.releaseOldest(bytes: 150)
+            #expect(area.retainedBytes == 450)
+            #expect {
+                try area.releaseOldest(bytes: 451)
+            } throws: { error in
+                (error as! RDMAError).code == .invalidArgument && (error as! RDMAError).message == "cannot release 451 bytes: only 450 received bytes are held"
+            }
+            #expect(throws: RDMAError.self) { try area.releaseOldest(bytes: 0) }
+            #expect(area.retainedBytes == 450, "a refused release changes nothing")
+            try area.releaseOldest(bytes: 450)
+            #expect(area.retainedBytes == 0)
+            // The peer was granted 4 credits; 4 more messages arrive only if all 3 slots came back.
+            try send([10, 20, 30, 40], from: 3)
+            let more = try receiveRetained(4)
+            #expect(more.map(\.count) == [10, 20, 30, 40])
+            for (index, view) in more.enumerated() { #expect(StreamMessage.matches(view, sequence: 3 + index)) }
+            try area.releaseOldest(bytes: 100)
+        }
+
         /// One connection failing leaves another on the same event channel working.
         @Test func otherConnectionsAreUnaffected() throws {
             let first = try ConnectedPair()

@@ -27,6 +27,21 @@ public final class DMAArea: @unchecked Sendable {
     let protectionDomain: ProtectionDomain
     let region: MemoryRegion
     private let allocator: Mutex<BuddyAllocator>
+    /// Messages handed out by ``Connection/receiveRetained()``, oldest first, for
+    /// ``releaseOldest(bytes:)``.
+    let retained = Mutex(RetainedMessages())
+
+    struct RetainedMessages {
+        struct Entry {
+            var owner: ConnectionState
+            var slot: Int
+            var length: Int
+        }
+        var entries = RingBuffer<Entry>()
+        /// Bytes of the oldest entry already released.
+        var consumedOfOldest = 0
+        var totalBytes = 0
+    }
 
     /// The smallest block the area hands out; smaller reservations are rounded up to it.
     public static let minimumBlock = 256
@@ -73,6 +88,44 @@ public final class DMAArea: @unchecked Sendable {
         let offset = try allocate(count, for: "sio_reserve")
         return SendBuffer(area: self, offset: offset, count: count)
     }
+
+    /// Releases the oldest `bytes` bytes of received data — the proposal's
+    /// `sio_release(handle, size)`, which treats what arrived as one ring: messages taken with
+    /// ``Connection/receiveRetained()`` are consumed oldest first, across the area's
+    /// connections, and each slot goes back to its connection (re-posted, a credit returned)
+    /// once all its bytes are released. Part of a message may be released; its slot waits for
+    /// the rest.
+    ///
+    /// - Throws: ``RDMAError/Code/invalidArgument`` (releasing nothing) for 0 bytes or more
+    ///   than the retained messages hold.
+    public func releaseOldest(bytes: Int) throws(RDMAError) {
+        // Lock order: the area's retained list, then a connection's event channel (never the
+        // other way round).
+        try retained.withLock { retained throws(RDMAError) in
+            let held = retained.totalBytes - retained.consumedOfOldest
+            guard bytes > 0, bytes <= held else {
+                throw RDMAError(.invalidArgument, operation: "sio_release", errno: .invalidArgument,
+                                message: bytes <= 0
+                                    ? "cannot release \(bytes) bytes: the size must be positive"
+                                    : "cannot release \(bytes) bytes: only \(held) received bytes are held")
+            }
+            var left = bytes
+            while left > 0, let oldest = retained.entries.front {
+                let take = Swift.min(left, oldest.length - retained.consumedOfOldest)
+                left -= take
+                retained.consumedOfOldest += take
+                if retained.consumedOfOldest == oldest.length {
+                    _ = retained.entries.popFirst()
+                    retained.totalBytes -= oldest.length
+                    retained.consumedOfOldest = 0
+                    oldest.owner.channel.release(slot: oldest.slot, of: oldest.owner)
+                }
+            }
+        }
+    }
+
+    /// Received bytes handed out by ``Connection/receiveRetained()`` and not yet released.
+    public var retainedBytes: Int { retained.withLock { $0.totalBytes - $0.consumedOfOldest } }
 
     /// Takes a block of at least `count` bytes; returns its offset.
     func allocate(_ count: Int, for operation: String) throws(RDMAError) -> Int {

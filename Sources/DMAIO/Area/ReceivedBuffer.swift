@@ -40,6 +40,14 @@ public struct ReceivedBuffer: ~Copyable {
         // deinit does the work.
     }
 
+    /// Gives up the buffer without releasing its slot; the caller takes over the reference.
+    consuming func disown() -> (owner: ConnectionState, slot: Int) {
+        let owner = self.owner.takeRetainedValue()
+        let slot = self.slot
+        discard self
+        return (owner, slot)
+    }
+
     deinit {
         let state = owner.takeUnretainedValue()
         state.channel.release(slot: slot, of: state)

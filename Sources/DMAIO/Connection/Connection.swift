@@ -198,6 +198,9 @@ public final class Connection: @unchecked Sendable {
                 bufferArea.free(offset)
                 throw error
             }
+            // Out of credits: credit updates may be waiting in the completion queue (a poll of
+            // user-mapped memory, no system call), so a sender that only sends still moves.
+            if state.credits == 0 { try events.pumpLocked() }
             try state.pumpSends()
         }
     }
@@ -224,6 +227,25 @@ public final class Connection: @unchecked Sendable {
             return ReceivedBuffer(owner: state, slot: Int(arrival.slot),
                                   bytes: UnsafeRawBufferPointer(start: start, count: Int(arrival.length)))
         }
+    }
+
+    /// The next received message in the proposal's own form: a view of the bytes where the
+    /// device wrote them, which stays valid until ``DMAArea/releaseOldest(bytes:)`` (the seed's
+    /// `sio_release(handle, size)`) releases them, oldest first. Nil when none has arrived.
+    ///
+    /// Use either this and ``DMAArea/releaseOldest(bytes:)``, or ``receive()`` and
+    /// ``ReceivedBuffer/release()``; the view must not be used after its bytes are released.
+    ///
+    /// - Throws: as ``receive()``.
+    public func receiveRetained() throws(RDMAError) -> UnsafeRawBufferPointer? {
+        guard let message = try receive() else { return nil }
+        let bytes = message.bytes
+        let (owner, slot) = message.disown()
+        owner.area!.retained.withLock {
+            $0.entries.append(.init(owner: owner, slot: slot, length: bytes.count))
+            $0.totalBytes += bytes.count
+        }
+        return bytes
     }
 
     private func checkUsableLocked(for operation: String) throws(RDMAError) {

@@ -1,8 +1,8 @@
 import RDMAVerbs
 
 /// The data-path state of one associated connection. Every field is guarded by the lock of the
-/// connection's ``EventChannel``.
-final class ConnectionState {
+/// connection's ``EventChannel`` (hence `@unchecked Sendable`).
+final class ConnectionState: @unchecked Sendable {
     enum Status: Equatable {
         /// Resolved or requested, not yet associated.
         case unassociated
