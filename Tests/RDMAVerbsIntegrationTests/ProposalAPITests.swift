@@ -311,6 +311,70 @@ extension RxeIntegration {
             try area.releaseOldest(bytes: 100)
         }
 
+        /// Three connections share one pool of receive slots (a shared receive queue) on one
+        /// event channel; each streams 1,000 messages, all arrive intact and in order.
+        @Test func connectionsShareOneReceivePool() throws {
+            let serverEvents = try EventChannel()
+            let serverArea = try DMAArea(size: 1 << 20)
+            let pool = try SharedReceivePool(area: serverArea, receiveBytes: 64 * 4096, slotSize: 4096)
+            #expect(pool.slotCount == 64)
+            let address = "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())"
+            let listener = try Listener(on: address, events: serverEvents)
+            let clientCount = 3, count = 1000
+            let accepted = OnThread { () throws -> [Connection] in
+                try (0..<clientCount).map { _ in
+                    let connection = try listener.accept(timeout: .seconds(10))
+                    try connection.associate(pool, credits: 8)
+                    return connection
+                }
+            }
+            let clients = try (0..<clientCount).map { _ -> (Connection, DMAArea, EventChannel) in
+                let events = try EventChannel()
+                let area = try DMAArea(size: 1 << 20)
+                let connection = try Connection(to: address, events: events)
+                try connection.associate(area, receiveBytes: 8 * 4096, slotSize: 4096)
+                return (connection, area, events)
+            }
+            let servers = try accepted.join()
+            #expect(pool.unclaimedSlots == 64 - clientCount * 16)
+            let receiver = OnThread { () throws -> [Int] in
+                var next = [Int](repeating: 0, count: clientCount)
+                while next.contains(where: { $0 < count }) {
+                    var progress = false
+                    for (index, connection) in servers.enumerated() {
+                        while let message = try connection.receive() {
+                            guard message.count == StreamMessage.size(next[index], slotSize: 4096),
+                                  StreamMessage.matches(message.bytes, sequence: next[index]) else {
+                                throw RDMAError(.workCompletion, operation: "test", message: "connection \(index) message \(next[index]) corrupted")
+                            }
+                            message.release()
+                            next[index] += 1
+                            progress = true
+                        }
+                    }
+                    if !progress { _ = try serverEvents.wait(timeout: .seconds(30)) }
+                }
+                return next
+            }
+            // The clients take turns, one message each, so the streams interleave on the pool.
+            for sequence in 0..<count {
+                for (connection, area, events) in clients {
+                    while true {
+                        if let buffer = try? area.reserve(StreamMessage.size(sequence, slotSize: 4096)) {
+                            buffer.withUnsafeMutableBytes { StreamMessage.fill($0, sequence: sequence) }
+                            try connection.send(buffer, cookie: UInt64(sequence))
+                            break
+                        }
+                        _ = try events.wait(timeout: .seconds(30))
+                    }
+                    while try events.next() != nil {}
+                }
+            }
+            #expect(try receiver.join() == [Int](repeating: count, count: clientCount))
+            for connection in servers { connection.close() }
+            #expect(pool.unclaimedSlots == 64, "closing returns every claimed slot")
+        }
+
         /// One connection failing leaves another on the same event channel working.
         @Test func otherConnectionsAreUnaffected() throws {
             let first = try ConnectedPair()

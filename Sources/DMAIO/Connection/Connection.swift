@@ -83,6 +83,35 @@ public final class Connection: @unchecked Sendable {
     /// The corresponding C functions are `rdma_create_qp`, `ibv_post_recv` and `rdma_connect`
     /// or `rdma_accept`.
     public func associate(_ area: DMAArea, receiveBytes: Int, slotSize: Int = 64 << 10, timeout: Duration = .seconds(10)) throws(RDMAError) {
+        try SharedReceivePool.checkSlotSize(slotSize)
+        let dataSlots = receiveBytes / slotSize
+        guard dataSlots >= 1, dataSlots <= Int(WireProtocol.creditMask) else {
+            throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .invalidArgument,
+                            message: "\(receiveBytes) receive bytes make \(dataSlots) slots of \(slotSize) bytes; at least one is needed")
+        }
+        try establish(area: area, slotSize: slotSize, credits: dataSlots, pool: nil, timeout: timeout)
+    }
+
+    /// Associates the connection with a pool of receive slots that several connections share
+    /// through one shared receive queue — `dma_assoc` where one area serves many connections.
+    ///
+    /// The connection grants its peer `credits` (a server at most the client's room) and claims
+    /// that many slots of the pool, plus room for the peer's credit updates; the association
+    /// fails with ``RDMAError/Code/areaExhausted`` when the pool has not that many unclaimed.
+    /// Slots a connection's messages occupy return to the pool when released, also after the
+    /// connection closed.
+    ///
+    /// The corresponding C functions are `rdma_create_qp` (with the pool's `ibv_srq`) and
+    /// `rdma_connect` or `rdma_accept`.
+    public func associate(_ pool: SharedReceivePool, credits: Int, timeout: Duration = .seconds(10)) throws(RDMAError) {
+        guard credits >= 1, credits <= Int(WireProtocol.creditMask) else {
+            throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .invalidArgument,
+                            message: "a connection needs at least 1 credit, not \(credits)")
+        }
+        try establish(area: pool.area, slotSize: pool.slotSize, credits: credits, pool: pool, timeout: timeout)
+    }
+
+    private func establish(area: DMAArea, slotSize: Int, credits: Int, pool: SharedReceivePool?, timeout: Duration) throws(RDMAError) {
         let status = events.lock.withLock { _ in state.status }
         guard status == .unassociated, state.queuePair == nil else {
             throw RDMAError(.alreadyAssociated, operation: "dma_assoc", errno: .alreadyInProcess,
@@ -90,28 +119,19 @@ public final class Connection: @unchecked Sendable {
                                 ? "\(id) is already associated with an area: associate each connection once"
                                 : "\(id) is closed or disconnected: open a new connection")
         }
-        guard slotSize >= 64, slotSize & (slotSize - 1) == 0, slotSize <= 1 << 30 else {
-            throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .invalidArgument,
-                            message: "slotSize must be a power of two between 64 B and 1 GiB, not \(slotSize)")
-        }
-        let dataSlots = receiveBytes / slotSize
-        guard dataSlots >= 1, dataSlots <= Int(WireProtocol.creditMask) else {
-            throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .invalidArgument,
-                            message: "\(receiveBytes) receive bytes make \(dataSlots) slots of \(slotSize) bytes; at least one is needed")
-        }
         guard area.context.pointer == events.context.pointer else {
             throw RDMAError(.wrongArea, operation: "dma_assoc",
                             message: "the area is registered on \(area.deviceName) but the connection runs over \(events.deviceName)")
         }
-        // A client grants all its slots and makes room for as many credit updates; a server
+        // A client grants all its credits and makes room for as many credit updates; a server
         // grants no more than the client's room, and makes room for the client's grant.
         let granted: Int, room: Int
         if let request = state.peerHello {
-            granted = min(dataSlots, Int(request.room))
+            granted = min(credits, Int(request.room))
             room = Int(request.credits)
         } else {
-            granted = dataSlots
-            room = dataSlots
+            granted = credits
+            room = credits
         }
         let slots = granted + room
         let sendDepth = max(8, 2 * granted + 2)
@@ -119,25 +139,37 @@ public final class Connection: @unchecked Sendable {
         events.lock.withLock { _ in state.capacityTaken = sendDepth + slots }
         var offsets: [Int] = []
         do throws(RDMAError) {
-            offsets.reserveCapacity(slots)
-            for _ in 0..<slots { offsets.append(try area.allocate(slotSize, for: "dma_assoc")) }
+            if let pool {
+                try pool.claim(slots)
+                events.lock.withLock { _ in
+                    state.pool = pool
+                    state.poolSlotsClaimed = slots
+                }
+            } else {
+                offsets.reserveCapacity(slots)
+                for _ in 0..<slots { offsets.append(try area.allocate(slotSize, for: "dma_assoc")) }
+            }
             let queuePair = try state.cmID.createQueuePair(
                 protectionDomain: area.protectionDomain, sendQueue: events.completionQueue,
                 receiveQueue: events.completionQueue,
-                capabilities: QueuePairCapabilities(maxSendRequests: sendDepth, maxReceiveRequests: slots))
+                capabilities: QueuePairCapabilities(maxSendRequests: sendDepth, maxReceiveRequests: pool == nil ? slots : 0),
+                sharedReceiveQueue: pool?.queue)
             try events.lock.withLock { _ throws(RDMAError) in
                 state.area = area
                 state.queuePair = queuePair
-                state.slotOffsets = offsets
+                state.slotOffsets = pool?.slotOffsets ?? offsets
                 state.slotSize = slotSize
                 state.creditsGranted = granted
                 state.sendQueueFree = sendDepth
-                for slot in 0..<slots { try state.postReceive(slot: slot) }
+                if pool == nil {
+                    for slot in 0..<slots { try state.postReceive(slot: slot) }
+                }
                 state.arrivals.reserveCapacity(slots)
                 state.inFlight.reserveCapacity(sendDepth)
                 state.pending.reserveCapacity(sendDepth)
             }
             offsets = []  // the state owns them now
+            if let pool { events.attach(state, queuePairNumber: queuePair.number, pool: pool) }
             let hello = WireProtocol.Hello(credits: UInt32(granted), room: UInt32(room), slotSize: UInt32(slotSize))
             let peer: WireProtocol.Hello
             if let request = state.peerHello {
@@ -273,11 +305,16 @@ public final class Connection: @unchecked Sendable {
             let wasConnected = state.status == .connected
             state.status = .closed
             if wasConnected { try? state.cmID.disconnect() }
+            // Messages that arrived and were never handed out go back to a shared pool now.
+            if let pool = state.pool {
+                while let arrival = state.arrivals.popFirst() { try? pool.repost(slot: Int(arrival.slot)) }
+            }
             return true
         }
         guard wasOpen else { return }
         events.unregister(state)
         events.returnCapacity(events.lock.withLock { _ in state.capacityTaken })
+        if let pool = state.pool { pool.unclaim(state.poolSlotsClaimed) }
     }
 
     /// Where the last data send was posted from; for tests of the zero-copy path.

@@ -31,6 +31,10 @@ final class ConnectionState: @unchecked Sendable {
     var status = Status.unassociated
     var queuePair: QueuePair?
     var area: DMAArea?
+    /// The shared pool the connection receives through, if any (then `slotOffsets` are the
+    /// pool's and its slots go back to the pool).
+    var pool: SharedReceivePool?
+    var poolSlotsClaimed = 0
     /// Completion-queue entries claimed from the event channel.
     var capacityTaken = 0
     /// Offsets of the receive slots in the area: the granted data slots, then room for the
@@ -69,7 +73,7 @@ final class ConnectionState: @unchecked Sendable {
         // The queue pair goes first (it may still own posted receives), then the slots return.
         queuePair = nil
         if let area {
-            for offset in slotOffsets { area.free(offset) }
+            if pool == nil { for offset in slotOffsets { area.free(offset) } }
             while let send = pending.popFirst() { area.free(send.offset) }
             while let send = inFlight.popFirst() { area.free(send.offset) }
         }
@@ -78,7 +82,7 @@ final class ConnectionState: @unchecked Sendable {
     // MARK: - Request identifiers
 
     enum RequestKind: UInt64 {
-        case dataSend = 0, creditUpdate = 1, receive = 2
+        case dataSend = 0, creditUpdate = 1, receive = 2, sharedReceive = 3
     }
 
     @inline(__always)
@@ -94,6 +98,7 @@ final class ConnectionState: @unchecked Sendable {
     // MARK: - Posting (lock held)
 
     func postReceive(slot: Int) throws(RDMAError) {
+        if let pool { return try pool.repost(slot: slot) }
         let segment = try area!.region.segment(offset: slotOffsets[slot], length: slotSize)
         try queuePair!.postReceive(segment, requestID: requestID(.receive, slot: slot))
     }

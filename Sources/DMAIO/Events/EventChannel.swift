@@ -37,6 +37,12 @@ public final class EventChannel: @unchecked Sendable {
     // Guarded by `lock`.
     var connections: [UInt32: ConnectionState] = [:]
     private var connectionsByCMID: [ConnectionID.ID: UInt32] = [:]
+    /// Connections receiving through a shared pool, by queue pair number: a shared receive's
+    /// completion names the queue pair, not the connection.
+    private var connectionsByQueuePair: [UInt32: UInt32] = [:]
+    /// The pool behind each such queue pair, kept after the connection closed so that late
+    /// completions still return their slots.
+    private var poolsByQueuePair: [UInt32: SharedReceivePool] = [:]
     private var events: RingBuffer<Event> = RingBuffer()
     private var announcements: RingBuffer<UInt32> = RingBuffer()
     private var polled = [WorkCompletion](repeating: WorkCompletion(), count: 32)
@@ -100,13 +106,11 @@ public final class EventChannel: @unchecked Sendable {
     /// `ibv_req_notify_cq` and `rdma_get_cm_event`.
     public func next() throws(RDMAError) -> Event? {
         try lock.withLock { _ throws(RDMAError) -> Event? in
-            if let event = popLocked() {
-                if events.isEmpty && announcements.isEmpty { try pumpLocked() }
-                updateWakeLocked()
-                return event
-            }
-            try pumpLocked()
-            let event = popLocked()
+            if events.isEmpty && announcements.isEmpty { try pumpLocked() }
+            var event = popLocked()
+            // If the queue is empty now, arm before anyone sleeps on the descriptor.
+            try armIfIdleLocked()
+            if event == nil { event = popLocked() }
             updateWakeLocked()
             return event
         }
@@ -179,18 +183,7 @@ public final class EventChannel: @unchecked Sendable {
             while try completionChannel.nextEvent() != nil {}
             armed = false
         }
-        var found = 0
-        while true {
-            let count = try pollOnceLocked()
-            found += count
-            if count < polled.count { break }
-        }
-        if found == 0 {
-            try completionQueue.requestNotification()
-            armed = true
-            // A completion that arrived between the last poll and the arming raised no event.
-            while try pollOnceLocked() == polled.count {}
-        }
+        let found = try pollAllLocked()
         // Connection events are rare: look when the queue was idle, or every 64th time, and
         // only when the descriptor says one is there (rdma_get_cm_event allocates per call).
         pumps &+= 1
@@ -198,6 +191,26 @@ public final class EventChannel: @unchecked Sendable {
             while try waitReadablePublic(connectionEvents.fileDescriptor), let event = try connectionEvents.nextEvent() {
                 handleLocked(event)
             }
+        }
+    }
+
+    /// Before reporting "no event": arm the queue so that the next completion makes the
+    /// descriptor readable, then poll once more, since a completion that arrived between the
+    /// last poll and the arming raised no notification.
+    private func armIfIdleLocked() throws(RDMAError) {
+        guard events.isEmpty, announcements.isEmpty, !armed else { return }
+        try completionQueue.requestNotification()
+        armed = true
+        _ = try pollAllLocked()
+    }
+
+    /// Polls until the completion queue is empty; returns how many completions it handled.
+    private func pollAllLocked() throws(RDMAError) -> Int {
+        var found = 0
+        while true {
+            let count = try pollOnceLocked()
+            found += count
+            if count < polled.count { return found }
         }
     }
 
@@ -209,6 +222,16 @@ public final class EventChannel: @unchecked Sendable {
 
     private func handleLocked(_ completion: WorkCompletion) throws(RDMAError) {
         let (kind, raw, slot) = ConnectionState.decode(completion.requestID)
+        if kind == .sharedReceive {
+            guard let owner = connectionsByQueuePair[completion.queuePairNumber], let state = connections[owner] else {
+                // The connection closed meanwhile: the slot still belongs to the pool.
+                try poolsByQueuePair[completion.queuePairNumber]?.repost(slot: slot)
+                return
+            }
+            try handleReceiveLocked(completion, slot: slot, state: state)
+            try state.pumpSends()
+            return
+        }
         guard let state = connections[raw] else { return }  // a closed connection's flushes
         switch kind {
         case .dataSend:
@@ -222,24 +245,29 @@ public final class EventChannel: @unchecked Sendable {
             }
         case .creditUpdate:
             state.sendQueueFree += 1
-        case .receive:
-            guard completion.isSuccess else {
-                if completion.status != .flushed && state.status == .connected {
-                    events.append(.receiveFailed(connection: state.id, status: completion.status))
-                }
-                return
-            }
-            let immediate = completion.immediateData ?? 0
-            state.credits += Int(immediate & WireProtocol.creditMask)
-            if immediate & WireProtocol.creditUpdateFlag != 0 {
-                try state.postReceive(slot: slot)  // a credit update leaves the slot untouched
-            } else {
-                state.arrivals.append(.init(slot: Int32(slot), length: Int32(completion.byteCount)))
-                state.arrived += 1
-                announceLocked(state)
-            }
+        case .receive, .sharedReceive:
+            try handleReceiveLocked(completion, slot: slot, state: state)
         }
         try state.pumpSends()
+    }
+
+    private func handleReceiveLocked(_ completion: WorkCompletion, slot: Int, state: ConnectionState) throws(RDMAError) {
+        guard completion.isSuccess else {
+            if completion.status != .flushed && state.status == .connected {
+                events.append(.receiveFailed(connection: state.id, status: completion.status))
+            }
+            if let pool = state.pool { try pool.repost(slot: slot) }  // a pool's slot outlives the connection
+            return
+        }
+        let immediate = completion.immediateData ?? 0
+        state.credits += Int(immediate & WireProtocol.creditMask)
+        if immediate & WireProtocol.creditUpdateFlag != 0 || state.status != .connected {
+            try state.postReceive(slot: slot)  // a credit update leaves the slot untouched
+        } else {
+            state.arrivals.append(.init(slot: Int32(slot), length: Int32(completion.byteCount)))
+            state.arrived += 1
+            announceLocked(state)
+        }
     }
 
     private func handleLocked(_ event: ConnectionEvent) {
@@ -295,11 +323,22 @@ public final class EventChannel: @unchecked Sendable {
         }
     }
 
+    /// Routes shared receives of `queuePairNumber` to `state`.
+    func attach(_ state: ConnectionState, queuePairNumber: UInt32, pool: SharedReceivePool) {
+        lock.withLock { _ in
+            connectionsByQueuePair[queuePairNumber] = state.id.rawValue
+            poolsByQueuePair[queuePairNumber] = pool
+        }
+    }
+
     /// Forgets a connection that is being closed.
     func unregister(_ state: ConnectionState) {
         lock.withLock { _ in
             connections[state.id.rawValue] = nil
             connectionsByCMID[state.cmID.id] = nil
+            if let number = state.queuePair?.number, connectionsByQueuePair[number] == state.id.rawValue {
+                connectionsByQueuePair[number] = nil
+            }
         }
     }
 
@@ -307,7 +346,11 @@ public final class EventChannel: @unchecked Sendable {
     func release(slot: Int, of state: ConnectionState) {
         lock.withLock { _ in
             state.held -= 1
-            guard state.status == .connected else { return }
+            guard state.status == .connected else {
+                // A pool's slot goes back to the pool; a private slot waits for the state to go.
+                if let pool = state.pool { try? pool.repost(slot: slot) }
+                return
+            }
             do {
                 try state.postReceive(slot: slot)
                 state.creditsToReturn += 1
