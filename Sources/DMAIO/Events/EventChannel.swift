@@ -67,7 +67,7 @@ public final class EventChannel: @unchecked Sendable {
         completionQueue = try CompletionQueue(context: context, capacity: capacity, channel: completionChannel)
         connectionEvents = try ConnectionEventChannel()
         capacityLeft = completionQueue.capacity
-        let epoll = try minusOneOrErrnoPublic("epoll_create1", "creating the event channel's descriptor") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
+        let epoll = try minusOneOrErrno("epoll_create1", "creating the event channel's descriptor") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
         let wake = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
         guard wake >= 0 else {
             close(epoll)
@@ -120,24 +120,7 @@ public final class EventChannel: @unchecked Sendable {
     ///
     /// The corresponding C functions are `poll` and those of ``next()``.
     public func wait(timeout: Duration?) throws(RDMAError) -> Event? {
-        let clock = ContinuousClock()
-        let deadline = timeout.map { clock.now + $0 }
-        while true {
-            if let event = try next() { return event }
-            let remaining = deadline.map { Swift.max($0 - clock.now, .zero) }
-            if let remaining, remaining == .zero { return nil }
-            var descriptor = pollfd(fd: pollDescriptor, events: Int16(POLLIN), revents: 0)
-            let milliseconds = remaining.map(Self.roundedUpMilliseconds) ?? -1
-            if poll(&descriptor, 1, milliseconds) < 0, errno != EINTR {
-                throw RDMAError(.systemCall, operation: "poll", errno: .init(rawValue: errno), message: "waiting on the event channel")
-            }
-        }
-    }
-
-    private static func roundedUpMilliseconds(_ duration: Duration) -> Int32 {
-        let (seconds, attoseconds) = duration.components
-        let fraction = (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
-        return Int32(clamping: seconds * 1000 + fraction)
+        try nextOrWait(on: pollDescriptor, timeout: timeout) { () throws(RDMAError) in try next() }
     }
 
     private func popLocked() -> Event? {
@@ -188,7 +171,7 @@ public final class EventChannel: @unchecked Sendable {
         // only when the descriptor says one is there (rdma_get_cm_event allocates per call).
         pumps &+= 1
         if found == 0 || pumps & 63 == 0 {
-            while try waitReadablePublic(connectionEvents.fileDescriptor), let event = try connectionEvents.nextEvent() {
+            while try waitReadable(connectionEvents.fileDescriptor, timeout: .zero), let event = try connectionEvents.nextEvent() {
                 handleLocked(event)
             }
         }
@@ -398,23 +381,4 @@ extension EventChannel: AsyncSequence {
     }
 
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(channel: self) }
-}
-
-/// Whether `fd` is readable right now (`poll` with a zero timeout).
-func waitReadablePublic(_ fd: Int32) throws(RDMAError) -> Bool {
-    var descriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-    let ready = poll(&descriptor, 1, 0)
-    if ready < 0 && errno != EINTR {
-        throw RDMAError(.systemCall, operation: "poll", errno: .init(rawValue: errno), message: "checking descriptor \(fd)")
-    }
-    return ready > 0
-}
-
-@inline(__always)
-func minusOneOrErrnoPublic(_ operation: String, _ context: String, _ call: () -> Int32) throws(RDMAError) -> Int32 {
-    let result = call()
-    guard result >= 0 else {
-        throw RDMAError(.systemCall, operation: operation, errno: .init(rawValue: errno), message: context)
-    }
-    return result
 }

@@ -68,13 +68,6 @@ public final class CompletionChannel: @unchecked Sendable {
     ///
     /// The corresponding C functions are `poll`, `ibv_get_cq_event` and `ibv_ack_cq_events`.
     public func waitForEvent(timeout: Duration?) throws(RDMAError) -> CompletionQueue.ID? {
-        let clock = ContinuousClock()
-        let deadline = timeout.map { clock.now + $0 }
-        while true {
-            if let event = try nextEvent() { return event }
-            let remaining = deadline.map { max($0 - clock.now, .zero) }
-            if let remaining, remaining == .zero { return nil }
-            _ = try waitReadable(fileDescriptor, timeout: remaining)
-        }
+        try nextOrWait(on: fileDescriptor, timeout: timeout) { () throws(RDMAError) in try nextEvent() }
     }
 }

@@ -64,14 +64,7 @@ public final class ConnectionEventChannel: @unchecked Sendable {
     ///
     /// The corresponding C functions are `poll`, `rdma_get_cm_event` and `rdma_ack_cm_event`.
     public func waitForEvent(timeout: Duration?) throws(RDMAError) -> ConnectionEvent? {
-        let clock = ContinuousClock()
-        let deadline = timeout.map { clock.now + $0 }
-        while true {
-            if let event = try nextEvent() { return event }
-            let remaining = deadline.map { max($0 - clock.now, .zero) }
-            if let remaining, remaining == .zero { return nil }
-            _ = try waitReadable(fileDescriptor, timeout: remaining)
-        }
+        try nextOrWait(on: fileDescriptor, timeout: timeout) { () throws(RDMAError) in try nextEvent() }
     }
 
     /// Waits for the next event and requires it to be `expected`.

@@ -42,7 +42,7 @@ func zeroOrErrno(
 /// `poll`, `fcntl`). `EINTR` is retried.
 @inline(__always)
 @discardableResult
-func minusOneOrErrno(
+package func minusOneOrErrno(
     _ operation: String, _ context: @autoclosure () -> String, _ call: () -> Int32
 ) throws(RDMAError) -> Int32 {
     while true {
@@ -65,14 +65,29 @@ func setNonBlocking(_ fd: Int32, for operation: String) throws(RDMAError) {
 }
 
 /// Waits until `fd` is readable or `timeout` passes (`poll`). Returns false on timeout.
-/// A nil timeout waits forever.
-func waitReadable(_ fd: Int32, timeout: Duration?) throws(RDMAError) -> Bool {
+/// A nil timeout waits forever; a zero timeout only looks.
+package func waitReadable(_ fd: Int32, timeout: Duration?) throws(RDMAError) -> Bool {
     var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
     let milliseconds: Int32 = timeout.map { Int32(clamping: $0.milliseconds) } ?? -1
     let ready = try minusOneOrErrno("poll", "waiting for descriptor \(fd)") {
         poll(&pfd, 1, milliseconds)
     }
     return ready > 0
+}
+
+/// Takes the next item from a non-blocking source, sleeping on its descriptor (`poll`) while
+/// there is none, for up to `timeout` (forever when nil). Nil when the time runs out.
+package func nextOrWait<T>(
+    on fd: Int32, timeout: Duration?, _ next: () throws(RDMAError) -> T?
+) throws(RDMAError) -> T? {
+    let clock = ContinuousClock()
+    let deadline = timeout.map { clock.now + $0 }
+    while true {
+        if let item = try next() { return item }
+        let remaining = deadline.map { max($0 - clock.now, .zero) }
+        if let remaining, remaining == .zero { return nil }
+        _ = try waitReadable(fd, timeout: remaining)
+    }
 }
 
 extension Duration {
