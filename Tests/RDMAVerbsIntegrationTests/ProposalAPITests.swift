@@ -171,6 +171,33 @@ extension RxeIntegration {
             #expect(sentCookie == 99)
         }
 
+        /// A small payload goes inline: its buffer is back in the area as soon as it is posted,
+        /// and the message still arrives intact with its send event.
+        @Test func smallPayloadsGoInline() throws {
+            let pair = try ConnectedPair()
+            let baseline = pair.clientArea.bytesInUse
+            let buffer = try pair.clientArea.reserve(Connection.inlineLimit)
+            buffer.withUnsafeMutableBytes { StreamMessage.fill($0, sequence: 3) }
+            #expect(pair.clientArea.bytesInUse == baseline + DMAArea.minimumBlock)
+            try pair.client.send(buffer, cookie: 42)
+            #expect(pair.clientArea.bytesInUse == baseline, "an inline send frees its buffer when posted")
+            var received = false
+            while !received {
+                if let message = try pair.server.receive() {
+                    #expect(message.count == Connection.inlineLimit && StreamMessage.matches(message.bytes, sequence: 3))
+                    message.release()
+                    received = true
+                } else {
+                    _ = try pair.serverEvents.wait(timeout: .seconds(10))
+                }
+            }
+            var cookie: UInt64? = nil
+            while cookie == nil, let event = try pair.clientEvents.wait(timeout: .seconds(10)) {
+                if case .sent(_, let value) = event { cookie = value }
+            }
+            #expect(cookie == 42)
+        }
+
         /// Reserve, send, receive, release and event delivery allocate nothing per message once
         /// warm: counted by a malloc hook, per thread, over 10,000 messages.
         @Test func steadyStateAllocatesNothingPerMessage() throws {

@@ -21,6 +21,10 @@ public final class Connection: @unchecked Sendable {
         public var description: String { "connection \(rawValue)" }
     }
 
+    /// Payloads up to this many bytes are sent inline (copied into the work request by the
+    /// provider) where the device grants it; the device may grant more.
+    static let inlineLimit = 64
+
     let state: ConnectionState
     /// The event channel this connection reports to.
     public let events: EventChannel
@@ -152,7 +156,9 @@ public final class Connection: @unchecked Sendable {
             let queuePair = try state.cmID.createQueuePair(
                 protectionDomain: area.protectionDomain, sendQueue: events.completionQueue,
                 receiveQueue: events.completionQueue,
-                capabilities: QueuePairCapabilities(maxSendRequests: sendDepth, maxReceiveRequests: pool == nil ? slots : 0),
+                capabilities: QueuePairCapabilities(
+                    maxSendRequests: sendDepth, maxReceiveRequests: pool == nil ? slots : 0,
+                    maxInlineData: Self.inlineLimit),
                 sharedReceiveQueue: pool?.queue)
             try events.lock.withLock { _ throws(RDMAError) in
                 state.area = area

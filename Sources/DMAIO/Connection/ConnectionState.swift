@@ -15,6 +15,8 @@ final class ConnectionState: @unchecked Sendable {
     }
 
     struct PendingSend {
+        /// The buffer's block in the area, or -1 once it went back (an inline send's bytes
+        /// are copied into the work request, so its block is free at once).
         var offset: Int
         var count: Int
         var cookie: UInt64
@@ -75,7 +77,9 @@ final class ConnectionState: @unchecked Sendable {
         if let area {
             if pool == nil { for offset in slotOffsets { area.free(offset) } }
             while let send = pending.popFirst() { area.free(send.offset) }
-            while let send = inFlight.popFirst() { area.free(send.offset) }
+            while let send = inFlight.popFirst() {
+                if send.offset >= 0 { area.free(send.offset) }
+            }
         }
     }
 
@@ -108,12 +112,20 @@ final class ConnectionState: @unchecked Sendable {
     func pumpSends() throws(RDMAError) {
         guard status == .connected, let queuePair, let area else { return }
         // One send-queue entry stays free for a credit update.
-        while credits > 0, sendQueueFree > 1, let send = pending.front {
+        while credits > 0, sendQueueFree > 1, var send = pending.front {
             let immediate = WireProtocol.immediate(returning: creditsToReturn, creditUpdate: false)
             let segment = try area.region.segment(offset: send.offset, length: send.count)
-            try queuePair.postSend(segment, requestID: requestID(.dataSend), operation: .sendWithImmediate(immediate))
+            // Small payloads go inline where the device allows: the bytes travel inside the
+            // work request and the buffer is back in the area at once.
+            let inline = send.count <= queuePair.capabilities.maxInlineData
+            try queuePair.postSend(
+                segment, requestID: requestID(.dataSend), operation: .sendWithImmediate(immediate), inline: inline)
             lastPostedSendAddress = UnsafeRawPointer(bitPattern: UInt(segment.address))
             _ = pending.popFirst()
+            if inline {
+                area.free(send.offset)
+                send.offset = -1
+            }
             inFlight.append(send)
             creditsToReturn = 0
             credits -= 1

@@ -220,7 +220,7 @@ public final class EventChannel: @unchecked Sendable {
         case .dataSend:
             state.sendQueueFree += 1
             guard let send = state.inFlight.popFirst() else { return }
-            state.area?.free(send.offset)
+            if send.offset >= 0 { state.area?.free(send.offset) }
             if completion.isSuccess {
                 events.append(.sent(connection: state.id, cookie: send.cookie))
             } else {
