@@ -7,7 +7,7 @@
 //   CRDMA       system-library module over libibverbs + librdmacm (one shim header)
 //   RDMAVerbs   safe Swift verbs layer: device, context, PD, MR, CQ, QP, SRQ, rdma_cm
 //   DMAIO       the proposal's API: DMA areas, event channels, zero-copy aio send/receive
-//   examples/   tools built on the layers above
+//   examples/   tools built on the proposal's API
 
 import PackageDescription
 
@@ -48,7 +48,7 @@ let package = Package(
         .executableTarget(
             name: "pingpong",
             dependencies: [
-                "RDMAVerbs",
+                "DMAIO", "RDMAVerbs",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "examples/pingpong"

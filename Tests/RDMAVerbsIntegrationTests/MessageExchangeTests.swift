@@ -24,7 +24,8 @@ extension RxeIntegration {
             #expect(sizes.contains(4096) && sizes.contains(4097) && sizes.contains(65536))
         }
 
-        /// The example tool: two processes, polling and event modes, content checked.
+        /// The example tool (on the proposal's API): two processes, polling and event modes,
+        /// content checked.
         @Test(.serialized, arguments: [[String](), ["-e"]])
         func pingpongExampleRunsBetweenTwoProcesses(extra: [String]) throws {
             let pingpong = RxeEnvironment.productsDirectory.appendingPathComponent("pingpong").path
@@ -53,6 +54,7 @@ extension RxeIntegration {
                 #expect(text.contains("4096000 bytes in "))
                 #expect(text.contains("500 iters in "))
                 #expect(text.contains("content of all 500 messages checked: OK"))
+                #expect(text.contains("round trip usec: min "))
             }
         }
     }

@@ -347,6 +347,17 @@ public final class EventChannel: @unchecked Sendable {
         }
     }
 
+    /// The next event, sleeping on the descriptor (not a thread) while there is none.
+    func nextEvent() async throws -> Event? {
+        while !Task.isCancelled {
+            let event: Event?
+            do { event = try next() } catch { throw error as any Error }
+            if let event { return event }
+            await readable()
+        }
+        throw CancellationError()
+    }
+
     /// Waits until the descriptor is readable, without holding a thread.
     func readable() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -372,11 +383,7 @@ extension EventChannel: AsyncSequence {
         let channel: EventChannel
 
         public mutating func next() async throws -> Event? {
-            while true {
-                try Task.checkCancellation()
-                if let event = try channel.next() { return event }
-                await channel.readable()
-            }
+            try await channel.nextEvent()
         }
     }
 

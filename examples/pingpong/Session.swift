@@ -1,0 +1,144 @@
+import DMAIO
+import RDMAVerbs
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One side of the ping-pong on the proposal's API: an event channel, an area, and the loop
+/// that reserves, sends, receives and releases — zero-copy, no allocation per message.
+struct Session {
+    let events: EventChannel
+    let area: DMAArea
+    /// The receive slot size: the message size rounded up to a power of two.
+    let slotSize: Int
+    let size: Int
+    let useEvents: Bool
+    let check: Bool
+    let pattern: Pattern
+
+    init(size: Int, device: String?, events useEvents: Bool, check: Bool) throws(RDMAError) {
+        self.size = size
+        self.useEvents = useEvents
+        self.check = check
+        slotSize = max(64, 1 << (Int.bitWidth - (size - 1).leadingZeroBitCount))
+        events = try EventChannel(capacity: 64, device: device)
+        // Two receive slots, their credit-update room, and two send buffers in flight.
+        area = try DMAArea(size: max(6 * slotSize, 1 << 16), device: device)
+        pattern = Pattern(size: size)
+    }
+
+    struct Result {
+        var seconds: Double
+        var percentiles: Percentiles
+    }
+
+    struct Percentiles {
+        var min = 0.0, p50 = 0.0, p99 = 0.0, p999 = 0.0, max = 0.0
+    }
+
+    /// Runs `iterations` round trips; the client sends first.
+    func run(_ connection: Connection, iterations: Int, isClient: Bool) throws(RDMAError) -> Result {
+        var roundTrips = [Double](repeating: 0, count: iterations)
+        let clock = ContinuousClock()
+        let start = clock.now
+        var last = start
+        for iteration in 0..<iterations {
+            if isClient {
+                try send(on: connection, sequence: iteration)
+                try receive(on: connection, sequence: iteration)
+            } else {
+                try receive(on: connection, sequence: iteration)
+                try send(on: connection, sequence: iteration)
+            }
+            let now = clock.now
+            roundTrips[iteration] = Self.microseconds(now - last)
+            last = now
+        }
+        let seconds = Self.microseconds(clock.now - start) / 1e6
+        roundTrips.sort()
+        func at(_ fraction: Double) -> Double { roundTrips[min(roundTrips.count - 1, Int(Double(roundTrips.count) * fraction))] }
+        return Result(
+            seconds: seconds,
+            percentiles: Percentiles(min: roundTrips[0], p50: at(0.5), p99: at(0.99), p999: at(0.999), max: roundTrips[roundTrips.count - 1]))
+    }
+
+    private static func microseconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) * 1e6 + Double(duration.components.attoseconds) / 1e12
+    }
+
+    /// sio_reserve, fill, aio_send; the buffer comes back by itself when the send completes.
+    private func send(on connection: Connection, sequence: Int) throws(RDMAError) {
+        while true {
+            do {
+                let buffer = try area.reserve(size)
+                if check { buffer.withUnsafeMutableBytes { pattern.fill($0, sequence: UInt64(sequence)) } }
+                try connection.send(buffer, cookie: UInt64(sequence))
+                return
+            } catch {
+                // The previous send's buffer is not back yet: take its completion.
+                guard error.code == .areaExhausted else { throw error }
+                try waitForEvent()
+            }
+        }
+    }
+
+    /// aio_recv, check, sio_release.
+    private func receive(on connection: Connection, sequence: Int) throws(RDMAError) {
+        while true {
+            if let message = try connection.receive() {
+                guard message.count == size else {
+                    throw RDMAError(.invalidArgument, operation: "aio_recv",
+                                    message: "received \(message.count) bytes, expected \(size): do both sides use the same -s?")
+                }
+                if check, !pattern.matches(message.bytes, sequence: UInt64(sequence)) {
+                    throw RDMAError(.workCompletion, operation: "pingpong -c", message: "message \(sequence) differs from what was sent")
+                }
+                message.release()
+                return
+            }
+            try waitForEvent()
+        }
+    }
+
+    /// Takes one event: polling (ec_next_event) or sleeping on the channel (ec_delay).
+    private func waitForEvent() throws(RDMAError) {
+        let event = useEvents ? try events.wait(timeout: .seconds(30)) : try events.next()
+        switch event {
+        case .disconnected?:
+            throw RDMAError(.disconnected, operation: "pingpong", message: "the peer went away")
+        case .sendFailed(_, _, let status)?:
+            throw RDMAError(.workCompletion, operation: "aio_send", message: "a send failed: \(status)")
+        case nil where useEvents:
+            throw RDMAError(.timedOut, operation: "ec_delay", message: "no event within 30 s: did the peer stop?")
+        default:
+            break
+        }
+    }
+}
+
+/// The bytes of message n: a window into a fixed pseudo-random table shifted by n, so that
+/// filling is one copy and checking one comparison.
+struct Pattern {
+    private let table: [UInt8]
+
+    init(size: Int) {
+        var state: UInt32 = 2_463_534_242
+        table = (0..<(size + 256)).map { _ in
+            state ^= state << 13; state ^= state >> 17; state ^= state << 5  // xorshift32
+            return UInt8(truncatingIfNeeded: state)
+        }
+    }
+
+    func fill(_ buffer: UnsafeMutableRawBufferPointer, sequence: UInt64) {
+        table.withUnsafeBytes { table in
+            buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: table[Int(sequence % 256)...].prefix(buffer.count)))
+        }
+    }
+
+    func matches(_ bytes: UnsafeRawBufferPointer, sequence: UInt64) -> Bool {
+        table.withUnsafeBytes { table in
+            memcmp(bytes.baseAddress!, table.baseAddress! + Int(sequence % 256), bytes.count) == 0
+        }
+    }
+}
