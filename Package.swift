@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "RDMAVerbs", targets: ["RDMAVerbs"]),
         .library(name: "DMAIO", targets: ["DMAIO"]),
         .executable(name: "pingpong", targets: ["pingpong"]),
+        .executable(name: "stream", targets: ["stream"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
@@ -45,10 +46,22 @@ let package = Package(
             ],
             path: "Sources/DMAIO"
         ),
+        .target(
+            name: "ExampleSupport",
+            path: "examples/ExampleSupport"
+        ),
+        .executableTarget(
+            name: "stream",
+            dependencies: [
+                "DMAIO", "RDMAVerbs", "ExampleSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "examples/stream"
+        ),
         .executableTarget(
             name: "pingpong",
             dependencies: [
-                "DMAIO", "RDMAVerbs",
+                "DMAIO", "RDMAVerbs", "ExampleSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "examples/pingpong"

@@ -40,8 +40,8 @@ extension RxeIntegration {
                 pingpong, "-b", RxeEnvironment.address, "-p", String(RxeEnvironment.freshPort()), "-s", "1048576",
             ])
             #expect(result.status == 1)
-            // The tool's area: 6 slots of 1 MiB (receive slots, credit room, send buffers).
-            #expect(result.standardError.contains("ibv_reg_mr: cannot pin 6 MiB for RDMA: RLIMIT_MEMLOCK (ulimit -l) is 64 KiB"),
+            // The tool's area: 18 slots of 1 MiB (8 receive slots, as much credit room, 2 send buffers).
+            #expect(result.standardError.contains("ibv_reg_mr: cannot pin 18 MiB for RDMA: RLIMIT_MEMLOCK (ulimit -l) is 64 KiB"),
                     "stderr: \(result.standardError)")
             #expect(result.standardError.contains("`ulimit -l unlimited`"))
         }

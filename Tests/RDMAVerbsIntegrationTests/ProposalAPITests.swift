@@ -402,6 +402,24 @@ extension RxeIntegration {
             #expect(pool.unclaimedSlots == 64, "closing returns every claimed slot")
         }
 
+        /// An area on 2 MiB huge pages, once some are reserved; without them, the error says how.
+        @Test func hugePageAreas() throws {
+            let reserve = "/proc/sys/vm/nr_hugepages"
+            let before = try String(contentsOfFile: reserve, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            defer { try? before.write(toFile: reserve, atomically: false, encoding: .utf8) }
+            try "0".write(toFile: reserve, atomically: false, encoding: .utf8)
+            #expect {
+                _ = try DMAArea(size: 4 << 20, hugePages: true)
+            } throws: { error in
+                (error as! RDMAError).message.contains("reserve them first (echo N > /proc/sys/vm/nr_hugepages)")
+            }
+            try "4".write(toFile: reserve, atomically: false, encoding: .utf8)
+            let area = try DMAArea(size: 4 << 20, hugePages: true)
+            #expect(area.size == 4 << 20)
+            let buffer = try area.reserve(1 << 20)
+            #expect(Int(bitPattern: buffer.baseAddress) % 4096 == 0)
+        }
+
         /// One connection failing leaves another on the same event channel working.
         @Test func otherConnectionsAreUnaffected() throws {
             let first = try ConnectedPair()

@@ -9,6 +9,7 @@
 
 import ArgumentParser
 import DMAIO
+import ExampleSupport
 import RDMAVerbs
 
 #if canImport(Glibc)
@@ -70,13 +71,13 @@ struct PingPong: ParsableCommand {
             let connection: Connection
             if let server {
                 connection = try Connection(to: "\(server.contains(":") ? "[\(server)]" : server):\(port)", events: session.events, timeout: timeout)
-                try connection.associate(session.area, receiveBytes: session.slotSize * 2, slotSize: session.slotSize, timeout: timeout)
+                try connection.associate(session.area, receiveBytes: session.slotSize * Session.credits, slotSize: session.slotSize, timeout: timeout)
                 say("  connected to \(server):\(port) over \(session.events.deviceName)")
             } else {
                 let listener = try Listener(on: "\(bindAddress):\(port)", events: session.events, backlog: 1)
                 say("  listening on \(bindAddress):\(port)")
                 connection = try listener.accept()
-                try connection.associate(session.area, receiveBytes: session.slotSize * 2, slotSize: session.slotSize, timeout: timeout)
+                try connection.associate(session.area, receiveBytes: session.slotSize * Session.credits, slotSize: session.slotSize, timeout: timeout)
                 say("  accepted a client over \(session.events.deviceName)")
             }
             let result = try session.run(connection, iterations: iterations, isClient: server != nil)
@@ -88,10 +89,9 @@ struct PingPong: ParsableCommand {
         }
     }
 
+    /// Progress for people: on standard output, or standard error when it carries JSON.
     private func say(_ line: String) {
-        guard !json else { return }
-        print(line)
-        fflush(nil)
+        if json { printError(line) } else { print(line); fflush(nil) }
     }
 
     private func report(_ result: Session.Result) {
@@ -121,10 +121,4 @@ struct PingPong: ParsableCommand {
         let fraction = Int(abs(hundredths).truncatingRemainder(dividingBy: 100))
         return "\(whole).\(fraction < 10 ? "0" : "")\(fraction)"
     }
-}
-
-/// Writes a line to standard error, unbuffered.
-func printError(_ line: String) {
-    var text = line + "\n"
-    text.withUTF8 { bytes in _ = write(2, bytes.baseAddress, bytes.count) }
 }

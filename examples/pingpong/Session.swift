@@ -1,4 +1,5 @@
 import DMAIO
+import ExampleSupport
 import RDMAVerbs
 
 #if canImport(Glibc)
@@ -21,12 +22,15 @@ struct Session {
         self.size = size
         self.useEvents = useEvents
         self.check = check
-        slotSize = max(64, 1 << (Int.bitWidth - (size - 1).leadingZeroBitCount))
+        slotSize = ExampleSupport.slotSize(for: size)
         events = try EventChannel(capacity: 64, device: device)
-        // Two receive slots, their credit-update room, and two send buffers in flight.
-        area = try DMAArea(size: max(6 * slotSize, 1 << 16), device: device)
+        // Receive slots (credits) and their credit-update room, and two send buffers in flight.
+        area = try DMAArea(size: max((2 * Self.credits + 2) * slotSize, 1 << 16), device: device)
         pattern = Pattern(size: size)
     }
+
+    /// Receive slots granted to the peer: enough that credits ride on the replies.
+    static let credits = 8
 
     struct Result {
         var seconds: Double
@@ -113,32 +117,6 @@ struct Session {
             throw RDMAError(.timedOut, operation: "ec_delay", message: "no event within 30 s: did the peer stop?")
         default:
             break
-        }
-    }
-}
-
-/// The bytes of message n: a window into a fixed pseudo-random table shifted by n, so that
-/// filling is one copy and checking one comparison.
-struct Pattern {
-    private let table: [UInt8]
-
-    init(size: Int) {
-        var state: UInt32 = 2_463_534_242
-        table = (0..<(size + 256)).map { _ in
-            state ^= state << 13; state ^= state >> 17; state ^= state << 5  // xorshift32
-            return UInt8(truncatingIfNeeded: state)
-        }
-    }
-
-    func fill(_ buffer: UnsafeMutableRawBufferPointer, sequence: UInt64) {
-        table.withUnsafeBytes { table in
-            buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: table[Int(sequence % 256)...].prefix(buffer.count)))
-        }
-    }
-
-    func matches(_ bytes: UnsafeRawBufferPointer, sequence: UInt64) -> Bool {
-        table.withUnsafeBytes { table in
-            memcmp(bytes.baseAddress!, table.baseAddress! + Int(sequence % 256), bytes.count) == 0
         }
     }
 }

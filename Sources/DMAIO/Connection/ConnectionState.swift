@@ -131,7 +131,12 @@ final class ConnectionState: @unchecked Sendable {
             credits -= 1
             sendQueueFree -= 1
         }
-        if creditsToReturn > 0, sendQueueFree > 0 {
+        // A credit update costs a message: send one when half the grant is owed, or when the
+        // peer may have run out (everything it may send is held or owed here), never later.
+        let owed = Int(creditsToReturn) + held + arrivals.count
+        if creditsToReturn > 0, sendQueueFree > 0,
+            Int(creditsToReturn) >= max(1, creditsGranted / 2) || owed >= creditsGranted
+        {
             let immediate = WireProtocol.immediate(returning: creditsToReturn, creditUpdate: true)
             try queuePair.postSend(
                 ScatterGatherElement(address: 0, length: 0, localKey: 0), requestID: requestID(.creditUpdate),

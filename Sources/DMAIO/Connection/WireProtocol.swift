@@ -11,7 +11,9 @@ import RDMAVerbs
 /// (a message with no payload) and bits 0–23 are credits handed back to the peer, one per
 /// receive slot released since the last message. A sender sends data only while it holds a
 /// credit, so a data message always finds a posted slot. A credit update is sent only when it
-/// hands back at least one credit, so the updates a side can have in flight never exceed the
+/// hands back at least one credit (and only once half the grant is owed, or when the peer may
+/// have run out — otherwise the credits ride on the next data message), so the updates a side
+/// can have in flight never exceed the
 /// credits the peer granted it; each side posts that many extra slots to absorb them (a client
 /// posts as many as it has data slots and says so as its room; the server grants no more than
 /// that room). No message ever meets an empty receive queue: receiver-not-ready retries are

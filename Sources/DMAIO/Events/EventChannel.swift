@@ -47,6 +47,10 @@ public final class EventChannel: @unchecked Sendable {
     private var announcements: RingBuffer<UInt32> = RingBuffer()
     private var polled = [WorkCompletion](repeating: WorkCompletion(), count: 32)
     private var armed = false
+    /// Whether someone outside may sleep on the descriptor (see ``fileDescriptor``).
+    private var descriptorHandedOut = false
+    /// Set after a sleep on the descriptor ended: look at the rdma_cm channel on the next pump.
+    private var lookAtConnectionEvents = false
     private var pumps: UInt = 0
     private var wakeIsSet = false
     private var nextConnection: UInt32 = 1
@@ -93,7 +97,19 @@ public final class EventChannel: @unchecked Sendable {
     }
 
     /// The descriptor for poll/epoll (`ec_to_fd`): readable while events are pending.
-    public var fileDescriptor: Int32 { pollDescriptor }
+    ///
+    /// Once the descriptor has been handed out, ``next()`` keeps it truthful: it arms the
+    /// completion queue whenever it reports no event, and keeps an eventfd readable while taken
+    /// events wait. Before that, a program that only polls pays no system call for it.
+    public var fileDescriptor: Int32 {
+        lock.withLock { _ in
+            if !descriptorHandedOut {
+                descriptorHandedOut = true
+                updateWakeLocked()
+            }
+        }
+        return pollDescriptor
+    }
 
     /// The name of the device the channel's completion queue lives on.
     public var deviceName: String { context.deviceName }
@@ -108,11 +124,34 @@ public final class EventChannel: @unchecked Sendable {
         try lock.withLock { _ throws(RDMAError) -> Event? in
             if events.isEmpty && announcements.isEmpty { try pumpLocked() }
             var event = popLocked()
-            // If the queue is empty now, arm before anyone sleeps on the descriptor.
-            try armIfIdleLocked()
-            if event == nil { event = popLocked() }
-            updateWakeLocked()
+            if descriptorHandedOut {
+                // The queue may be empty now: arm it before anyone sleeps on the descriptor.
+                try armIfIdleLocked()
+                if event == nil { event = popLocked() }
+                updateWakeLocked()
+            }
             return event
+        }
+    }
+
+    /// Arms the queue before a sleep on the descriptor; true when that found an event (then
+    /// there is no need to sleep).
+    private func prepareToSleep() throws(RDMAError) -> Bool {
+        try lock.withLock { _ throws(RDMAError) -> Bool in
+            try armIfIdleLocked()
+            return !events.isEmpty || !announcements.isEmpty
+        }
+    }
+
+    /// After a sleep on the descriptor: take the notification that woke it, and look at the
+    /// rdma_cm channel on the next pump.
+    private func wokeUp() throws(RDMAError) {
+        try lock.withLock { _ throws(RDMAError) in
+            lookAtConnectionEvents = true
+            if armed {
+                while try completionChannel.nextEvent() != nil {}
+                armed = false
+            }
         }
     }
 
@@ -120,7 +159,16 @@ public final class EventChannel: @unchecked Sendable {
     ///
     /// The corresponding C functions are `poll` and those of ``next()``.
     public func wait(timeout: Duration?) throws(RDMAError) -> Event? {
-        try nextOrWait(on: pollDescriptor, timeout: timeout) { () throws(RDMAError) in try next() }
+        let clock = ContinuousClock()
+        let deadline = timeout.map { clock.now + $0 }
+        while true {
+            if let event = try next() { return event }
+            if try prepareToSleep() { continue }
+            let remaining = deadline.map { Swift.max($0 - clock.now, .zero) }
+            if let remaining, remaining == .zero { return nil }
+            _ = try waitReadable(pollDescriptor, timeout: remaining)
+            try wokeUp()
+        }
     }
 
     private func popLocked() -> Event? {
@@ -161,20 +209,24 @@ public final class EventChannel: @unchecked Sendable {
     /// Moves everything the device and rdma_cm have reported into the connections and the
     /// event queue. Lock held.
     func pumpLocked() throws(RDMAError) {
-        // Only an armed queue can have raised a notification; take it so the descriptor quiets.
-        if armed {
+        let found = try pollAllLocked()
+        // Completions came while armed: a notification was raised for them. Take it, so the
+        // descriptor quiets; an idle, armed queue costs no system call.
+        if found > 0 && armed {
             while try completionChannel.nextEvent() != nil {}
             armed = false
         }
-        let found = try pollAllLocked()
-        // Connection events are rare: look when the queue was idle, or every 64th time, and
-        // only when the descriptor says one is there (rdma_get_cm_event allocates per call).
+        // Connection events are rare: look after a sleep ended, or every 64th time, and only
+        // when the descriptor says one is there (rdma_get_cm_event allocates per call).
         pumps &+= 1
-        if found == 0 || pumps & 63 == 0 {
+        if lookAtConnectionEvents || pumps & 63 == 0 {
+            lookAtConnectionEvents = false
             while try waitReadable(connectionEvents.fileDescriptor, timeout: .zero), let event = try connectionEvents.nextEvent() {
                 handleLocked(event)
             }
         }
+        // Events taken here (also from receive and send) must show on a watched descriptor.
+        if descriptorHandedOut { updateWakeLocked() }
     }
 
     /// Before reporting "no event": arm the queue so that the next completion makes the
@@ -302,7 +354,7 @@ public final class EventChannel: @unchecked Sendable {
             connectionsByCMID[state.cmID.id] = state.id.rawValue
             state.status = .connected
             events.append(.connected(connection: state.id))
-            updateWakeLocked()
+            if descriptorHandedOut { updateWakeLocked() }
         }
     }
 
@@ -342,7 +394,7 @@ public final class EventChannel: @unchecked Sendable {
                 state.status = .disconnected
                 state.failPendingSends(into: &events)
                 events.append(.disconnected(connection: state.id))
-                updateWakeLocked()
+                if descriptorHandedOut { updateWakeLocked() }
             }
         }
     }
@@ -353,7 +405,11 @@ public final class EventChannel: @unchecked Sendable {
             let event: Event?
             do { event = try next() } catch { throw error as any Error }
             if let event { return event }
+            do {
+                if try prepareToSleep() { continue }
+            } catch { throw error as any Error }
             await readable()
+            do { try wokeUp() } catch { throw error as any Error }
         }
         throw CancellationError()
     }

@@ -1,0 +1,78 @@
+import Foundation
+import Testing
+
+extension RxeIntegration {
+    /// The example tools as users run them: two processes on the rxe device.
+    @Suite struct ExampleTools {
+        init() throws { try RxeEnvironment.requireRxeDevice() }
+
+        private func tool(_ name: String) -> String { RxeEnvironment.productsDirectory.appendingPathComponent(name).path }
+
+        /// Starts `receiverArguments`, waits for its "listening" line, runs the sender to the end
+        /// and returns both outputs.
+        private func runPair(_ name: String, receiver receiverArguments: [String], sender senderArguments: [String]) throws -> (receiver: String, sender: CommandResult, receiverStatus: Int32) {
+            let receiver = Process()
+            receiver.executableURL = URL(fileURLWithPath: tool(name))
+            receiver.arguments = receiverArguments
+            // Both streams: with --json the "listening" line goes to standard error.
+            let output = Pipe()
+            receiver.standardOutput = output
+            receiver.standardError = output
+            try receiver.run()
+            var seen = Data()
+            while !String(decoding: seen, as: UTF8.self).contains("listening") {
+                let chunk = output.fileHandleForReading.availableData
+                try #require(!chunk.isEmpty, "\(name) receiver exited before listening")
+                seen += chunk
+            }
+            let sender = try run(tool(name), senderArguments, timeout: 120)
+            receiver.waitUntilExit()
+            seen += output.fileHandleForReading.readDataToEndOfFile()
+            return (String(decoding: seen, as: UTF8.self), sender, receiver.terminationStatus)
+        }
+
+        @Test(.serialized, arguments: [[String](), ["-e"], ["--tcp"]])
+        func streamRunsBetweenTwoProcessesWithContentChecked(mode: [String]) throws {
+            let port = String(RxeEnvironment.freshPort())
+            let common = ["-p", port, "-s", "65536", "-n", "300", "--verify"] + mode
+            let (receiverOutput, sender, receiverStatus) = try runPair(
+                "stream", receiver: common + ["-b", RxeEnvironment.address], sender: common + [RxeEnvironment.address])
+            #expect(sender.status == 0, "sender: \(sender.standardError)")
+            #expect(receiverStatus == 0)
+            for text in [receiverOutput, sender.standardOutput] {
+                #expect(text.contains(" #bytes     #iterations    BW peak[MB/sec]    BW average[MB/sec]   MsgRate[Mpps]"))
+                #expect(text.contains(" 65536      300 "))
+                #expect(text.contains("content of all 300 messages checked: OK"))
+            }
+        }
+
+        @Test func streamPrintsJSON() throws {
+            let port = String(RxeEnvironment.freshPort())
+            let common = ["-p", port, "-s", "4096", "-n", "200", "--json"]
+            let (receiverOutput, sender, _) = try runPair(
+                "stream", receiver: common + ["-b", RxeEnvironment.address], sender: common + [RxeEnvironment.address])
+            let line = try #require(sender.standardOutput.split(separator: "\n").last)
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            #expect(object["iterations"] as? Int == 200)
+            #expect(object["transport"] as? String == "rdma")
+            #expect((object["bw_average_mb_per_sec"] as? Double ?? 0) > 0)
+            #expect(receiverOutput.contains("\"role\":\"receiver\""))
+        }
+
+        @Test func wrongOptionsGiveAUsageError() throws {
+            for (name, arguments) in [("stream", ["-s", "0"]), ("stream", ["--bogus"]), ("pingpong", ["-n", "-3"]), ("pingpong", ["-s", "x"])] {
+                let result = try run(tool(name), arguments)
+                #expect(result.status == 64, "\(name) \(arguments): \(result.standardError)")
+                #expect(result.standardError.contains("Usage: \(name)"))
+            }
+        }
+
+        @Test func streamToAnUnreachablePeerFailsQuickly() throws {
+            let started = ContinuousClock.now
+            let result = try run(tool("stream"), ["-n", "1", "10.99.0.99"], timeout: 30)
+            #expect(result.status == 1)
+            #expect(result.standardError.hasPrefix("stream: "))
+            #expect(ContinuousClock.now - started < .seconds(15))
+        }
+    }
+}

@@ -1,0 +1,108 @@
+import DMAIO
+import ExampleSupport
+import RDMAVerbs
+
+/// The stream over the proposal's API: the sender reserves, fills and sends buffers of its
+/// area; the receiver takes each message where the device wrote it and releases it.
+struct RDMATransport {
+    let events: EventChannel
+    let area: DMAArea
+    let size: Int
+    let slotSize: Int
+    let window: Int
+    let useEvents: Bool
+    let pattern: Pattern?
+
+    init(size: Int, window: Int, device: String?, useEvents: Bool, pattern: Pattern?) throws(RDMAError) {
+        self.size = size
+        self.window = window
+        self.useEvents = useEvents
+        self.pattern = pattern
+        slotSize = ExampleSupport.slotSize(for: size)
+        events = try EventChannel(capacity: max(256, 8 * window), device: device)
+        // Each side: `window` receive slots and as many for credit updates, plus (sender)
+        // `window` send buffers.
+        area = try DMAArea(size: max(3 * window * slotSize, 1 << 16), device: device)
+    }
+
+    func send(to host: String, port: UInt16, limit: Limit, meter: Meter) throws(RDMAError) {
+        let connection = try Connection(to: "\(host.contains(":") ? "[\(host)]" : host):\(port)", events: events)
+        try connection.associate(area, receiveBytes: window * slotSize, slotSize: slotSize)
+        let clock = ContinuousClock()
+        var deadline: ContinuousClock.Instant? = nil
+        var sent = 0, completed = 0
+        while true {
+            if case .messages(let count) = limit, sent == count { break }
+            if case .seconds(let seconds) = limit {
+                if deadline == nil { deadline = clock.now + .seconds(seconds) }
+                if sent & 63 == 0, clock.now >= deadline! { break }
+            }
+            let buffer: SendBuffer
+            do {
+                buffer = try area.reserve(size)
+            } catch {
+                guard error.code == .areaExhausted else { throw error }
+                completed += try takeEvent(blocking: useEvents)
+                continue
+            }
+            if let pattern { buffer.withUnsafeMutableBytes { pattern.fill($0, sequence: UInt64(sent)) } }
+            try connection.send(buffer, cookie: UInt64(sent))
+            sent += 1
+            meter.count()
+            while let event = try events.next() { completed += try account(event) }
+        }
+        while completed < sent { completed += try takeEvent(blocking: true) }
+        connection.close()
+    }
+
+    func receive(on address: String, port: UInt16, meter: Meter, announce: (String) -> Void) throws(RDMAError) {
+        let listener = try Listener(on: "\(address):\(port)", events: events, backlog: 1)
+        announce("  listening on \(address):\(port)")
+        let connection = try listener.accept()
+        try connection.associate(area, receiveBytes: window * slotSize, slotSize: slotSize)
+        announce("  accepted a sender over \(events.deviceName)")
+        var sequence: UInt64 = 0
+        while true {
+            let message: ReceivedBuffer?
+            do {
+                message = try connection.receive()
+            } catch {
+                if error.code == .disconnected { return }  // the sender is done
+                throw error
+            }
+            guard let message else {
+                _ = try useEvents ? events.wait(timeout: .seconds(30)) : events.next()
+                continue
+            }
+            guard message.count == size else {
+                throw RDMAError(.invalidArgument, operation: "aio_recv", message: "received \(message.count) bytes, expected \(size): do both sides use the same -s?")
+            }
+            if let pattern, !pattern.matches(message.bytes, sequence: sequence) {
+                throw RDMAError(.workCompletion, operation: "stream --verify", message: "message \(sequence) differs from what was sent")
+            }
+            message.release()
+            sequence += 1
+            meter.count()
+        }
+    }
+
+    /// Takes one event (sleeping on the channel when `blocking`); returns completed sends.
+    private func takeEvent(blocking: Bool) throws(RDMAError) -> Int {
+        guard let event = blocking ? try events.wait(timeout: .seconds(30)) : try events.next() else {
+            if blocking { throw RDMAError(.timedOut, operation: "ec_delay", message: "no event within 30 s: did the receiver stop?") }
+            return 0
+        }
+        return try account(event)
+    }
+
+    private func account(_ event: Event) throws(RDMAError) -> Int {
+        switch event {
+        case .sent: return 1
+        case .sendFailed(_, let cookie, let status):
+            throw RDMAError(.workCompletion, operation: "aio_send", message: "message \(cookie) failed: \(status)")
+        case .disconnected:
+            throw RDMAError(.disconnected, operation: "stream", message: "the receiver went away")
+        default: return 0
+        }
+    }
+}

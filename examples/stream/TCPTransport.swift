@@ -1,0 +1,85 @@
+import ExampleSupport
+import RDMAVerbs
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The same stream over an ordinary TCP socket, for comparison: the sender writes each message
+/// from one buffer, the receiver reads each into one buffer (copies through the kernel).
+struct TCPTransport {
+    let size: Int
+    let pattern: Pattern?
+
+    func send(to host: String, port: UInt16, limit: Limit, meter: Meter) throws(RDMAError) {
+        let address = try SocketAddress(host: host, port: port)
+        let socket = Int32(try Self.check("socket", Glibc.socket(address.family, Int32(SOCK_STREAM.rawValue), 0)))
+        defer { close(socket) }
+        try address.withSockaddr { sockaddr throws(RDMAError) in
+            _ = try Self.check("connect", Glibc.connect(socket, sockaddr, address.length))
+        }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
+        defer { buffer.deallocate() }
+        let clock = ContinuousClock()
+        var deadline: ContinuousClock.Instant? = nil
+        var sent = 0
+        while true {
+            if case .messages(let count) = limit, sent == count { break }
+            if case .seconds(let seconds) = limit {
+                if deadline == nil { deadline = clock.now + .seconds(seconds) }
+                if sent & 63 == 0, clock.now >= deadline! { break }
+            }
+            pattern?.fill(buffer, sequence: UInt64(sent))
+            var offset = 0
+            while offset < size {
+                let written = Glibc.send(socket, buffer.baseAddress! + offset, size - offset, Int32(MSG_NOSIGNAL))
+                offset += try Self.check("send", written)
+            }
+            sent += 1
+            meter.count()
+        }
+    }
+
+    func receive(on host: String, port: UInt16, meter: Meter, announce: (String) -> Void) throws(RDMAError) {
+        let address = try SocketAddress(host: host, port: port)
+        let listener = Int32(try Self.check("socket", Glibc.socket(address.family, Int32(SOCK_STREAM.rawValue), 0)))
+        defer { close(listener) }
+        var one: Int32 = 1
+        setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        try address.withSockaddr { sockaddr throws(RDMAError) in
+            _ = try Self.check("bind", Glibc.bind(listener, sockaddr, address.length))
+        }
+        _ = try Self.check("listen", Glibc.listen(listener, 1))
+        announce("  listening on \(host):\(port) (TCP)")
+        let socket = Int32(try Self.check("accept", Glibc.accept(listener, nil, nil)))
+        defer { close(socket) }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
+        defer { buffer.deallocate() }
+        var sequence: UInt64 = 0
+        while true {
+            var offset = 0
+            while offset < size {
+                let count = try Self.check("recv", Glibc.recv(socket, buffer.baseAddress! + offset, size - offset, Int32(MSG_WAITALL)))
+                if count == 0 {
+                    guard offset == 0 else {
+                        throw RDMAError(.disconnected, operation: "recv", message: "the sender closed in the middle of message \(sequence)")
+                    }
+                    return  // the sender is done
+                }
+                offset += count
+            }
+            if let pattern, !pattern.matches(UnsafeRawBufferPointer(buffer), sequence: sequence) {
+                throw RDMAError(.workCompletion, operation: "stream --verify", message: "message \(sequence) differs from what was sent")
+            }
+            sequence += 1
+            meter.count()
+        }
+    }
+
+    private static func check<T: BinaryInteger>(_ operation: String, _ result: T) throws(RDMAError) -> Int {
+        guard result >= 0 else {
+            throw RDMAError(.systemCall, operation: operation, errno: .init(rawValue: errno), message: "TCP \(operation) failed")
+        }
+        return Int(result)
+    }
+}
