@@ -301,8 +301,17 @@ extension RxeIntegration {
             let pair = try ConnectedPair(areaSize: 1 << 20, receiveBytes: 4 * 4096, slotSize: 4096)
             func receiveRetained(_ count: Int) throws -> [UnsafeRawBufferPointer] {
                 var views: [UnsafeRawBufferPointer] = []
+                let deadline = ContinuousClock.now + .seconds(30)
                 while views.count < count {
-                    if let view = try pair.server.receiveRetained() { views.append(view) } else { _ = try pair.serverEvents.wait(timeout: .seconds(10)) }
+                    if let view = try pair.server.receiveRetained() {
+                        views.append(view)
+                    } else {
+                        // Both sides' event channels drive their queues: the client's takes
+                        // the credits that let its queued messages go.
+                        while try pair.clientEvents.next() != nil {}
+                        _ = try pair.serverEvents.wait(timeout: .milliseconds(50))
+                        try #require(ContinuousClock.now < deadline, "only \(views.count) of \(count) messages arrived")
+                    }
                 }
                 return views
             }
