@@ -90,6 +90,17 @@ extension RxeIntegration {
             #expect(pair.clientArea.bytesInUse == 2 * 32 * 4096, "only the client's receive slots remain reserved")
         }
 
+        /// Takes the message a `.received` event announced, checks it and releases it.
+        static func takeAnnounced(_ pair: ConnectedPair, sequence: Int, length: Int) throws {
+            guard let message = try pair.server.receive() else {
+                throw RDMAError(.workCompletion, operation: "test", message: "a received event without a message")
+            }
+            guard message.count == length, StreamMessage.matches(message.bytes, sequence: sequence) else {
+                throw RDMAError(.workCompletion, operation: "test", message: "message \(sequence) corrupted (\(message.count) bytes, \(length) announced)")
+            }
+            message.release()
+        }
+
         /// A plain level-triggered poll() loop on ec_to_fd drives the receiver to the end.
         @Test func pollLoopOnTheDescriptorDrivesAStream() throws {
             let pair = try ConnectedPair()
@@ -101,12 +112,7 @@ extension RxeIntegration {
                     guard poll(&descriptor, 1, 30_000) == 1 else { throw RDMAError(.timedOut, operation: "poll", message: "no event for 30 s") }
                     while let event = try pair.serverEvents.next() {
                         guard case .received(_, let length) = event else { continue }
-                        guard let message = try pair.server.receive() else {
-                            throw RDMAError(.workCompletion, operation: "test", message: "a received event without a message")
-                        }
-                        #expect(message.count == length)
-                        guard StreamMessage.matches(message.bytes, sequence: sequence) else { throw RDMAError(.workCompletion, operation: "test", message: "message \(sequence) corrupted") }
-                        message.release()
+                        try Self.takeAnnounced(pair, sequence: sequence, length: length)
                         sequence += 1
                     }
                 }
@@ -130,12 +136,8 @@ extension RxeIntegration {
                 while sequence < count {
                     guard epoll_wait(epoll, &ready, 1, 30_000) == 1 else { throw RDMAError(.timedOut, operation: "epoll_wait", message: "no event for 30 s") }
                     // Take one event per wake-up: the descriptor must stay readable for the rest.
-                    guard let event = try pair.serverEvents.next(), case .received = event else { continue }
-                    guard let message = try pair.server.receive() else {
-                        throw RDMAError(.workCompletion, operation: "test", message: "a received event without a message")
-                    }
-                    guard StreamMessage.matches(message.bytes, sequence: sequence) else { throw RDMAError(.workCompletion, operation: "test", message: "message \(sequence) corrupted") }
-                    message.release()
+                    guard let event = try pair.serverEvents.next(), case .received(_, let length) = event else { continue }
+                    try Self.takeAnnounced(pair, sequence: sequence, length: length)
                     sequence += 1
                 }
                 return sequence
