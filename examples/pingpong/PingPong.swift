@@ -5,7 +5,7 @@
 //   client:  pingpong [same options] SERVER
 //
 // Both sides must use the same -s and -n. Addresses are IP addresses: rdma_cm finds the device
-// and the RoCE GID that go with them.
+// and the RoCE GID that go with them; -b picks the local address, and so the device.
 
 import ArgumentParser
 import DMAIO
@@ -34,11 +34,11 @@ struct PingPong: ParsableCommand {
     @Option(name: [.short, .customLong("port")], help: "Port to listen on or connect to.")
     var port: UInt16 = 18515
 
-    @Option(name: [.short, .customLong("ib-dev")], help: "The RDMA device (default: the first); the address must belong to it.")
+    @Option(name: [.short, .customLong("ib-dev")], help: "The RDMA device (default: the one that owns -b's address, else the first).")
     var device: String?
 
-    @Option(name: [.short, .customLong("bind")], help: "Server: the local address to listen on (default: all).")
-    var bindAddress: String = "0.0.0.0"
+    @Option(name: [.short, .customLong("bind")], help: "The local address: the server listens on it (default: all), the client leaves from it (default: as routed).")
+    var bindAddress: String?
 
     @Option(name: [.short, .customLong("size")], help: "Message size in bytes (1 ... 1 GiB).")
     var size: Int = 4096
@@ -66,16 +66,20 @@ struct PingPong: ParsableCommand {
 
     func run() throws {
         do {
-            let session = try Session(size: size, device: device, events: events, check: check)
+            // Without -d, the device is the one that owns the bound address.
+            let deviceName = try device ?? bindAddress.map { address throws(RDMAError) in try ConnectionID.deviceName(owning: address) }
+            let session = try Session(size: size, device: deviceName, events: events, check: check)
             let timeout = Duration.seconds(timeoutSeconds)
             let connection: Connection
             if let server {
-                connection = try Connection(to: "\(server.contains(":") ? "[\(server)]" : server):\(port)", events: session.events, timeout: timeout)
+                connection = try Connection(to: "\(server.contains(":") ? "[\(server)]" : server):\(port)", from: bindAddress,
+                                            events: session.events, timeout: timeout)
                 try connection.associate(session.area, receiveBytes: session.slotSize * Session.credits, slotSize: session.slotSize, timeout: timeout)
                 say("  connected to \(server):\(port) over \(session.events.deviceName)")
             } else {
-                let listener = try Listener(on: "\(bindAddress):\(port)", events: session.events, backlog: 1)
-                say("  listening on \(bindAddress):\(port)")
+                let address = bindAddress ?? "0.0.0.0"
+                let listener = try Listener(on: "\(address.contains(":") ? "[\(address)]" : address):\(port)", events: session.events, backlog: 1)
+                say("  listening on \(address):\(port)")
                 connection = try listener.accept()
                 try connection.associate(session.area, receiveBytes: session.slotSize * Session.credits, slotSize: session.slotSize, timeout: timeout)
                 say("  accepted a client over \(session.events.deviceName)")

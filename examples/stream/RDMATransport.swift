@@ -25,8 +25,8 @@ struct RDMATransport {
         area = try DMAArea(size: max(3 * window * slotSize, 1 << 16), device: device)
     }
 
-    func send(to host: String, port: UInt16, limit: Limit, meter: Meter) throws(RDMAError) {
-        let connection = try Connection(to: "\(host.contains(":") ? "[\(host)]" : host):\(port)", events: events)
+    func send(to host: String, from source: String?, port: UInt16, limit: Limit, meter: Meter) throws(RDMAError) {
+        let connection = try Connection(to: "\(host.contains(":") ? "[\(host)]" : host):\(port)", from: source, events: events)
         try connection.associate(area, receiveBytes: window * slotSize, slotSize: slotSize)
         let clock = ContinuousClock()
         var deadline: ContinuousClock.Instant? = nil

@@ -31,11 +31,11 @@ struct Stream: ParsableCommand {
     @Option(name: [.short, .customLong("port")], help: "Port to listen on or connect to.")
     var port: UInt16 = 18516
 
-    @Option(name: [.short, .customLong("ib-dev")], help: "The RDMA device (default: the first).")
+    @Option(name: [.short, .customLong("ib-dev")], help: "The RDMA device (default: the one that owns -b's address, else the first).")
     var device: String?
 
-    @Option(name: [.short, .customLong("bind")], help: "Receiver: the local address to listen on (default: all).")
-    var bindAddress: String = "0.0.0.0"
+    @Option(name: [.short, .customLong("bind")], help: "The local address: the receiver listens on it (default: all), the sender leaves from it (default: as routed).")
+    var bindAddress: String?
 
     @Option(name: [.short, .customLong("size")], help: "Message size in bytes (1 ... 1 GiB).")
     var size: Int = 65536
@@ -76,16 +76,18 @@ struct Stream: ParsableCommand {
             if tcp {
                 let transport = TCPTransport(size: size, pattern: pattern)
                 if let receiver {
-                    try transport.send(to: receiver, port: port, limit: limit, meter: meter)
+                    try transport.send(to: receiver, from: bindAddress, port: port, limit: limit, meter: meter)
                 } else {
-                    try transport.receive(on: bindAddress, port: port, meter: meter, announce: announce)
+                    try transport.receive(on: bindAddress ?? "0.0.0.0", port: port, meter: meter, announce: announce)
                 }
             } else {
-                let transport = try RDMATransport(size: size, window: window, device: device, useEvents: events, pattern: pattern)
+                // Without -d, the device is the one that owns the bound address.
+                let deviceName = try device ?? bindAddress.map { address throws(RDMAError) in try ConnectionID.deviceName(owning: address) }
+                let transport = try RDMATransport(size: size, window: window, device: deviceName, useEvents: events, pattern: pattern)
                 if let receiver {
-                    try transport.send(to: receiver, port: port, limit: limit, meter: meter)
+                    try transport.send(to: receiver, from: bindAddress, port: port, limit: limit, meter: meter)
                 } else {
-                    try transport.receive(on: bindAddress, port: port, meter: meter, announce: announce)
+                    try transport.receive(on: bindAddress ?? "0.0.0.0", port: port, meter: meter, announce: announce)
                 }
             }
         } catch {

@@ -11,10 +11,16 @@ struct TCPTransport {
     let size: Int
     let pattern: Pattern?
 
-    func send(to host: String, port: UInt16, limit: Limit, meter: Meter) throws(RDMAError) {
+    func send(to host: String, from source: String?, port: UInt16, limit: Limit, meter: Meter) throws(RDMAError) {
         let address = try SocketAddress(host: host, port: port)
         let socket = Int32(try Self.check("socket", Glibc.socket(address.family, Int32(SOCK_STREAM.rawValue), 0)))
         defer { close(socket) }
+        if let source {
+            let local = try SocketAddress(host: source, port: 0)
+            try local.withSockaddr { sockaddr throws(RDMAError) in
+                _ = try Self.check("bind", Glibc.bind(socket, sockaddr, local.length))
+            }
+        }
         try address.withSockaddr { sockaddr throws(RDMAError) in
             _ = try Self.check("connect", Glibc.connect(socket, sockaddr, address.length))
         }

@@ -34,14 +34,18 @@ public final class Connection: @unchecked Sendable {
     /// Resolves `address` (`HOST:PORT`) to an RDMA device and route — the first half of a
     /// connect; ``associate(_:receiveBytes:slotSize:timeout:)`` finishes it.
     ///
+    /// `source` (a local IP address, no port) picks the local interface, and so the device,
+    /// the connection leaves from; by default the routing table picks it.
+    ///
     /// - Throws: ``RDMAError/Code/addressNotAvailable`` when no RDMA device routes there,
     ///   ``RDMAError/Code/timedOut`` when resolution takes longer than `timeout`.
     ///
     /// The corresponding C functions are `rdma_resolve_addr` and `rdma_resolve_route`.
-    public convenience init(to address: String, events: EventChannel, timeout: Duration = .seconds(5)) throws(RDMAError) {
+    public convenience init(to address: String, from source: String? = nil, events: EventChannel, timeout: Duration = .seconds(5)) throws(RDMAError) {
         let destination = try SocketAddress(parsing: address)
+        let origin = try source.map { host throws(RDMAError) in try SocketAddress(host: host, port: 0) }
         let id = try ConnectionID(channel: try ConnectionEventChannel())
-        try id.resolve(to: destination, timeout: timeout)
+        try id.resolve(to: destination, from: origin, timeout: timeout)
         try self.init(cmID: id, events: events)
     }
 

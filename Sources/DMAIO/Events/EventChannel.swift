@@ -32,28 +32,29 @@ public final class EventChannel: @unchecked Sendable {
     private let wakeDescriptor: Int32
     let lock = Mutex(())
     /// Completion-queue entries not yet promised to a connection.
-    private var capacityLeft: Int
+    @exclusivity(unchecked) private var capacityLeft: Int
 
-    // Guarded by `lock`.
-    var connections: [UInt32: ConnectionState] = [:]
-    private var connectionsByCMID: [ConnectionID.ID: UInt32] = [:]
+    // Guarded by `lock`, which serialises every access: no dynamic exclusivity checks (see
+    // ConnectionState).
+    @exclusivity(unchecked) var connections: [UInt32: ConnectionState] = [:]
+    @exclusivity(unchecked) private var connectionsByCMID: [ConnectionID.ID: UInt32] = [:]
     /// Connections receiving through a shared pool, by queue pair number: a shared receive's
     /// completion names the queue pair, not the connection.
-    private var connectionsByQueuePair: [UInt32: UInt32] = [:]
+    @exclusivity(unchecked) private var connectionsByQueuePair: [UInt32: UInt32] = [:]
     /// The pool behind each such queue pair, kept after the connection closed so that late
     /// completions still return their slots.
-    private var poolsByQueuePair: [UInt32: SharedReceivePool] = [:]
-    private var events: RingBuffer<Event> = RingBuffer()
-    private var announcements: RingBuffer<UInt32> = RingBuffer()
-    private var polled = [WorkCompletion](repeating: WorkCompletion(), count: 32)
-    private var armed = false
+    @exclusivity(unchecked) private var poolsByQueuePair: [UInt32: SharedReceivePool] = [:]
+    @exclusivity(unchecked) private var events: RingBuffer<Event> = RingBuffer()
+    @exclusivity(unchecked) private var announcements: RingBuffer<UInt32> = RingBuffer()
+    @exclusivity(unchecked) private var polled = [WorkCompletion](repeating: WorkCompletion(), count: 32)
+    @exclusivity(unchecked) private var armed = false
     /// Whether someone outside may sleep on the descriptor (see ``fileDescriptor``).
-    private var descriptorHandedOut = false
+    @exclusivity(unchecked) private var descriptorHandedOut = false
     /// Set after a sleep on the descriptor ended: look at the rdma_cm channel on the next pump.
-    private var lookAtConnectionEvents = false
-    private var pumps: UInt = 0
-    private var wakeIsSet = false
-    private var nextConnection: UInt32 = 1
+    @exclusivity(unchecked) private var lookAtConnectionEvents = false
+    @exclusivity(unchecked) private var pumps: UInt = 0
+    @exclusivity(unchecked) private var wakeIsSet = false
+    @exclusivity(unchecked) private var nextConnection: UInt32 = 1
 
     /// Creates a channel on an RDMA device (the first by default).
     ///

@@ -114,6 +114,22 @@ public final class ConnectionID: @unchecked Sendable {
         }
     }
 
+    /// The name of the RDMA device that owns the local IP address `host` (port 0 is bound, on
+    /// a throwaway id): what `-d` would have to name for a program bound to that address.
+    ///
+    /// Fails with ``RDMAError/Code/addressNotAvailable`` when no RDMA device owns the address.
+    ///
+    /// The corresponding C functions are `rdma_create_id` and `rdma_bind_addr`.
+    public static func deviceName(owning host: String) throws(RDMAError) -> String {
+        let id = try ConnectionID(channel: try ConnectionEventChannel())
+        try id.bind(to: try SocketAddress(host: host, port: 0))
+        guard let context = id.context else {
+            throw RDMAError(.addressNotAvailable, operation: "rdma_bind_addr",
+                            message: "\(host) is bound to no RDMA device (a wildcard address?): name a device's own address")
+        }
+        return context.deviceName
+    }
+
     /// Starts listening for connection requests (after ``bind(to:)``).
     ///
     /// The corresponding C function is `rdma_listen`.
