@@ -7,6 +7,8 @@
 //   CRDMA       system-library module over libibverbs + librdmacm (one shim header)
 //   RDMAVerbs   safe Swift verbs layer: device, context, PD, MR, CQ, QP, SRQ, rdma_cm
 //   DMAIO       the proposal's API: DMA areas, event channels, zero-copy aio send/receive
+//   CDMAIO      the C ABI's header (dmaio.h), with the proposal's own signatures
+//   DMAIOC      its implementation on DMAIO: the `dmaio` shared library
 //   examples/   tools built on the proposal's API
 
 import PackageDescription
@@ -17,8 +19,10 @@ let package = Package(
     products: [
         .library(name: "RDMAVerbs", targets: ["RDMAVerbs"]),
         .library(name: "DMAIO", targets: ["DMAIO"]),
+        .library(name: "dmaio", type: .dynamic, targets: ["DMAIOC"]),
         .executable(name: "pingpong", targets: ["pingpong"]),
         .executable(name: "stream", targets: ["stream"]),
+        .executable(name: "c-pingpong", targets: ["c-pingpong"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
@@ -45,6 +49,27 @@ let package = Package(
                 "RDMAVerbs", "CRDMA",
             ],
             path: "Sources/DMAIO"
+        ),
+        .target(
+            name: "CDMAIO",
+            path: "Sources/CDMAIO"
+        ),
+        .target(
+            name: "DMAIOC",
+            dependencies: ["DMAIO", "RDMAVerbs", "CDMAIO", "CRDMA"],
+            path: "Sources/DMAIOC"
+        ),
+        .executableTarget(
+            name: "c-pingpong",
+            dependencies: ["CDMAIO", "DMAIOC"],
+            path: "examples/c-pingpong",
+            cSettings: [.unsafeFlags(["-std=c11", "-Wall", "-Wextra", "-Werror"])]
+        ),
+        .executableTarget(
+            name: "dmaio-c-tests",
+            dependencies: ["CDMAIO", "DMAIOC"],
+            path: "Tests/CABITests",
+            cSettings: [.unsafeFlags(["-std=c11", "-Wall", "-Wextra", "-Werror"])]
         ),
         .target(
             name: "ExampleSupport",

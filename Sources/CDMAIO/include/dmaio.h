@@ -1,0 +1,302 @@
+/*
+ * dmaio.h — Ulrich Drepper's asynchronous, zero-copy network API, on RDMA verbs.
+ *
+ * The calls of the proposal, with its signatures (dma_alloc, dma_assoc, sio_reserve,
+ * sio_release, ec_create, ec_next_event, ec_to_fd, ec_delay, aio_send, aio_recv), plus what a
+ * real program needs and the proposal leaves open: freeing (dma_free, ec_destroy), releasing one
+ * buffer out of order (sio_release_buffer), the aiocb form that names an event channel and a
+ * cookie per operation (struct dma_aiocb), the event struct, how a socket finds its event
+ * channel (ec_bind), and connecting through rdma_cm without a TCP socket (sio_connect,
+ * sio_listen, sio_accept, sio_close).
+ *
+ * Link with -ldmaio (the package's `dmaio` library product: `swift build -c release --product
+ * dmaio` builds .build/release/libdmaio.so).
+ *
+ * A program, in short (a TCP socket upgraded to RDMA; both peers do the same):
+ *
+ *     dma_mem_t area;  ec_t ec = ec_create(0);
+ *     dma_alloc(&area, 1 << 20, 0);
+ *     ec_bind(ec, sock);                        // sock: a connected TCP socket
+ *     dma_assoc(sock, area, 64 << 10, 0);       // 64 KiB of the area receive for sock
+ *     void *buf;  sio_reserve(area, &buf, 4096);  fill(buf);
+ *     aio_send(sock, buf, 4096, 0);             // zero-copy; buf returns to the area later
+ *     void *in;  ssize_t n;
+ *     while ((n = aio_recv(sock, &in, 1 << 16, 0)) < 0 && errno == EAGAIN) {
+ *         struct ec_event ev;  ec_delay(ec, &ev, 1000);   // or poll() on ec_to_fd(ec)
+ *     }
+ *     use(in, n);  sio_release_buffer(area, in);          // or sio_release(area, n): oldest first
+ *
+ * Conventions (POSIX): calls return 0 (or a count) on success and -1 with errno set on failure;
+ * ec_create returns NULL with errno set. Every call checks its arguments, and a failure leaves
+ * the process and every other connection as they were. dma_last_error() gives a sentence that
+ * says what went wrong and what to do, for the calling thread's last failure.
+ *
+ * Errors common to every call: EINVAL for a NULL pointer where one is required, an unknown or
+ * already freed handle (dma_mem_t, ec_t), or flags this version does not know.
+ *
+ * Threads: every call may be made from any thread; calls on one event channel are serialised
+ * inside the library.
+ *
+ * Data path: sio_reserve, aio_send, aio_recv, sio_release*, ec_next_event make no heap
+ * allocation and no copy of payload bytes (payloads up to 64 bytes are sent inline, copied into
+ * the work request by the provider).
+ */
+#ifndef DMAIO_H
+#define DMAIO_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------------------------- */
+/* DMA areas                                                                                 */
+/* ---------------------------------------------------------------------------------------- */
+
+/* An opaque handle to a DMA area: registered memory that sends are built in and receives land
+ * in. Handles are never reused, so a freed handle is reliably reported as unknown (EINVAL). */
+typedef struct dma_mem *dma_mem_t;
+
+/* dma_alloc flags. */
+#define DMA_HUGEPAGES 0x1 /* back the area with 2 MiB huge pages (needs reserved huge pages) */
+
+/* Creates a DMA area of `size` bytes (rounded up to the page size) on the RDMA device named by
+ * the environment variable DMAIO_DEVICE, or the first device; stores its handle in *handle.
+ * The memory is registered for local access only: no peer can read or write it remotely.
+ *   Errors: EINVAL  handle is NULL, size is 0 or above 1 TiB, unknown flags.
+ *           ENOMEM  RLIMIT_MEMLOCK is too small to pin the area (dma_last_error says which limit
+ *                   and how to raise it), or no memory / no huge pages.
+ *           ENODEV  no RDMA device (or none named DMAIO_DEVICE).
+ * The corresponding verbs calls are ibv_alloc_pd and ibv_reg_mr. */
+int dma_alloc(dma_mem_t *handle, size_t size, int flags);
+
+/* Frees an area: deregisters and unmaps it. Received buffers still held by the program and
+ * sends still in flight keep their memory until they are released or completed; after that
+ * the area is gone. Sockets associated with it must be closed first.
+ *   Errors: EINVAL  unknown handle.
+ *           EBUSY   a socket associated with the area is still open (sio_close it first). */
+int dma_free(dma_mem_t handle);
+
+/* dma_assoc flags: the receive slot size, as a power of two. A message is at most one slot of
+ * its receiver: larger messages are refused (EMSGSIZE), never split. */
+#define DMA_SLOT_LOG2(n) ((int)(n) & 0x3f) /* slots of 2^n bytes, 6 <= n <= 30 */
+#define DMA_SLOT_DEFAULT 0                   /* 64 KiB slots */
+
+/* Associates `size` bytes of the area with `socket` for incoming data, and brings the
+ * connection up over RDMA (a reliable-connected queue pair). The bytes become receive slots
+ * (size / slot size of them, each a credit granted to the peer, plus as many again for the
+ * peer's credit updates, so up to 2 * size bytes of the area are used).
+ *
+ * `socket` is either
+ *   - an ordinary *connected TCP socket*: both peers call dma_assoc on their end; they exchange
+ *     queue-pair numbers, PSNs and the RoCE GID that matches the socket's local address over
+ *     the socket, then aio_send/aio_recv on that descriptor go over RDMA. The socket must have
+ *     an event channel (ec_bind) and its local address must belong to the area's device.
+ *     The TCP connection stays open as the control channel: when the peer closes it or dies,
+ *     the socket gets an EC_EVENT_DISCONNECTED event.
+ *   - a descriptor from sio_connect or sio_accept (rdma_cm, no TCP socket).
+ * Blocks until the connection is up or `flags`-independent timeouts (10 s) expire.
+ *   Errors: EINVAL  unknown handle, size smaller than one slot, bad slot size, no event channel
+ *                   bound to a TCP socket.
+ *           EBADF   socket is not an open descriptor.       ENOTSOCK  not a socket.
+ *           ENOTCONN  a TCP socket that is not connected.   EISCONN  already associated.
+ *           ENOBUFS the area has not that much room left.
+ *           EXDEV   the socket's address belongs to another device than the area's (or the event
+ *                   channel's): set DMAIO_DEVICE or use an address of that device.
+ *           EPROTO  the peer is not a DMAIO peer or sent a malformed handshake.
+ *           ECONNRESET the peer closed during the handshake.   ETIMEDOUT  no answer in time.
+ * The corresponding verbs calls are ibv_create_qp and ibv_modify_qp (TCP socket) or
+ * rdma_create_qp and rdma_connect / rdma_accept (rdma_cm descriptor), and ibv_post_recv. */
+int dma_assoc(int socket, dma_mem_t handle, size_t size, int flags);
+
+/* Reserves a send buffer of `size` bytes inside the area; stores its address in *buffer. Build
+ * the message there, then aio_send it; the buffer returns to the area when the send completes.
+ * A reserved buffer that will not be sent goes back with sio_release_buffer.
+ *   Errors: EINVAL  unknown handle, buffer is NULL, size is 0 or larger than the area.
+ *           ENOBUFS the area is full right now (sends in flight, receive slots): take events
+ *                   (completions free their buffers) and try again. */
+int sio_reserve(dma_mem_t handle, void **buffer, size_t size);
+
+/* The proposal's release: gives back the *oldest* `size` bytes of received data of the area,
+ * in the order aio_recv handed them out (a message is released once all its bytes are). Each
+ * released slot is posted again and its credit returned to the sender.
+ *   Errors: EINVAL  unknown handle, size is 0 or more than the received bytes not yet released
+ *                   (nothing is released then). */
+int sio_release(dma_mem_t handle, size_t size);
+
+/* Releases one buffer, out of order: a received buffer (the address aio_recv stored) or a
+ * reserved buffer that was not sent.
+ *   Errors: EINVAL  unknown handle, or buffer is not a buffer of this area that the program
+ *                   holds (never handed out, already released, or sent). */
+int sio_release_buffer(dma_mem_t handle, void *buffer);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Event channels                                                                            */
+/* ---------------------------------------------------------------------------------------- */
+
+/* An opaque event channel. Handles are never reused. */
+typedef struct dma_event_channel *ec_t;
+
+/* What an event reports. */
+enum ec_event_type {
+    EC_EVENT_NONE = 0,
+    EC_EVENT_CONNECTED = 1,    /* dma_assoc completed: data may flow */
+    EC_EVENT_SENT = 2,         /* a send completed; its buffer is back in the area */
+    EC_EVENT_RECEIVED = 3,     /* a message arrived: aio_recv takes it (size = its length); for
+                                  an aio_recv_cb request: buffer and size say where it is */
+    EC_EVENT_DISCONNECTED = 4, /* the peer went away or the link broke; error says why */
+    EC_EVENT_SEND_FAILED = 5,  /* a send did not complete; status is the verbs status */
+    EC_EVENT_RECV_FAILED = 6   /* a receive failed; status is the verbs status */
+};
+
+/* One event. */
+struct ec_event {
+    int type;        /* enum ec_event_type */
+    int socket;      /* the socket it concerns */
+    uint64_t cookie; /* the cookie of the request (aio_send_cb / aio_recv_cb); 0 otherwise */
+    void *buffer;    /* RECEIVED for an aio_recv_cb request: where the message is */
+    size_t size;     /* RECEIVED: the message's length */
+    int status;      /* SEND_FAILED, RECV_FAILED: the work completion status (enum ibv_wc_status) */
+    int error;       /* DISCONNECTED, *_FAILED: an errno value (ECONNRESET, EIO, ...) */
+};
+
+/* ec_create flags: none yet (pass 0). */
+
+/* Creates an event channel on the RDMA device named by DMAIO_DEVICE, or the first device.
+ *   Returns NULL with errno: EINVAL unknown flags; ENODEV no RDMA device; ENOMEM.
+ * The corresponding verbs calls are ibv_create_comp_channel, ibv_create_cq and
+ * rdma_create_event_channel. */
+ec_t ec_create(int flags);
+
+/* Destroys a channel.
+ *   Errors: EINVAL unknown handle.  EBUSY a socket bound to it is still open (sio_close it). */
+int ec_destroy(ec_t ec);
+
+/* Names the event channel of `socket`: where its completions and connection events go, unless
+ * an aiocb names another. Required before dma_assoc on a TCP socket (sio_connect and sio_accept
+ * take the channel themselves). Once per socket.
+ *   Errors: EINVAL unknown channel.  EBADF socket is not an open descriptor.
+ *           EISCONN the socket already has a channel. */
+int ec_bind(ec_t ec, int socket);
+
+/* Takes the next event without blocking. Returns 1 and fills *event, or 0 when none is pending.
+ * No system call and no allocation in steady state.
+ *   Errors: EINVAL unknown channel, event is NULL.
+ * The corresponding verbs call is ibv_poll_cq (then rdma_get_cm_event). */
+int ec_next_event(ec_t ec, struct ec_event *event);
+
+/* A descriptor for poll()/epoll: readable while the channel has events pending (level
+ * triggered: a loop that polls, then takes events until ec_next_event returns 0, misses none).
+ * Owned by the channel: do not close it.
+ *   Errors: EINVAL unknown channel. */
+int ec_to_fd(ec_t ec);
+
+/* Waits up to timeout_ms milliseconds (-1: forever) for an event. Returns 1 and fills *event,
+ * or 0 on timeout.
+ *   Errors: EINVAL unknown channel, event is NULL.  EINTR a signal arrived. */
+int ec_delay(ec_t ec, struct ec_event *event, int timeout_ms);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Asynchronous send and receive                                                             */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Starts sending `size` bytes at `buffer` — the start of a buffer from sio_reserve on the area
+ * associated with the socket, size at most what was reserved. Zero-copy: the device reads the
+ * buffer where it is, and the buffer returns to the area when the send completes
+ * (EC_EVENT_SENT). When the peer has no free receive slot, the message waits, in order, and
+ * leaves when the peer releases one: a slow receiver throttles, never fails, the sender.
+ * Returns 0.
+ *   Errors: EBADF  socket is not a DMAIO socket.     ENOTCONN  not associated (dma_assoc) yet.
+ *           EINVAL buffer is not a reserved, unsent buffer of the socket's area, or size is 0 or
+ *                  more than was reserved.
+ *           EMSGSIZE size exceeds the peer's receive slot.
+ *           ECONNRESET the peer went away.
+ * On error the buffer stays reserved (release it with sio_release_buffer or send it again).
+ * The corresponding verbs call is ibv_post_send (IBV_WR_SEND_WITH_IMM, signalled). */
+int aio_send(int socket, void *buffer, size_t size, int flags);
+
+/* Takes the next message that arrived on the socket: stores where it is in *buffer (inside the
+ * area, where the device wrote it) and returns its length. The program owns the buffer until
+ * sio_release / sio_release_buffer gives it back.
+ *   Errors: EAGAIN nothing has arrived (wait on the socket's event channel).
+ *           EBADF not a DMAIO socket.   ENOTCONN not associated.   EINVAL buffer is NULL, size 0.
+ *           EMSGSIZE the next message is longer than size (it stays queued: call again with a
+ *                    larger size).
+ *           ECONNRESET the peer went away and every message that arrived was taken.
+ * The corresponding verbs call is ibv_poll_cq. */
+ssize_t aio_recv(int socket, void **buffer, size_t size, int flags);
+
+/* The aiocb form: the request names its event channel and carries a cookie, both reported back
+ * in the completion's event. The structure must stay valid until that event is taken. */
+struct dma_aiocb {
+    int aio_fildes;    /* the socket */
+    void *aio_buf;     /* send: the reserved buffer; receive: set to where the message is */
+    size_t aio_nbytes; /* send: bytes to send; receive: the most bytes accepted, then set to the
+                          message's length */
+    int aio_flags;     /* 0 */
+    ec_t aio_ec;       /* the channel the completion is reported on; NULL: the socket's own */
+    uint64_t aio_cookie; /* returned in the event's cookie */
+};
+
+/* aio_send with a request block: the EC_EVENT_SENT (or SEND_FAILED) event goes to cb->aio_ec
+ * with cb->aio_cookie. Errors as aio_send, plus EINVAL for a NULL cb or an unknown aio_ec.
+ * When aio_ec is not the socket's channel, the event is moved there when the socket's channel
+ * is driven; ec_next_event/ec_delay on aio_ec drive it too. */
+int aio_send_cb(struct dma_aiocb *cb);
+
+/* aio_recv with a request block: asks for the next message of the socket. Returns 1 when one
+ * was already there (cb is filled, no event follows) or 0 when the request is queued: when a
+ * message arrives, cb->aio_buf and cb->aio_nbytes are filled and an EC_EVENT_RECEIVED event
+ * with cb->aio_cookie, buffer and size goes to cb->aio_ec. Requests are served in order.
+ * Errors as aio_recv (never EAGAIN), plus EINVAL for a NULL cb or an unknown aio_ec. A message
+ * longer than aio_nbytes fails the request with an EC_EVENT_RECV_FAILED event, error EMSGSIZE. */
+int aio_recv_cb(struct dma_aiocb *cb);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Sockets through rdma_cm (no TCP connection)                                              */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Resolves host:port (an IP address of the server's RDMA interface) to a device and route, and
+ * returns a descriptor for it, bound to `ec`; dma_assoc then connects it. `source` is the local
+ * address to leave from, or NULL.
+ *   Errors: EINVAL unknown channel, NULL host.  EADDRNOTAVAIL no RDMA device routes there.
+ *           ETIMEDOUT resolution took longer than timeout_ms.  EXDEV the route's device is not
+ *           the channel's.
+ * The corresponding calls are rdma_create_id, rdma_resolve_addr and rdma_resolve_route. */
+int sio_connect(ec_t ec, const char *host, uint16_t port, const char *source, int timeout_ms);
+
+/* Listens on address:port (NULL: every address) for sio_connect peers; returns a listening
+ * descriptor whose connections report to `ec`.
+ *   Errors: EINVAL unknown channel.  EADDRNOTAVAIL no RDMA device owns the address, or the port
+ *           is taken.
+ * The corresponding calls are rdma_bind_addr and rdma_listen. */
+int sio_listen(ec_t ec, const char *address, uint16_t port, int backlog);
+
+/* Waits up to timeout_ms (-1: forever) for a connection request on a listening descriptor and
+ * returns a descriptor for it; dma_assoc (on the server's area) accepts it.
+ *   Errors: EBADF not a listening descriptor.  ETIMEDOUT nobody came in time. */
+int sio_accept(int listener, int timeout_ms);
+
+/* Ends a socket's association and closes the descriptor: disconnects (the peer gets
+ * EC_EVENT_DISCONNECTED), fails unsent messages, returns receive slots to the area once the
+ * program released every received buffer. Also closes listening descriptors. For an upgraded
+ * TCP socket the TCP descriptor is closed too.
+ *   Errors: EBADF not a DMAIO socket (nothing is closed then). */
+int sio_close(int socket);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Diagnostics                                                                               */
+/* ---------------------------------------------------------------------------------------- */
+
+/* A sentence about the calling thread's last failed call: what went wrong and what to do. The
+ * string stays valid until the thread's next failing call. "" when no call failed yet. */
+const char *dma_last_error(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DMAIO_H */
