@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -941,8 +943,18 @@ static void run_scenario(const struct scenario *sc)
         tap_check(c.sock >= 0, D("the peer's TCP connection from %s arrives", cfg.peer_addr), "%s", strerror(errno));
         close(listener);
     }
+    struct stat before;
+    bool have_sock = c.sock >= 0 && fstat(c.sock, &before) == 0;
     if (sc->rdma_cm || c.sock >= 0)
         sc->main_role(&c);
+    /* A role that stopped early leaves the TCP socket open, and the peer would wait for the
+     * other side's handshake or its close: shut it down (only if the descriptor is still that
+     * socket, not a new file under the same number). */
+    struct stat after;
+    if (have_sock && fstat(c.sock, &after) == 0 && after.st_dev == before.st_dev && after.st_ino == before.st_ino) {
+        tap_note("%s: the TCP socket was left open: shut down", scn);
+        shutdown(c.sock, SHUT_RDWR);
+    }
     peer_finish(&peer, sc->peer_killed, 15000);
 }
 
