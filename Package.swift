@@ -47,6 +47,7 @@ let package = Package(
             name: "DMAIO",
             dependencies: [
                 "RDMAVerbs", "CRDMA",
+                .product(name: "SystemPackage", package: "swift-system"),
             ],
             path: "Sources/DMAIO"
         ),
