@@ -427,6 +427,15 @@ public final class Connection: @unchecked Sendable {
         }
     }
 
+    /// The length of the message ``receive()`` would hand out next, or nil when none has
+    /// arrived; for a caller that must refuse messages longer than its buffer before taking them.
+    package func nextMessageLength() throws(RDMAError) -> Int? {
+        try events.lock.withLock { _ throws(RDMAError) -> Int? in
+            if state.arrivals.isEmpty, state.status == .connected { try events.pumpLocked() }
+            return state.arrivals.front.map { Int($0.length) }
+        }
+    }
+
     /// The next received message in the proposal's own form: a view of the bytes where the
     /// device wrote them, which stays valid until ``DMAArea/releaseOldest(bytes:)`` (the seed's
     /// `sio_release(handle, size)`) releases them, oldest first. Nil when none has arrived.

@@ -159,8 +159,9 @@ public final class EventChannel: @unchecked Sendable {
     }
 
     /// After a sleep on the descriptor: take the notification that woke it, and look at the
-    /// rdma_cm channel on the next pump.
-    private func wokeUp() throws(RDMAError) {
+    /// rdma_cm channel on the next pump. For callers that sleep on ``fileDescriptor`` inside
+    /// a descriptor of their own (the C ABI).
+    package func wokeUp() throws(RDMAError) {
         try lock.withLock { _ throws(RDMAError) in
             lookAtConnectionEvents = true
             if armed {
