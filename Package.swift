@@ -74,6 +74,7 @@ let package = Package(
         ),
         .target(
             name: "ExampleSupport",
+            dependencies: ["RDMAVerbs"],
             path: "examples/ExampleSupport"
         ),
         .executableTarget(

@@ -76,14 +76,18 @@ public final class Connection: @unchecked Sendable {
     /// the peer closing it or dying — is the connection's end), and ``close()`` shuts its sending
     /// side but does not close it.
     ///
+    /// `gidIndex` overrides the GID (as `ibv_rc_pingpong -g` does); by default it is the RoCE v2
+    /// GID of the socket's local address.
+    ///
     /// - Throws: ``RDMAError/Code/invalidArgument`` (`EBADF`, `ENOTSOCK`, `ENOTCONN`) for a
     ///   descriptor that is not a connected stream socket.
     ///
     /// The corresponding C functions are `getsockopt` and `getpeername`.
-    public init(socket: Int32, events: EventChannel) throws(RDMAError) {
+    public init(socket: Int32, events: EventChannel, gidIndex: Int? = nil) throws(RDMAError) {
         try Self.checkConnectedStreamSocket(socket)
         self.events = events
         state = events.register(.socket(socket))
+        state.explicitGIDIndex = gidIndex
     }
 
     private static func checkConnectedStreamSocket(_ socket: Int32) throws(RDMAError) {
@@ -246,7 +250,8 @@ public final class Connection: @unchecked Sendable {
         offsets: inout [Int], timeout: Duration
     ) throws(RDMAError) {
         let context = events.context
-        let gidIndex = try Self.gidIndex(of: socket, on: context)
+        let gidIndex: Int
+        if let explicit = state.explicitGIDIndex { gidIndex = explicit } else { gidIndex = try Self.gidIndex(of: socket, on: context) }
         let port = try context.requireActivePort(1)
         let local = try context.gid(port: 1, index: gidIndex)
         // Room for the most this side can grant; the handshake may settle on fewer.

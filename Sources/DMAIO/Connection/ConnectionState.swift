@@ -78,6 +78,8 @@ final class ConnectionState: @unchecked Sendable {
     @exclusivity(unchecked) var inAnnouncementQueue = false
     /// Slots handed out and not yet released.
     @exclusivity(unchecked) var held = 0
+    /// The GID index the caller chose for a socket connection (else the socket's address picks).
+    @exclusivity(unchecked) var explicitGIDIndex: Int?
     /// Whether the channel watches the TCP socket (socket connections, while connected).
     @exclusivity(unchecked) var socketWatched = false
     /// The hello the peer sent with its connection request (server side).
