@@ -47,6 +47,7 @@ let package = Package(
             name: "DMAIO",
             dependencies: [
                 "RDMAVerbs", "CRDMA",
+                .product(name: "SystemPackage", package: "swift-system"),
             ],
             path: "Sources/DMAIO"
         ),
@@ -73,6 +74,7 @@ let package = Package(
         ),
         .target(
             name: "ExampleSupport",
+            dependencies: ["RDMAVerbs"],
             path: "examples/ExampleSupport"
         ),
         .executableTarget(

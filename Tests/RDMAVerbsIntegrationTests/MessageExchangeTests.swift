@@ -25,12 +25,12 @@ extension RxeIntegration {
         }
 
         /// The example tool (on the proposal's API): two processes, polling and event modes,
-        /// content checked.
-        @Test(.serialized, arguments: [[String](), ["-e"]])
+        /// and with -g over a TCP socket that dma_assoc upgrades; content checked.
+        @Test(.serialized, arguments: [[String](), ["-e"], ["-g"]])
         func pingpongExampleRunsBetweenTwoProcesses(extra: [String]) throws {
             let pingpong = RxeEnvironment.productsDirectory.appendingPathComponent("pingpong").path
             let port = String(RxeEnvironment.freshPort())
-            let common = ["-p", port, "-n", "500", "-s", "4096", "-c"] + extra
+            let common = ["-p", port, "-n", "500", "-s", "4096", "-c"] + (extra == ["-g"] ? ["-g", RxeEnvironment.gidIndex] : extra)
             let server = Process()
             server.executableURL = URL(fileURLWithPath: pingpong)
             server.arguments = common + ["-b", RxeEnvironment.address]

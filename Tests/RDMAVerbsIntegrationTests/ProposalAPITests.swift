@@ -102,8 +102,9 @@ extension RxeIntegration {
         }
 
         /// A plain level-triggered poll() loop on ec_to_fd drives the receiver to the end.
-        @Test func pollLoopOnTheDescriptorDrivesAStream() throws {
-            let pair = try ConnectedPair()
+        @Test(.serialized, arguments: [ConnectedPair.Transport.connectionManager, .tcpSocket])
+        func pollLoopOnTheDescriptorDrivesAStream(over transport: ConnectedPair.Transport) throws {
+            let pair = try ConnectedPair(transport: transport)
             let count = 5000
             let receiver = OnThread { () throws -> Int in
                 var sequence = 0

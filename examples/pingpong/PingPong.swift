@@ -1,11 +1,14 @@
 // pingpong: ibv_rc_pingpong's workload on the proposal's API (DMAIO): a client and a server
 // bounce a message back and forth; each round trip is one iteration.
 //
-//   server:  pingpong [-p PORT] [-d DEV] [-s SIZE] [-n ITERS] [-e] [-c] [-b ADDR]
+//   server:  pingpong [-p PORT] [-d DEV] [-s SIZE] [-n ITERS] [-e] [-c] [-b ADDR] [-g GIDX]
 //   client:  pingpong [same options] SERVER
 //
 // Both sides must use the same -s and -n. Addresses are IP addresses: rdma_cm finds the device
-// and the RoCE GID that go with them; -b picks the local address, and so the device.
+// and the RoCE GID that go with them; -b picks the local address, and so the device. With -g,
+// the peers connect as ibv_rc_pingpong does instead: over a TCP socket on the same port, whose
+// connection dma_assoc upgrades (queue-pair numbers, PSNs and GIDs exchanged over it), sending
+// from GID index GIDX.
 
 import ArgumentParser
 import DMAIO
@@ -46,6 +49,9 @@ struct PingPong: ParsableCommand {
     @Option(name: [.customShort("n"), .customLong("iters")], help: "Number of round trips.")
     var iterations: Int = 1000
 
+    @Option(name: [.short, .customLong("gid-idx")], help: "Send from this local GID index, connecting over a TCP socket as ibv_rc_pingpong does (default: rdma_cm picks the GID of the address).")
+    var gidIndex: Int?
+
     @Flag(name: [.short, .customLong("events")], help: "Sleep on the event channel instead of busy-polling.")
     var events = false
 
@@ -62,6 +68,7 @@ struct PingPong: ParsableCommand {
         guard (1...(1 << 30)).contains(size) else { throw ValidationError("-s/--size must be between 1 and 1073741824, not \(size)") }
         guard iterations > 0 else { throw ValidationError("-n/--iters must be positive, not \(iterations)") }
         guard timeoutSeconds > 0 else { throw ValidationError("--timeout must be positive") }
+        if let gidIndex, !(0...255).contains(gidIndex) { throw ValidationError("-g/--gid-idx must be between 0 and 255, not \(gidIndex)") }
     }
 
     func run() throws {
@@ -71,17 +78,31 @@ struct PingPong: ParsableCommand {
             let session = try Session(size: size, device: deviceName, events: events, check: check)
             let timeout = Duration.seconds(timeoutSeconds)
             let connection: Connection
-            if let server {
+            var socket: Int32 = -1
+            defer { if socket >= 0 { close(socket) } }
+            let receiveBytes = session.slotSize * Session.credits
+            if let gidIndex {
+                // ibv_rc_pingpong's way: a TCP connection first, then dma_assoc upgrades it.
+                if let server {
+                    socket = try TCPSocket.connect(to: server, port: port, from: bindAddress)
+                } else {
+                    let address = bindAddress ?? "0.0.0.0"
+                    socket = try TCPSocket.acceptOne(on: address, port: port) { say("  listening on \(address):\(port) (TCP, GID index \(gidIndex))") }
+                }
+                connection = try Connection(socket: socket, events: session.events, gidIndex: gidIndex)
+                try connection.associate(session.area, receiveBytes: receiveBytes, slotSize: session.slotSize, timeout: timeout)
+                say("  connected over \(session.events.deviceName), GID index \(gidIndex)")
+            } else if let server {
                 connection = try Connection(to: "\(server.contains(":") ? "[\(server)]" : server):\(port)", from: bindAddress,
                                             events: session.events, timeout: timeout)
-                try connection.associate(session.area, receiveBytes: session.slotSize * Session.credits, slotSize: session.slotSize, timeout: timeout)
+                try connection.associate(session.area, receiveBytes: receiveBytes, slotSize: session.slotSize, timeout: timeout)
                 say("  connected to \(server):\(port) over \(session.events.deviceName)")
             } else {
                 let address = bindAddress ?? "0.0.0.0"
                 let listener = try Listener(on: "\(address.contains(":") ? "[\(address)]" : address):\(port)", events: session.events, backlog: 1)
                 say("  listening on \(address):\(port)")
                 connection = try listener.accept()
-                try connection.associate(session.area, receiveBytes: session.slotSize * Session.credits, slotSize: session.slotSize, timeout: timeout)
+                try connection.associate(session.area, receiveBytes: receiveBytes, slotSize: session.slotSize, timeout: timeout)
                 say("  accepted a client over \(session.events.deviceName)")
             }
             let result = try session.run(connection, iterations: iterations, isClient: server != nil)

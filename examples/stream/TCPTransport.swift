@@ -12,18 +12,8 @@ struct TCPTransport {
     let pattern: Pattern?
 
     func send(to host: String, from source: String?, port: UInt16, limit: Limit, meter: Meter) throws(RDMAError) {
-        let address = try SocketAddress(host: host, port: port)
-        let socket = Int32(try Self.check("socket", Glibc.socket(address.family, Int32(SOCK_STREAM.rawValue), 0)))
+        let socket = try TCPSocket.connect(to: host, port: port, from: source)
         defer { close(socket) }
-        if let source {
-            let local = try SocketAddress(host: source, port: 0)
-            try local.withSockaddr { sockaddr throws(RDMAError) in
-                _ = try Self.check("bind", Glibc.bind(socket, sockaddr, local.length))
-            }
-        }
-        try address.withSockaddr { sockaddr throws(RDMAError) in
-            _ = try Self.check("connect", Glibc.connect(socket, sockaddr, address.length))
-        }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
         defer { buffer.deallocate() }
         let clock = ContinuousClock()
@@ -39,7 +29,7 @@ struct TCPTransport {
             var offset = 0
             while offset < size {
                 let written = Glibc.send(socket, buffer.baseAddress! + offset, size - offset, Int32(MSG_NOSIGNAL))
-                offset += try Self.check("send", written)
+                offset += try TCPSocket.check("send", written)
             }
             sent += 1
             meter.count()
@@ -47,17 +37,7 @@ struct TCPTransport {
     }
 
     func receive(on host: String, port: UInt16, meter: Meter, announce: (String) -> Void) throws(RDMAError) {
-        let address = try SocketAddress(host: host, port: port)
-        let listener = Int32(try Self.check("socket", Glibc.socket(address.family, Int32(SOCK_STREAM.rawValue), 0)))
-        defer { close(listener) }
-        var one: Int32 = 1
-        setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        try address.withSockaddr { sockaddr throws(RDMAError) in
-            _ = try Self.check("bind", Glibc.bind(listener, sockaddr, address.length))
-        }
-        _ = try Self.check("listen", Glibc.listen(listener, 1))
-        announce("  listening on \(host):\(port) (TCP)")
-        let socket = Int32(try Self.check("accept", Glibc.accept(listener, nil, nil)))
+        let socket = try TCPSocket.acceptOne(on: host, port: port) { announce("  listening on \(host):\(port) (TCP)") }
         defer { close(socket) }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
         defer { buffer.deallocate() }
@@ -65,7 +45,7 @@ struct TCPTransport {
         while true {
             var offset = 0
             while offset < size {
-                let count = try Self.check("recv", Glibc.recv(socket, buffer.baseAddress! + offset, size - offset, Int32(MSG_WAITALL)))
+                let count = try TCPSocket.check("recv", Glibc.recv(socket, buffer.baseAddress! + offset, size - offset, Int32(MSG_WAITALL)))
                 if count == 0 {
                     guard offset == 0 else {
                         throw RDMAError(.disconnected, operation: "recv", message: "the sender closed in the middle of message \(sequence)")
@@ -80,12 +60,5 @@ struct TCPTransport {
             sequence += 1
             meter.count()
         }
-    }
-
-    private static func check<T: BinaryInteger>(_ operation: String, _ result: T) throws(RDMAError) -> Int {
-        guard result >= 0 else {
-            throw RDMAError(.systemCall, operation: operation, errno: .init(rawValue: errno), message: "TCP \(operation) failed")
-        }
-        return Int(result)
     }
 }

@@ -128,7 +128,7 @@ public final class DMAArea: @unchecked Sendable {
     public var retainedBytes: Int { retained.withLock { $0.totalBytes - $0.consumedOfOldest } }
 
     /// Takes a block of at least `count` bytes; returns its offset.
-    func allocate(_ count: Int, for operation: String) throws(RDMAError) -> Int {
+    package func allocate(_ count: Int, for operation: String) throws(RDMAError) -> Int {
         guard count > 0 else {
             throw RDMAError(.invalidArgument, operation: operation, errno: .invalidArgument,
                             message: "cannot reserve 0 bytes: the size must be positive")
@@ -147,14 +147,21 @@ public final class DMAArea: @unchecked Sendable {
     }
 
     /// Returns a block to the area.
-    func free(_ offset: Int) {
+    package func free(_ offset: Int) {
         let freed = allocator.withLock { $0.free(offset) }
         assert(freed, "block at offset \(offset) freed twice")
     }
 
     /// The address of `offset` inside the area.
     @inline(__always)
-    func address(_ offset: Int) -> UnsafeMutableRawPointer { region.bytes.baseAddress! + offset }
+    package func address(_ offset: Int) -> UnsafeMutableRawPointer { region.bytes.baseAddress! + offset }
+
+    /// The offset of `pointer` inside the area, or nil when it lies outside.
+    package func offset(of pointer: UnsafeRawPointer) -> Int? {
+        let start = UnsafeRawPointer(region.bytes.baseAddress!)
+        guard pointer >= start, pointer < start + size else { return nil }
+        return pointer - start
+    }
 
     /// Whether `pointer ..< pointer + count` lies inside the area.
     public func contains(_ pointer: UnsafeRawPointer, count: Int) -> Bool {

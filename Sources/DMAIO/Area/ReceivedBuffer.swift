@@ -40,6 +40,14 @@ public struct ReceivedBuffer: ~Copyable {
         // deinit does the work.
     }
 
+    /// Turns the buffer into a plain value the C ABI can keep while a C program holds the
+    /// pointer; ``DetachedMessage/release()`` must then be called exactly once.
+    package consuming func detach() -> DetachedMessage {
+        let bytes = self.bytes
+        let (owner, slot) = disown()
+        return DetachedMessage(owner: Unmanaged.passRetained(owner), slot: slot, bytes: bytes)
+    }
+
     /// Gives up the buffer without releasing its slot; the caller takes over the reference.
     consuming func disown() -> (owner: ConnectionState, slot: Int) {
         let owner = self.owner.takeRetainedValue()
@@ -49,6 +57,22 @@ public struct ReceivedBuffer: ~Copyable {
     }
 
     deinit {
+        let state = owner.takeUnretainedValue()
+        state.channel.release(slot: slot, of: state)
+        owner.release()
+    }
+}
+
+/// A received message whose release is managed by hand (the C ABI's `aio_recv` hands out a raw
+/// pointer): release it exactly once.
+package struct DetachedMessage {
+    let owner: Unmanaged<ConnectionState>
+    let slot: Int
+    /// The message's bytes, inside the area.
+    package let bytes: UnsafeRawBufferPointer
+
+    /// Re-posts the slot and returns a credit to the sender, like ``ReceivedBuffer/release()``.
+    package func release() {
         let state = owner.takeUnretainedValue()
         state.channel.release(slot: slot, of: state)
         owner.release()

@@ -20,7 +20,8 @@ public struct SendBuffer: ~Copyable {
     /// The number of bytes reserved and sent.
     public let count: Int
 
-    init(area: DMAArea, offset: Int, count: Int) {
+    /// A buffer over a block taken with ``DMAArea/allocate(_:for:)``; it owns the block now.
+    package init(area: DMAArea, offset: Int, count: Int) {
         areaReference = .passRetained(area)
         self.offset = offset
         self.count = count

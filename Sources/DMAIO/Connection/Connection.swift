@@ -1,4 +1,9 @@
+import CRDMA
 import RDMAVerbs
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A reliable connection to one peer, over rdma_cm — the proposal's socket, after `dma_assoc`
 /// turned it into a zero-copy RDMA endpoint.
@@ -58,8 +63,57 @@ public final class Connection: @unchecked Sendable {
                             message: "the connection runs over \(context.deviceName) but the event channel is on \(events.deviceName): create the EventChannel with device: \"\(context.deviceName)\"")
         }
         self.events = events
-        state = events.register(cmID)
+        state = events.register(.connectionManager(cmID))
         state.peerHello = peerHello
+    }
+
+    /// Upgrades a connected TCP socket: ``associate(_:receiveBytes:slotSize:timeout:)`` then
+    /// runs a handshake over it with the peer (which does the same on its end) and brings a
+    /// reliable-connected queue pair up by hand, the way `ibv_rc_pingpong` does. The socket's
+    /// local address picks the RoCE GID; it must belong to the event channel's device.
+    ///
+    /// The socket stays the caller's: it must stay open while the connection lives (its end —
+    /// the peer closing it or dying — is the connection's end), and ``close()`` shuts its sending
+    /// side but does not close it.
+    ///
+    /// `gidIndex` overrides the GID (as `ibv_rc_pingpong -g` does); by default it is the RoCE v2
+    /// GID of the socket's local address.
+    ///
+    /// - Throws: ``RDMAError/Code/invalidArgument`` (`EBADF`, `ENOTSOCK`, `ENOTCONN`) for a
+    ///   descriptor that is not a connected stream socket.
+    ///
+    /// The corresponding C functions are `getsockopt` and `getpeername`.
+    public init(socket: Int32, events: EventChannel, gidIndex: Int? = nil) throws(RDMAError) {
+        try Self.checkConnectedStreamSocket(socket)
+        self.events = events
+        state = events.register(.socket(socket))
+        state.explicitGIDIndex = gidIndex
+    }
+
+    private static func checkConnectedStreamSocket(_ socket: Int32) throws(RDMAError) {
+        guard socket >= 0, fcntl(socket, F_GETFD) >= 0 else {
+            throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .badFileDescriptor,
+                            message: "descriptor \(socket) is not open")
+        }
+        var type: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(socket, SOL_SOCKET, SO_TYPE, &type, &length) == 0 else {
+            throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .notSocket,
+                            message: "descriptor \(socket) is not a socket: pass a connected TCP socket")
+        }
+        guard type == Int32(SOCK_STREAM.rawValue) else {
+            throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .invalidArgument,
+                            message: "descriptor \(socket) is not a stream socket: pass a connected TCP socket")
+        }
+        var peer = sockaddr_storage()
+        var peerLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let named = withUnsafeMutablePointer(to: &peer) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(socket, $0, &peerLength) }
+        }
+        guard named == 0 else {
+            throw RDMAError(.notConnected, operation: "dma_assoc", errno: .socketNotConnected,
+                            message: "the TCP socket \(socket) is not connected: connect (or accept) it first")
+        }
     }
 
     deinit {
@@ -122,15 +176,36 @@ public final class Connection: @unchecked Sendable {
     private func establish(area: DMAArea, slotSize: Int, credits: Int, pool: SharedReceivePool?, timeout: Duration) throws(RDMAError) {
         let status = events.lock.withLock { _ in state.status }
         guard status == .unassociated, state.queuePair == nil else {
-            throw RDMAError(.alreadyAssociated, operation: "dma_assoc", errno: .alreadyInProcess,
+            throw RDMAError(.alreadyAssociated, operation: "dma_assoc", errno: status == .unassociated || status == .connected ? .socketIsConnected : .alreadyInProcess,
                             message: status == .unassociated || status == .connected
                                 ? "\(id) is already associated with an area: associate each connection once"
                                 : "\(id) is closed or disconnected: open a new connection")
         }
         guard area.context.pointer == events.context.pointer else {
-            throw RDMAError(.wrongArea, operation: "dma_assoc",
+            throw RDMAError(.wrongArea, operation: "dma_assoc", errno: .improperLink,
                             message: "the area is registered on \(area.deviceName) but the connection runs over \(events.deviceName)")
         }
+        var offsets: [Int] = []
+        do throws(RDMAError) {
+            switch state.endpoint {
+            case .connectionManager(let cmID):
+                try establish(over: cmID, area: area, slotSize: slotSize, credits: credits, pool: pool, offsets: &offsets, timeout: timeout)
+            case .socket(let socket):
+                try establish(over: socket, area: area, slotSize: slotSize, credits: credits, pool: pool, offsets: &offsets, timeout: timeout)
+            }
+            try events.connected(state)
+        } catch {
+            for offset in offsets { area.free(offset) }
+            close()
+            throw error
+        }
+    }
+
+    /// The rdma_cm way: the hello rides in the connect request's private data and its accept.
+    private func establish(
+        over cmID: ConnectionID, area: DMAArea, slotSize: Int, credits: Int, pool: SharedReceivePool?,
+        offsets: inout [Int], timeout: Duration
+    ) throws(RDMAError) {
         // A client grants all its credits and makes room for as many credit updates; a server
         // grants no more than the client's room, and makes room for the client's grant.
         let granted: Int, room: Int
@@ -141,68 +216,154 @@ public final class Connection: @unchecked Sendable {
             granted = credits
             room = credits
         }
-        let slots = granted + room
-        let sendDepth = max(8, 2 * granted + 2)
-        try events.reserveCapacity(sendDepth + slots)
-        events.lock.withLock { _ in state.capacityTaken = sendDepth + slots }
-        var offsets: [Int] = []
-        do throws(RDMAError) {
-            if let pool {
-                try pool.claim(slots)
-                events.lock.withLock { _ in
-                    state.pool = pool
-                    state.poolSlotsClaimed = slots
-                }
-            } else {
-                offsets.reserveCapacity(slots)
-                for _ in 0..<slots { offsets.append(try area.allocate(slotSize, for: "dma_assoc")) }
+        let sendDepth = Self.sendDepth(granting: granted)
+        try reserveCapacity(sendDepth + granted + room)
+        try claimSlots(granted + room, area: area, slotSize: slotSize, pool: pool, offsets: &offsets)
+        let queuePair = try cmID.createQueuePair(
+            protectionDomain: area.protectionDomain, sendQueue: events.completionQueue, receiveQueue: events.completionQueue,
+            capabilities: Self.capabilities(sendDepth: sendDepth, receives: granted + room, pool: pool),
+            sharedReceiveQueue: pool?.queue)
+        try install(queuePair, area: area, slotSize: slotSize, granted: granted, slots: granted + room, sendDepth: sendDepth, pool: pool, offsets: &offsets)
+        let hello = WireProtocol.Hello(credits: UInt32(granted), room: UInt32(room), slotSize: UInt32(slotSize))
+        let peer: WireProtocol.Hello
+        if let request = state.peerHello {
+            _ = try cmID.accept(ConnectionParameters(privateData: hello.bytes), timeout: timeout)
+            peer = request
+        } else {
+            let established = try cmID.connect(ConnectionParameters(privateData: hello.bytes), timeout: timeout)
+            peer = try WireProtocol.Hello(parsing: established.privateData)
+            guard Int(peer.credits) <= room else {
+                throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
+                                message: "the peer granted \(peer.credits) credits, more than the \(room) this side can absorb: protocol error")
             }
-            let queuePair = try state.cmID.createQueuePair(
-                protectionDomain: area.protectionDomain, sendQueue: events.completionQueue,
-                receiveQueue: events.completionQueue,
-                capabilities: QueuePairCapabilities(
-                    maxSendRequests: sendDepth, maxReceiveRequests: pool == nil ? slots : 0,
-                    maxInlineData: Self.inlineLimit),
-                sharedReceiveQueue: pool?.queue)
-            try events.lock.withLock { _ throws(RDMAError) in
-                state.area = area
-                state.queuePair = queuePair
-                state.slotOffsets = pool?.slotOffsets ?? offsets
-                state.slotSize = slotSize
-                state.creditsGranted = granted
-                state.sendQueueFree = sendDepth
-                if pool == nil {
-                    for slot in 0..<slots { try state.postReceive(slot: slot) }
-                }
-                state.arrivals.reserveCapacity(slots)
-                state.inFlight.reserveCapacity(sendDepth)
-                state.pending.reserveCapacity(sendDepth)
-            }
-            offsets = []  // the state owns them now
-            if let pool { events.attach(state, queuePairNumber: queuePair.number, pool: pool) }
-            let hello = WireProtocol.Hello(credits: UInt32(granted), room: UInt32(room), slotSize: UInt32(slotSize))
-            let peer: WireProtocol.Hello
-            if let request = state.peerHello {
-                _ = try state.cmID.accept(ConnectionParameters(privateData: hello.bytes), timeout: timeout)
-                peer = request
-            } else {
-                let established = try state.cmID.connect(ConnectionParameters(privateData: hello.bytes), timeout: timeout)
-                peer = try WireProtocol.Hello(parsing: established.privateData)
-                guard Int(peer.credits) <= room else {
-                    throw RDMAError(.connectionFailed, operation: "dma_assoc",
-                                    message: "the peer granted \(peer.credits) credits, more than the \(room) this side can absorb: protocol error")
-                }
-            }
-            events.lock.withLock { _ in
-                state.credits = Int(peer.credits)
-                state.peerSlotSize = Int(peer.slotSize)
-            }
-            try events.connected(state)
-        } catch {
-            for offset in offsets { area.free(offset) }
-            close()
-            throw error
         }
+        events.lock.withLock { _ in
+            state.credits = Int(peer.credits)
+            state.peerSlotSize = Int(peer.slotSize)
+        }
+    }
+
+    /// The TCP socket way (see ``SocketHandshake``): the queue pair is created and moved through
+    /// INIT, RTR and RTS here, with the peer's numbers read from the socket.
+    private func establish(
+        over socket: Int32, area: DMAArea, slotSize: Int, credits: Int, pool: SharedReceivePool?,
+        offsets: inout [Int], timeout: Duration
+    ) throws(RDMAError) {
+        let context = events.context
+        let gidIndex: Int
+        if let explicit = state.explicitGIDIndex { gidIndex = explicit } else { gidIndex = try Self.gidIndex(of: socket, on: context) }
+        let port = try context.requireActivePort(1)
+        let local = try context.gid(port: 1, index: gidIndex)
+        // Room for the most this side can grant; the handshake may settle on fewer.
+        let sendDepth = Self.sendDepth(granting: credits)
+        try reserveCapacity(sendDepth + 2 * credits)
+        let queuePair = try QueuePair(
+            protectionDomain: area.protectionDomain, sendQueue: events.completionQueue, receiveQueue: events.completionQueue,
+            capabilities: Self.capabilities(sendDepth: sendDepth, receives: 2 * credits, pool: pool),
+            sharedReceiveQueue: pool?.queue)
+        try queuePair.moveToInit(port: 1)
+        let psn = UInt32.random(in: 0...0xFF_FFFF)
+        let hello = SocketHandshake.Hello(
+            mtu: UInt8(port.activeMTU.rawValue),
+            endpoint: QueuePairEndpoint(queuePairNumber: queuePair.number, packetSequenceNumber: psn, gid: local.gid),
+            credits: UInt32(credits), slotSize: UInt32(slotSize))
+        try SocketHandshake.send(hello.bytes, over: socket, timeout: timeout)
+        let peer = try SocketHandshake.Hello(parsing: try SocketHandshake.receive(SocketHandshake.helloSize, over: socket, timeout: timeout))
+        // Symmetric: each grants the smaller offer, and makes room for as much.
+        let granted = min(credits, Int(peer.credits))
+        try claimSlots(2 * granted, area: area, slotSize: slotSize, pool: pool, offsets: &offsets)
+        try install(queuePair, area: area, slotSize: slotSize, granted: granted, slots: 2 * granted, sendDepth: sendDepth, pool: pool, offsets: &offsets)
+        try queuePair.moveToReadyToReceive(remote: peer.endpoint, port: 1, gidIndex: gidIndex, mtu: ibv_mtu(rawValue: min(UInt32(hello.mtu), UInt32(peer.mtu))))
+        try queuePair.moveToReadyToSend(packetSequenceNumber: psn)
+        // Both sides have posted their receives: data may flow once the peer says so.
+        try SocketHandshake.send([SocketHandshake.readyByte], over: socket, timeout: timeout)
+        let ready = try SocketHandshake.receive(1, over: socket, timeout: timeout)
+        guard ready == [SocketHandshake.readyByte] else {
+            throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
+                            message: "the peer sent \(ready[0]) instead of the handshake's ready byte: is it a DMAIO peer?")
+        }
+        events.lock.withLock { _ in
+            state.credits = granted
+            state.peerSlotSize = Int(peer.slotSize)
+        }
+    }
+
+    /// Send-queue depth: data sends for every credit, credit updates, and spare.
+    private static func sendDepth(granting credits: Int) -> Int { max(8, 2 * credits + 2) }
+
+    private static func capabilities(sendDepth: Int, receives: Int, pool: SharedReceivePool?) -> QueuePairCapabilities {
+        QueuePairCapabilities(maxSendRequests: sendDepth, maxReceiveRequests: pool == nil ? receives : 0, maxInlineData: inlineLimit)
+    }
+
+    private func reserveCapacity(_ entries: Int) throws(RDMAError) {
+        try events.reserveCapacity(entries)
+        events.lock.withLock { _ in state.capacityTaken = entries }
+    }
+
+    /// Takes `count` receive slots: from the pool, or carved out of the area into `offsets`.
+    private func claimSlots(_ count: Int, area: DMAArea, slotSize: Int, pool: SharedReceivePool?, offsets: inout [Int]) throws(RDMAError) {
+        if let pool {
+            try pool.claim(count)
+            events.lock.withLock { _ in
+                state.pool = pool
+                state.poolSlotsClaimed = count
+            }
+        } else {
+            offsets.reserveCapacity(count)
+            for _ in 0..<count { offsets.append(try area.allocate(slotSize, for: "dma_assoc")) }
+        }
+    }
+
+    /// Hands the queue pair and the slots to the state and posts the receives.
+    private func install(
+        _ queuePair: QueuePair, area: DMAArea, slotSize: Int, granted: Int, slots: Int, sendDepth: Int,
+        pool: SharedReceivePool?, offsets: inout [Int]
+    ) throws(RDMAError) {
+        try events.lock.withLock { _ throws(RDMAError) in
+            state.area = area
+            state.queuePair = queuePair
+            state.slotOffsets = pool?.slotOffsets ?? offsets
+            state.slotSize = slotSize
+            state.creditsGranted = granted
+            state.sendQueueFree = sendDepth
+            state.arrivals.reserveCapacity(slots)
+            state.inFlight.reserveCapacity(sendDepth)
+            state.pending.reserveCapacity(sendDepth)
+            offsets = []  // the state owns them now
+            if pool == nil {
+                for slot in 0..<slots { try state.postReceive(slot: slot) }
+            }
+        }
+        if let pool { events.attach(state, queuePairNumber: queuePair.number, pool: pool) }
+    }
+
+    /// The index of the RoCE GID that carries the socket's local IP address on `context`: the
+    /// address the peer reaches this side at.
+    private static func gidIndex(of socket: Int32, on context: Context) throws(RDMAError) -> Int {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let named = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) }
+        }
+        guard named == 0, let address = SocketAddress(withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { $0 } }) else {
+            throw RDMAError(.systemCall, operation: "getsockname", errno: .init(rawValue: errno), message: "reading the TCP socket's local address")
+        }
+        let wanted: GID
+        if let ipv4 = address.ipv4 {
+            wanted = GID(ipv4MappedFrom: ipv4)
+        } else if let raw = address.ipv6Bytes, let gid = GID(bytes: raw) {
+            wanted = gid
+        } else {
+            throw RDMAError(.addressNotAvailable, operation: "dma_assoc", errno: .addressFamilyNotSupported,
+                            message: "the socket's local address \(address) is neither IPv4 nor IPv6")
+        }
+        let matches = try context.gids(port: 1).filter { $0.gid == wanted }
+        guard let entry = matches.first(where: { $0.type == .roceV2 }) ?? matches.first else {
+            throw RDMAError(.wrongArea, operation: "dma_assoc", errno: .improperLink,
+                            message: "the socket's local address \(address.host) has no RoCE GID on \(context.deviceName): connect the socket over "
+                                + "that device's interface, or create the area and event channel on the device that owns \(address.host) (DMAIO_DEVICE)")
+        }
+        return entry.index
     }
 
     /// Starts sending `buffer` — the proposal's `aio_send`. Consumes the buffer: the device
@@ -271,6 +432,15 @@ public final class Connection: @unchecked Sendable {
         }
     }
 
+    /// The length of the message ``receive()`` would hand out next, or nil when none has
+    /// arrived; for a caller that must refuse messages longer than its buffer before taking them.
+    package func nextMessageLength() throws(RDMAError) -> Int? {
+        try events.lock.withLock { _ throws(RDMAError) -> Int? in
+            if state.arrivals.isEmpty, state.status == .connected { try events.pumpLocked() }
+            return state.arrivals.front.map { Int($0.length) }
+        }
+    }
+
     /// The next received message in the proposal's own form: a view of the bytes where the
     /// device wrote them, which stays valid until ``DMAArea/releaseOldest(bytes:)`` (the seed's
     /// `sio_release(handle, size)`) releases them, oldest first. Nil when none has arrived.
@@ -314,7 +484,7 @@ public final class Connection: @unchecked Sendable {
             guard state.status != .closed else { return false }
             let wasConnected = state.status == .connected
             state.status = .closed
-            if wasConnected { try? state.cmID.disconnect() }
+            if wasConnected { state.disconnectTransport() }
             // Messages that arrived and were never handed out go back to a shared pool now.
             if let pool = state.pool {
                 while let arrival = state.arrivals.popFirst() { try? pool.repost(slot: Int(arrival.slot)) }

@@ -1,5 +1,9 @@
 import RDMAVerbs
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The data-path state of one associated connection. Every field is guarded by the lock of the
 /// connection's ``EventChannel`` (hence `@unchecked Sendable`).
 ///
@@ -31,9 +35,19 @@ final class ConnectionState: @unchecked Sendable {
         var length: Int32
     }
 
+    /// How the connection was made, and so how it is torn down and how its end is noticed.
+    enum Endpoint {
+        /// Through rdma_cm: the id moves the queue pair through its states; disconnects arrive
+        /// as rdma_cm events.
+        case connectionManager(ConnectionID)
+        /// Over a connected TCP socket (not owned): the queue pair was brought up by hand with
+        /// the numbers exchanged over it; the socket's end is the connection's end.
+        case socket(Int32)
+    }
+
     let id: Connection.ID
     let channel: EventChannel
-    let cmID: ConnectionID
+    let endpoint: Endpoint
     @exclusivity(unchecked) var status = Status.unassociated
     @exclusivity(unchecked) var queuePair: QueuePair?
     @exclusivity(unchecked) var area: DMAArea?
@@ -64,15 +78,44 @@ final class ConnectionState: @unchecked Sendable {
     @exclusivity(unchecked) var inAnnouncementQueue = false
     /// Slots handed out and not yet released.
     @exclusivity(unchecked) var held = 0
+    /// The GID index the caller chose for a socket connection (else the socket's address picks).
+    @exclusivity(unchecked) var explicitGIDIndex: Int?
+    /// Whether the channel watches the TCP socket (socket connections, while connected).
+    @exclusivity(unchecked) var socketWatched = false
     /// The hello the peer sent with its connection request (server side).
     @exclusivity(unchecked) var peerHello: WireProtocol.Hello?
     /// Where the last data send was posted from (for tests of the zero-copy path).
     @exclusivity(unchecked) var lastPostedSendAddress: UnsafeRawPointer?
 
-    init(id: Connection.ID, channel: EventChannel, cmID: ConnectionID) {
+    init(id: Connection.ID, channel: EventChannel, endpoint: Endpoint) {
         self.id = id
         self.channel = channel
-        self.cmID = cmID
+        self.endpoint = endpoint
+    }
+
+    /// The rdma_cm id, for a connection made through rdma_cm.
+    var cmID: ConnectionID? {
+        if case .connectionManager(let id) = endpoint { return id }
+        return nil
+    }
+
+    /// The TCP socket, for a connection brought up over one.
+    var socket: Int32? {
+        if case .socket(let descriptor) = endpoint { return descriptor }
+        return nil
+    }
+
+    /// Ends the connection at the transport: rdma_cm's disconnect (which also flushes the queue
+    /// pair), or for a socket connection, flushing the queue pair and shutting the socket's
+    /// sending side so that the peer sees the end. Lock held.
+    func disconnectTransport() {
+        switch endpoint {
+        case .connectionManager(let id):
+            try? id.disconnect()
+        case .socket(let descriptor):
+            try? queuePair?.moveToError()
+            _ = shutdown(descriptor, Int32(SHUT_WR))
+        }
     }
 
     deinit {

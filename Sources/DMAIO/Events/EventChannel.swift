@@ -30,6 +30,9 @@ public final class EventChannel: @unchecked Sendable {
     let connectionEvents: ConnectionEventChannel
     private let pollDescriptor: Int32
     private let wakeDescriptor: Int32
+    /// An epoll descriptor over the TCP sockets of socket connections (inside
+    /// `pollDescriptor`): one of them readable means its peer closed or died.
+    private let socketWatchDescriptor: Int32
     let lock = Mutex(())
     /// Completion-queue entries not yet promised to a connection.
     @exclusivity(unchecked) private var capacityLeft: Int
@@ -55,6 +58,8 @@ public final class EventChannel: @unchecked Sendable {
     @exclusivity(unchecked) private var pumps: UInt = 0
     @exclusivity(unchecked) private var wakeIsSet = false
     @exclusivity(unchecked) private var nextConnection: UInt32 = 1
+    /// Socket connections whose TCP socket is watched.
+    @exclusivity(unchecked) private var socketConnections = 0
 
     /// Creates a channel on an RDMA device (the first by default).
     ///
@@ -78,13 +83,21 @@ public final class EventChannel: @unchecked Sendable {
             close(epoll)
             throw RDMAError(.systemCall, operation: "eventfd", errno: .init(rawValue: errno), message: "creating the event channel's wake descriptor")
         }
+        let sockets = epoll_create1(Int32(EPOLL_CLOEXEC))
+        guard sockets >= 0 else {
+            close(epoll)
+            close(wake)
+            throw RDMAError(.systemCall, operation: "epoll_create1", errno: .init(rawValue: errno), message: "creating the event channel's socket watch")
+        }
         pollDescriptor = epoll
         wakeDescriptor = wake
-        for fd in [completionChannel.fileDescriptor, connectionEvents.fileDescriptor, wake] {
+        socketWatchDescriptor = sockets
+        for fd in [completionChannel.fileDescriptor, connectionEvents.fileDescriptor, wake, sockets] {
             var event = epoll_event(events: EPOLLIN.rawValue, data: epoll_data_t(fd: fd))
             if epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) != 0 {
                 close(epoll)
                 close(wake)
+                close(sockets)
                 throw RDMAError(.systemCall, operation: "epoll_ctl", errno: .init(rawValue: errno), message: "watching descriptor \(fd)")
             }
         }
@@ -95,6 +108,7 @@ public final class EventChannel: @unchecked Sendable {
     deinit {
         close(pollDescriptor)
         close(wakeDescriptor)
+        close(socketWatchDescriptor)
     }
 
     /// The descriptor for poll/epoll (`ec_to_fd`): readable while events are pending.
@@ -145,8 +159,9 @@ public final class EventChannel: @unchecked Sendable {
     }
 
     /// After a sleep on the descriptor: take the notification that woke it, and look at the
-    /// rdma_cm channel on the next pump.
-    private func wokeUp() throws(RDMAError) {
+    /// rdma_cm channel on the next pump. For callers that sleep on ``fileDescriptor`` inside
+    /// a descriptor of their own (the C ABI).
+    package func wokeUp() throws(RDMAError) {
         try lock.withLock { _ throws(RDMAError) in
             lookAtConnectionEvents = true
             if armed {
@@ -225,6 +240,7 @@ public final class EventChannel: @unchecked Sendable {
             while try waitReadable(connectionEvents.fileDescriptor, timeout: .zero), let event = try connectionEvents.nextEvent() {
                 handleLocked(event)
             }
+            if socketConnections > 0, try waitReadable(socketWatchDescriptor, timeout: .zero) { takeSocketEndsLocked() }
         }
         // Events taken here (also from receive and send) must show on a watched descriptor.
         if descriptorHandedOut { updateWakeLocked() }
@@ -310,23 +326,52 @@ public final class EventChannel: @unchecked Sendable {
         guard let raw = connectionsByCMID[event.id], let state = connections[raw] else { return }
         switch event.kind {
         case .disconnected, .deviceRemoval, .connectError, .unreachable, .rejected:
-            guard state.status == .connected else { return }
-            state.status = .disconnected
-            try? state.cmID.disconnect()  // completes the peer's disconnect; flushes our queue pair
-            state.failPendingSends(into: &events)
-            events.append(.disconnected(connection: state.id))
+            peerWentAwayLocked(state)
         default:
             break
         }
     }
 
+    /// The connection ended at the peer: completes the disconnect (rdma_cm) or flushes the queue
+    /// pair (socket), fails what was not sent, reports it.
+    private func peerWentAwayLocked(_ state: ConnectionState) {
+        guard state.status == .connected else { return }
+        state.status = .disconnected
+        state.disconnectTransport()
+        stopWatchingSocketLocked(state)
+        state.failPendingSends(into: &events)
+        events.append(.disconnected(connection: state.id))
+    }
+
+    /// Some watched TCP socket became readable: after the handshake a peer sends nothing more on
+    /// it, so that is its end (EOF when it closed or died; stray bytes are a protocol error and
+    /// end the connection too).
+    private func takeSocketEndsLocked() {
+        var ready = [epoll_event](repeating: epoll_event(), count: 8)
+        while true {
+            let count = epoll_wait(socketWatchDescriptor, &ready, Int32(ready.count), 0)
+            guard count > 0 else { return }
+            for index in 0..<Int(count) {
+                guard let state = connections[ready[index].data.u32] else { continue }
+                peerWentAwayLocked(state)
+            }
+        }
+    }
+
+    private func stopWatchingSocketLocked(_ state: ConnectionState) {
+        guard let socket = state.socket, state.socketWatched else { return }
+        state.socketWatched = false
+        socketConnections -= 1
+        epoll_ctl(socketWatchDescriptor, EPOLL_CTL_DEL, socket, nil)
+    }
+
     // MARK: - Connections
 
-    func register(_ cmID: ConnectionID) -> ConnectionState {
+    func register(_ endpoint: ConnectionState.Endpoint) -> ConnectionState {
         lock.withLock { _ in
             let id = Connection.ID(rawValue: nextConnection)
             nextConnection = nextConnection == 0x3FFF_FFFF ? 1 : nextConnection + 1
-            let state = ConnectionState(id: id, channel: self, cmID: cmID)
+            let state = ConnectionState(id: id, channel: self, endpoint: endpoint)
             connections[id.rawValue] = state
             return state
         }
@@ -350,9 +395,20 @@ public final class EventChannel: @unchecked Sendable {
 
     /// Marks a connection established and routes its rdma_cm events here.
     func connected(_ state: ConnectionState) throws(RDMAError) {
-        try state.cmID.migrate(to: connectionEvents)
-        lock.withLock { _ in
-            connectionsByCMID[state.cmID.id] = state.id.rawValue
+        try state.cmID?.migrate(to: connectionEvents)
+        try lock.withLock { _ throws(RDMAError) in
+            switch state.endpoint {
+            case .connectionManager(let cmID):
+                connectionsByCMID[cmID.id] = state.id.rawValue
+            case .socket(let socket):
+                var event = epoll_event(events: EPOLLIN.rawValue | EPOLLRDHUP.rawValue, data: epoll_data_t(u32: state.id.rawValue))
+                guard epoll_ctl(socketWatchDescriptor, EPOLL_CTL_ADD, socket, &event) == 0 else {
+                    throw RDMAError(.systemCall, operation: "epoll_ctl", errno: .init(rawValue: errno),
+                                    message: "watching the TCP socket \(socket) for its peer's end")
+                }
+                state.socketWatched = true
+                socketConnections += 1
+            }
             state.status = .connected
             events.append(.connected(connection: state.id))
             if descriptorHandedOut { updateWakeLocked() }
@@ -371,7 +427,8 @@ public final class EventChannel: @unchecked Sendable {
     func unregister(_ state: ConnectionState) {
         lock.withLock { _ in
             connections[state.id.rawValue] = nil
-            connectionsByCMID[state.cmID.id] = nil
+            if let cmID = state.cmID { connectionsByCMID[cmID.id] = nil }
+            stopWatchingSocketLocked(state)
             if let number = state.queuePair?.number, connectionsByQueuePair[number] == state.id.rawValue {
                 connectionsByQueuePair[number] = nil
             }

@@ -3,24 +3,24 @@
 ///
 /// Its operations are its own concrete methods (no protocol defaults), so even an unoptimised
 /// build takes no detour through generic code that might allocate.
-struct RingBuffer<Element> {
+package struct RingBuffer<Element> {
     private var storage: [Element?]
     private var head = 0
-    private(set) var count = 0
+    package private(set) var count = 0
 
-    init(capacity: Int = 16) {
+    package init(capacity: Int = 16) {
         storage = Array(repeating: nil, count: Swift.max(capacity, 1))
     }
 
-    var isEmpty: Bool { count == 0 }
+    package var isEmpty: Bool { count == 0 }
 
-    mutating func append(_ element: Element) {
+    package mutating func append(_ element: Element) {
         if count == storage.count { grow() }
         storage[(head + count) % storage.count] = element
         count += 1
     }
 
-    mutating func popFirst() -> Element? {
+    package mutating func popFirst() -> Element? {
         guard count > 0 else { return nil }
         let element = storage[head]
         storage[head] = nil
@@ -30,16 +30,16 @@ struct RingBuffer<Element> {
     }
 
     /// The element `index` places from the front.
-    subscript(_ index: Int) -> Element {
+    package subscript(_ index: Int) -> Element {
         precondition(index >= 0 && index < count, "RingBuffer index out of range")
         return storage[(head + index) % storage.count]!
     }
 
     /// The front element, if any.
-    var front: Element? { count > 0 ? storage[head] : nil }
+    package var front: Element? { count > 0 ? storage[head] : nil }
 
     /// Makes room for `capacity` elements without further growth.
-    mutating func reserveCapacity(_ capacity: Int) {
+    package mutating func reserveCapacity(_ capacity: Int) {
         while storage.count < capacity { grow() }
     }
 

@@ -101,6 +101,15 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         return withUnsafeBytes(of: storage) { IPv4Address(networkOrder: $0.load(as: sockaddr_in.self).sin_addr.s_addr) }
     }
 
+    /// The 16 bytes of the IPv6 address, for an IPv6 socket address (an IPv4-mapped one
+    /// included: `::ffff:a.b.c.d`, which is also how RoCE writes an IPv4 GID).
+    public var ipv6Bytes: [UInt8]? {
+        guard family == AF_INET6 else { return nil }
+        return withUnsafeBytes(of: storage) { raw in
+            withUnsafeBytes(of: raw.load(as: sockaddr_in6.self).sin6_addr) { Array($0) }
+        }
+    }
+
     /// The host part as numeric text.
     public var host: String {
         var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))

@@ -3,31 +3,68 @@ import Foundation
 import RDMAVerbs
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A client and a server connection, each with its own area and event channel, associated
-/// through the proposal's API over the rxe device.
+/// through the proposal's API over the rxe device: through rdma_cm, or by upgrading a connected
+/// TCP socket (`dma_assoc` on a socket).
 final class ConnectedPair: @unchecked Sendable {
+    enum Transport: Sendable, CustomTestStringConvertible {
+        case connectionManager, tcpSocket
+        var testDescription: String { self == .connectionManager ? "rdma_cm" : "TCP socket" }
+    }
+
     let clientEvents: EventChannel
     let serverEvents: EventChannel
     let clientArea: DMAArea
     let serverArea: DMAArea
     let client: Connection
     let server: Connection
+    /// The TCP sockets under a socket pair (client, server); closed with the pair.
+    let sockets: (client: Int32, server: Int32)?
 
-    init(areaSize: Int = 4 << 20, receiveBytes: Int = 256 << 10, slotSize: Int = 4096) throws {
+    init(areaSize: Int = 4 << 20, receiveBytes: Int = 256 << 10, slotSize: Int = 4096, transport: Transport = .connectionManager) throws {
         serverEvents = try EventChannel()
         clientEvents = try EventChannel()
         serverArea = try DMAArea(size: areaSize)
         clientArea = try DMAArea(size: areaSize)
-        let address = "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())"
-        let listener = try Listener(on: address, events: serverEvents)
-        let accepted = OnThread { [serverArea] () throws -> Connection in
-            let connection = try listener.accept(timeout: .seconds(10))
-            try connection.associate(serverArea, receiveBytes: receiveBytes, slotSize: slotSize)
-            return connection
+        switch transport {
+        case .connectionManager:
+            let address = "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())"
+            let listener = try Listener(on: address, events: serverEvents)
+            let accepted = OnThread { [serverArea] () throws -> Connection in
+                let connection = try listener.accept(timeout: .seconds(10))
+                try connection.associate(serverArea, receiveBytes: receiveBytes, slotSize: slotSize)
+                return connection
+            }
+            client = try Connection(to: address, events: clientEvents)
+            try client.associate(clientArea, receiveBytes: receiveBytes, slotSize: slotSize)
+            server = try accepted.join()
+            sockets = nil
+        case .tcpSocket:
+            let pair = try TCPSockets.pair()
+            sockets = pair
+            // Both ends run the handshake at once: the server's on a thread of its own.
+            let upgraded = OnThread { [serverArea, serverEvents] () throws -> Connection in
+                let connection = try Connection(socket: pair.server, events: serverEvents)
+                try connection.associate(serverArea, receiveBytes: receiveBytes, slotSize: slotSize)
+                return connection
+            }
+            client = try Connection(socket: pair.client, events: clientEvents)
+            try client.associate(clientArea, receiveBytes: receiveBytes, slotSize: slotSize)
+            server = try upgraded.join()
         }
-        client = try Connection(to: address, events: clientEvents)
-        try client.associate(clientArea, receiveBytes: receiveBytes, slotSize: slotSize)
-        server = try accepted.join()
+    }
+
+    deinit {
+        client.close()
+        server.close()
+        if let sockets {
+            close(sockets.client)
+            close(sockets.server)
+        }
     }
 }
 

@@ -8,6 +8,8 @@ import Testing
 enum RxeEnvironment {
     static var deviceName: String { ProcessInfo.processInfo.environment["RXE_DEVICE"] ?? "rxe0" }
     static var address: String { ProcessInfo.processInfo.environment["RXE_ADDR"] ?? "10.99.0.1" }
+    /// The index of the RoCE v2 GID of `address` (what `ibv_rc_pingpong -g` wants).
+    static var gidIndex: String { ProcessInfo.processInfo.environment["RXE_GID_INDEX"] ?? "1" }
 
     /// Checks that the device exists and is a soft-RoCE (rxe) device, and says so on stdout
     /// (the test runner checks for this line to know the suite ran on rxe).

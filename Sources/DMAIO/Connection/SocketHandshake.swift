@@ -1,0 +1,156 @@
+import RDMAVerbs
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The handshake two peers run over a connected TCP socket to bring a reliable-connected queue
+/// pair up by hand — what `dma_assoc` does on an ordinary socket, the way `ibv_rc_pingpong` and
+/// perftest exchange their numbers.
+///
+/// Both sides send a ``Hello`` at once and read the peer's; each then posts its receive slots,
+/// moves its queue pair to RTR and RTS, and sends one ``readyByte``; data may flow once the
+/// peer's ready byte has arrived (so no message can reach a queue pair that is not ready).
+///
+/// The hello is 48 bytes, big-endian:
+///
+/// ```
+///  0  magic "DMAS"          4  version (1)     6  MTU (ibv_mtu, 1...5)    7  0
+///  8  queue pair number    12  first PSN      16  GID (16 bytes)
+/// 32  LID (16 bits)        34  0 (16 bits)    36  credits granted = room offered
+/// 40  slot size            44  0
+/// ```
+///
+/// Credits: each side offers as many credits as it has data slots, and room for as many credit
+/// updates. A side grants `min(own credits, peer's credits)` — the peer's room — and posts room
+/// for what the peer grants, which is the same number: symmetric, so both compute it alike.
+enum SocketHandshake {
+    static let magic: UInt32 = 0x444D_4153  // "DMAS"
+    static let version: UInt16 = 1
+    static let helloSize = 48
+    static let readyByte: UInt8 = 0x52  // "R"
+
+    struct Hello: Equatable {
+        var mtu: UInt8
+        var endpoint: QueuePairEndpoint
+        var credits: UInt32
+        var slotSize: UInt32
+
+        var bytes: [UInt8] {
+            var bytes = [UInt8](repeating: 0, count: SocketHandshake.helloSize)
+            func put<T: FixedWidthInteger>(_ value: T, at offset: Int) {
+                withUnsafeBytes(of: value.bigEndian) { bytes.replaceSubrange(offset..<offset + $0.count, with: $0) }
+            }
+            put(SocketHandshake.magic, at: 0)
+            put(SocketHandshake.version, at: 4)
+            bytes[6] = mtu
+            put(endpoint.queuePairNumber, at: 8)
+            put(endpoint.packetSequenceNumber, at: 12)
+            withUnsafeBytes(of: endpoint.gid.bytes) { bytes.replaceSubrange(16..<32, with: $0) }
+            put(endpoint.lid, at: 32)
+            put(credits, at: 36)
+            put(slotSize, at: 40)
+            return bytes
+        }
+
+        init(mtu: UInt8, endpoint: QueuePairEndpoint, credits: UInt32, slotSize: UInt32) {
+            self.mtu = mtu
+            self.endpoint = endpoint
+            self.credits = credits
+            self.slotSize = slotSize
+        }
+
+        /// Parses and checks a peer's hello; anything else is refused with
+        /// ``RDMAError/Code/connectionFailed`` (errno `EPROTO`) and a message saying what is wrong.
+        init(parsing data: some Collection<UInt8>) throws(RDMAError) {
+            let bytes = Array(data)
+            func refuse(_ what: String) -> RDMAError {
+                RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
+                          message: "the peer's handshake \(what): is the peer a DMAIO program calling dma_assoc on its end of the socket?")
+            }
+            guard bytes.count == SocketHandshake.helloSize else { throw refuse("has \(bytes.count) bytes, not \(SocketHandshake.helloSize)") }
+            func word<T: FixedWidthInteger>(_ type: T.Type, at offset: Int) -> T {
+                bytes[offset..<offset + MemoryLayout<T>.size].reduce(T.zero) { $0 << 8 | T($1) }
+            }
+            guard word(UInt32.self, at: 0) == SocketHandshake.magic else { throw refuse("does not start with the DMAIO magic") }
+            let version = word(UInt16.self, at: 4)
+            guard version == SocketHandshake.version else { throw refuse("is version \(version); this side speaks \(SocketHandshake.version)") }
+            let mtu = bytes[6]
+            guard (1...5).contains(mtu) else { throw refuse("names MTU code \(mtu), not 1...5") }
+            let queuePairNumber = word(UInt32.self, at: 8)
+            guard queuePairNumber != 0, queuePairNumber <= 0xFF_FFFF else { throw refuse("names queue pair \(queuePairNumber), not a 24-bit queue pair number") }
+            let psn = word(UInt32.self, at: 12)
+            guard psn <= 0xFF_FFFF else { throw refuse("names PSN \(psn), not a 24-bit number") }
+            let credits = word(UInt32.self, at: 36)
+            guard credits >= 1, credits <= WireProtocol.creditMask else { throw refuse("grants \(credits) credits") }
+            let slotSize = word(UInt32.self, at: 40)
+            guard slotSize >= 64, slotSize <= 1 << 30, slotSize & (slotSize - 1) == 0 else {
+                throw refuse("announces \(slotSize)-byte slots, not a power of two from 64 B to 1 GiB")
+            }
+            let gid = GID(bytes: bytes[16..<32])!
+            self.mtu = mtu
+            self.endpoint = QueuePairEndpoint(queuePairNumber: queuePairNumber, packetSequenceNumber: psn, gid: gid, lid: word(UInt16.self, at: 32))
+            self.credits = credits
+            self.slotSize = slotSize
+        }
+    }
+
+    // MARK: - Socket I/O
+
+    /// Writes all of `bytes` to the socket (no SIGPIPE).
+    static func send(_ bytes: [UInt8], over socket: Int32, timeout: Duration) throws(RDMAError) {
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes.withUnsafeBytes { Glibc.send(socket, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            if written > 0 { offset += written; continue }
+            let error = Errno(rawValue: errno)
+            if error == .resourceTemporarilyUnavailable || error == .interrupted {
+                guard try waitWritable(socket, timeout: timeout) else { throw timedOut(timeout) }
+                continue
+            }
+            throw RDMAError(error == .brokenPipe || error == .connectionReset ? .connectionFailed : .systemCall,
+                            operation: "dma_assoc", errno: error == .brokenPipe ? .connectionReset : error,
+                            message: "sending the handshake over the TCP socket failed: did the peer close it?")
+        }
+    }
+
+    /// Reads exactly `count` bytes within `timeout`.
+    static func receive(_ count: Int, over socket: Int32, timeout: Duration) throws(RDMAError) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var offset = 0
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        while offset < count {
+            let read = bytes.withUnsafeMutableBytes { recv(socket, $0.baseAddress! + offset, count - offset, Int32(MSG_DONTWAIT)) }
+            if read > 0 { offset += read; continue }
+            if read == 0 {
+                throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: .connectionReset,
+                                message: "the peer closed the TCP socket during the handshake (after \(offset) of \(count) bytes)")
+            }
+            let error = Errno(rawValue: errno)
+            guard error == .resourceTemporarilyUnavailable || error == .interrupted else {
+                throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: error,
+                                message: "reading the handshake from the TCP socket failed")
+            }
+            let left = deadline - clock.now
+            guard left > .zero, try waitReadable(socket, timeout: left) else { throw timedOut(timeout) }
+        }
+        return bytes
+    }
+
+    private static func waitWritable(_ socket: Int32, timeout: Duration) throws(RDMAError) -> Bool {
+        var entry = pollfd(fd: socket, events: Int16(POLLOUT), revents: 0)
+        let milliseconds = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        let result = poll(&entry, 1, milliseconds)
+        if result < 0 && errno != EINTR {
+            throw RDMAError(.systemCall, operation: "poll", errno: .init(rawValue: errno), message: "waiting to write the handshake")
+        }
+        return result > 0
+    }
+
+    private static func timedOut(_ timeout: Duration) -> RDMAError {
+        RDMAError(.timedOut, operation: "dma_assoc", errno: .timedOut,
+                  message: "the peer did not complete the handshake within \(timeout): does it call dma_assoc on its end of the socket?")
+    }
+}

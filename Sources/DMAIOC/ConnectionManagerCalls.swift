@@ -1,0 +1,120 @@
+import CDMAIO
+import CRDMA
+import DMAIO
+import RDMAVerbs
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// sio_connect, sio_listen, sio_accept, sio_close — see dmaio.h.
+
+/// A descriptor standing for an rdma_cm connection or listener: a real descriptor (an eventfd),
+/// so that its number cannot collide with the program's own descriptors.
+private func standInDescriptor(_ operation: String) throws(Failure) -> Int32 {
+    let descriptor = eventfd(0, Int32(EFD_CLOEXEC))
+    guard descriptor >= 0 else { throw Failure(Glibc.errno, "\(operation): eventfd failed (out of descriptors?)") }
+    return descriptor
+}
+
+private func duration(milliseconds: Int32) -> Duration? {
+    milliseconds < 0 ? nil : .milliseconds(milliseconds)
+}
+
+/// Registers a new rdma_cm connection under a stand-in descriptor.
+private func register(_ connection: Connection, on channel: ChannelEntry, _ operation: String) throws(Failure) -> Int32 {
+    let descriptor = try standInDescriptor(operation)
+    try Registry.shared.locked { registry throws(Failure) in
+        guard registry.channels[channel.handle] != nil else {
+            close(descriptor)
+            throw .unknownChannel(operation)
+        }
+        registry.sockets[descriptor] = SocketEntry(descriptor: descriptor, kind: .connectionManager, channel: channel, connection: connection)
+        channel.socketsByConnection[connection.id.rawValue] = descriptor
+        channel.sockets += 1
+    }
+    return descriptor
+}
+
+/// `int sio_connect(ec_t ec, const char *host, uint16_t port, const char *source, int timeout_ms)`.
+/// The corresponding calls are `rdma_create_id`, `rdma_resolve_addr` and `rdma_resolve_route`.
+@_cdecl("sio_connect")
+public func sioConnect(_ ec: OpaquePointer?, _ host: UnsafePointer<CChar>?, _ port: UInt16, _ source: UnsafePointer<CChar>?, _ timeoutMilliseconds: Int32) -> Int32 {
+    cCall { () throws(Failure) -> Int32 in
+        let channel = try Registry.shared.locked { registry throws(Failure) in try registry.channel(ec, "sio_connect") }
+        guard let host else { throw .null("sio_connect", "host") }
+        let name = String(cString: host)
+        let address = name.contains(":") ? "[\(name)]:\(port)" : "\(name):\(port)"
+        let connection = try swiftCall { () throws(RDMAError) in
+            try Connection(to: address, from: source.map { String(cString: $0) }, events: channel.channel,
+                           timeout: duration(milliseconds: timeoutMilliseconds) ?? .seconds(30))
+        }
+        return try register(connection, on: channel, "sio_connect")
+    }
+}
+
+/// `int sio_listen(ec_t ec, const char *address, uint16_t port, int backlog)`. The
+/// corresponding calls are `rdma_bind_addr` and `rdma_listen`.
+@_cdecl("sio_listen")
+public func sioListen(_ ec: OpaquePointer?, _ address: UnsafePointer<CChar>?, _ port: UInt16, _ backlog: Int32) -> Int32 {
+    cCall { () throws(Failure) -> Int32 in
+        let channel = try Registry.shared.locked { registry throws(Failure) in try registry.channel(ec, "sio_listen") }
+        let name = address.map { String(cString: $0) } ?? "0.0.0.0"
+        let listener = try swiftCall { () throws(RDMAError) in
+            try Listener(on: name.contains(":") ? "[\(name)]:\(port)" : "\(name):\(port)", events: channel.channel, backlog: max(backlog, 1))
+        }
+        let descriptor = try standInDescriptor("sio_listen")
+        try Registry.shared.locked { registry throws(Failure) in
+            registry.sockets[descriptor] = SocketEntry(descriptor: descriptor, kind: .listener(listener), channel: channel)
+            channel.sockets += 1
+        }
+        return descriptor
+    }
+}
+
+/// `int sio_accept(int listener, int timeout_ms)`. The corresponding call is
+/// `rdma_get_cm_event` (a connect request).
+@_cdecl("sio_accept")
+public func sioAccept(_ listenerDescriptor: Int32, _ timeoutMilliseconds: Int32) -> Int32 {
+    cCall { () throws(Failure) -> Int32 in
+        let (listener, channel) = try Registry.shared.locked { registry throws(Failure) -> (Listener, ChannelEntry) in
+            let entry = try registry.socket(listenerDescriptor, "sio_accept")
+            guard case .listener(let listener) = entry.kind else {
+                throw Failure(EBADF, "sio_accept: descriptor \(listenerDescriptor) is not listening (sio_listen makes one)")
+            }
+            return (listener, entry.channel)
+        }
+        let connection = try swiftCall { () throws(RDMAError) in try listener.accept(timeout: duration(milliseconds: timeoutMilliseconds)) }
+        return try register(connection, on: channel, "sio_accept")
+    }
+}
+
+/// `int sio_close(int socket)`. The corresponding calls are `rdma_disconnect` (or
+/// `ibv_modify_qp` to ERROR and `shutdown` for a TCP socket), `ibv_destroy_qp` and `close`.
+@_cdecl("sio_close")
+public func sioClose(_ socket: Int32) -> Int32 {
+    cCall { () throws(Failure) -> Int32 in
+        try Registry.shared.locked { registry throws(Failure) in
+            let entry = try registry.socket(socket, "sio_close")
+            guard !entry.associating else {
+                throw Failure(EBUSY, "sio_close: socket \(socket) is being associated by another thread: wait for dma_assoc to return")
+            }
+            registry.sockets[socket] = nil
+            if let connection = entry.connection {
+                connection.close()
+                entry.channel.socketsByConnection[connection.id.rawValue] = nil
+            }
+            entry.channel.sockets -= 1
+            entry.area?.sockets -= 1
+            // Requests that named another channel no longer report there.
+            for request in entry.sendRequests.takeAll() {
+                if let target = request.target, target !== entry.channel { target.removeSource(entry.channel) }
+            }
+            while let request = entry.receiveRequests.popFirst() {
+                if request.target !== entry.channel { request.target.removeSource(entry.channel) }
+            }
+            close(socket)
+            return 0
+        }
+    }
+}

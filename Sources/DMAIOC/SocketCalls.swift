@@ -1,0 +1,199 @@
+import CDMAIO
+import DMAIO
+import RDMAVerbs
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// dma_assoc, aio_send, aio_recv, aio_send_cb, aio_recv_cb — see dmaio.h.
+
+/// `int dma_assoc(int socket, dma_mem_t handle, size_t size, int flags)`. The corresponding
+/// verbs calls are `ibv_create_qp` and `ibv_modify_qp` (TCP socket) or `rdma_create_qp` and
+/// `rdma_connect`/`rdma_accept` (rdma_cm descriptor), and `ibv_post_recv`.
+@_cdecl("dma_assoc")
+public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: Int, _ flags: Int32) -> Int32 {
+    cCall { () throws(Failure) -> Int32 in
+        let registry = Registry.shared
+        let (entry, area, connection, slotSize) = try registry.locked { registry throws(Failure) in
+            let area = try registry.area(handle, "dma_assoc")
+            guard flags & ~0x3f == 0 else { throw .flags("dma_assoc", flags) }
+            let log2 = Int(flags & 0x3f)
+            guard log2 == 0 || (6...30).contains(log2) else {
+                throw Failure(EINVAL, "dma_assoc: DMA_SLOT_LOG2(\(log2)): slots are 2^6 (64 B) to 2^30 (1 GiB) bytes")
+            }
+            let slotSize = log2 == 0 ? 64 << 10 : 1 << log2
+            guard size >= slotSize else {
+                throw Failure(EINVAL, "dma_assoc: \(size) receive bytes hold no slot of \(slotSize) bytes: give at least one slot, or smaller slots (DMA_SLOT_LOG2)")
+            }
+            guard let entry = registry.sockets[socket] else {
+                try checkSocketDescriptor(socket, "dma_assoc")
+                throw Failure(EINVAL, "dma_assoc: socket \(socket) has no event channel: call ec_bind(ec, socket) first")
+            }
+            if case .listener = entry.kind { throw Failure(EINVAL, "dma_assoc: descriptor \(socket) is listening: associate the descriptors sio_accept returns") }
+            guard entry.area == nil else { throw Failure(EISCONN, "dma_assoc: socket \(socket) is already associated") }
+            guard !entry.associating else { throw Failure(EALREADY, "dma_assoc: socket \(socket) is being associated by another thread") }
+            let connection: Connection
+            if let existing = entry.connection {
+                connection = existing
+            } else {
+                connection = try swiftCall { () throws(RDMAError) in try Connection(socket: socket, events: entry.channel.channel) }
+                entry.connection = connection
+                entry.channel.socketsByConnection[connection.id.rawValue] = socket
+            }
+            entry.associating = true
+            return (entry, area, connection, slotSize)
+        }
+        // The handshake blocks (up to 10 s): without the lock.
+        var failure: Failure?
+        do throws(RDMAError) {
+            try connection.associate(area.area, receiveBytes: size, slotSize: slotSize)
+        } catch {
+            failure = Failure(error)
+        }
+        return try registry.locked { registry throws(Failure) in
+            entry.associating = false
+            if let failure {
+                // A failed association closed the connection; a TCP socket may try again.
+                if case .tcp = entry.kind {
+                    entry.channel.socketsByConnection[connection.id.rawValue] = nil
+                    entry.connection = nil
+                }
+                throw failure
+            }
+            entry.area = area
+            area.sockets += 1
+            return 0
+        }
+    }
+}
+
+/// The associated socket `socket`, for the data calls.
+private func associated(_ registry: Registry, _ socket: Int32, _ operation: String) throws(Failure) -> (SocketEntry, Connection, AreaEntry) {
+    let entry = try registry.socket(socket, operation)
+    guard let connection = entry.connection, let area = entry.area else {
+        throw Failure(ENOTCONN, "\(operation): socket \(socket) is not associated: call dma_assoc first")
+    }
+    return (entry, connection, area)
+}
+
+/// Posts the reserved buffer at `buffer` as a send; `token` rides as the Swift cookie.
+private func send(_ registry: Registry, _ socket: Int32, _ buffer: UnsafeMutableRawPointer?, _ size: Int, _ operation: String,
+                  token: (SocketEntry) -> UInt64) throws(Failure) {
+    let (entry, connection, area) = try associated(registry, socket, operation)
+    guard let buffer else { throw .null(operation, "buffer") }
+    guard let offset = area.area.offset(of: buffer), let reserved = area.reserved[offset] else {
+        throw Failure(EINVAL, "\(operation): \(buffer) is not the start of a reserved, unsent buffer of the socket's area (sio_reserve it first)")
+    }
+    guard size > 0, size <= reserved else {
+        throw Failure(EINVAL, "\(operation): \(size) bytes: the buffer holds \(reserved) (send 1 to \(reserved) bytes)")
+    }
+    guard size <= connection.peerSlotSize else {
+        throw Failure(EMSGSIZE, "\(operation): a message of \(size) bytes exceeds the peer's receive slots of \(connection.peerSlotSize) bytes: "
+            + "send smaller messages, or have the peer associate with larger slots (DMA_SLOT_LOG2)")
+    }
+    guard connection.isConnected else {
+        throw Failure(ECONNRESET, "\(operation): the peer of socket \(socket) went away: sio_close it and connect again")
+    }
+    area.reserved[offset] = nil
+    // From here the Swift layer owns the block: on failure it goes back to the area.
+    try swiftCall { () throws(RDMAError) in
+        try connection.send(SendBuffer(area: area.area, offset: offset, count: size), cookie: token(entry))
+    }
+}
+
+/// `int aio_send(int socket, void *buffer, size_t size, int flags)`. The corresponding verbs
+/// call is `ibv_post_send`.
+@_cdecl("aio_send")
+public func aioSend(_ socket: Int32, _ buffer: UnsafeMutableRawPointer?, _ size: Int, _ flags: Int32) -> Int32 {
+    cCall { () throws(Failure) -> Int32 in
+        try Registry.shared.locked { registry throws(Failure) in
+            guard flags == 0 else { throw .flags("aio_send", flags) }
+            try send(registry, socket, buffer, size, "aio_send") { _ in RequestTable.plain }
+            return 0
+        }
+    }
+}
+
+/// `int aio_send_cb(struct dma_aiocb *cb)`.
+@_cdecl("aio_send_cb")
+public func aioSendCB(_ block: UnsafeMutablePointer<dma_aiocb>?) -> Int32 {
+    cCall { () throws(Failure) -> Int32 in
+        try Registry.shared.locked { registry throws(Failure) in
+            guard let block else { throw .null("aio_send_cb", "cb") }
+            guard block.pointee.aio_flags == 0 else { throw .flags("aio_send_cb", block.pointee.aio_flags) }
+            let socket = block.pointee.aio_fildes
+            let own = try registry.socket(socket, "aio_send_cb").channel
+            let target = block.pointee.aio_ec == nil ? own : try registry.channel(block.pointee.aio_ec, "aio_send_cb")
+            let cookie = block.pointee.aio_cookie
+            try send(registry, socket, block.pointee.aio_buf, block.pointee.aio_nbytes, "aio_send_cb") { entry in
+                entry.sendRequests.put(target: target, cookie: cookie)
+            }
+            if target !== own {
+                try? own.watchChannel()
+                target.addSource(own)
+            }
+            return 0
+        }
+    }
+}
+
+/// `ssize_t aio_recv(int socket, void **buffer, size_t size, int flags)`. The corresponding
+/// verbs call is `ibv_poll_cq`.
+@_cdecl("aio_recv")
+public func aioRecv(_ socket: Int32, _ buffer: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ size: Int, _ flags: Int32) -> Int {
+    cCall { () throws(Failure) -> Int in
+        try Registry.shared.locked { registry throws(Failure) in
+            guard flags == 0 else { throw .flags("aio_recv", flags) }
+            let (_, connection, area) = try associated(registry, socket, "aio_recv")
+            guard let buffer else { throw .null("aio_recv", "buffer") }
+            guard size > 0 else { throw Failure(EINVAL, "aio_recv: size 0: say how many bytes the caller accepts") }
+            guard let length = try swiftCall({ () throws(RDMAError) in try connection.nextMessageLength() }) else {
+                throw Failure(EAGAIN, "aio_recv: nothing has arrived on socket \(socket) yet: wait on its event channel")
+            }
+            guard length <= size else {
+                throw Failure(EMSGSIZE, "aio_recv: the next message has \(length) bytes, more than \(size): call again with a larger size (it stays queued)")
+            }
+            guard let message = try swiftCall({ () throws(RDMAError) in try connection.receive() }) else {
+                throw Failure(EAGAIN, "aio_recv: nothing has arrived on socket \(socket) yet")
+            }
+            buffer.pointee = UnsafeMutableRawPointer(mutating: area.hold(message.detach()))
+            return length
+        }
+    }
+}
+
+/// `int aio_recv_cb(struct dma_aiocb *cb)`: 1 when a message was there, 0 when queued.
+@_cdecl("aio_recv_cb")
+public func aioRecvCB(_ block: UnsafeMutablePointer<dma_aiocb>?) -> Int32 {
+    cCall { () throws(Failure) -> Int32 in
+        try Registry.shared.locked { registry throws(Failure) in
+            guard let block else { throw .null("aio_recv_cb", "cb") }
+            guard block.pointee.aio_flags == 0 else { throw .flags("aio_recv_cb", block.pointee.aio_flags) }
+            let socket = block.pointee.aio_fildes
+            let (entry, connection, area) = try associated(registry, socket, "aio_recv_cb")
+            let target = block.pointee.aio_ec == nil ? entry.channel : try registry.channel(block.pointee.aio_ec, "aio_recv_cb")
+            guard block.pointee.aio_nbytes > 0 else { throw Failure(EINVAL, "aio_recv_cb: aio_nbytes is 0: say how many bytes the request accepts") }
+            // A message already there, and no request before this one: served at once.
+            if entry.receiveRequests.isEmpty, let length = try swiftCall({ () throws(RDMAError) in try connection.nextMessageLength() }) {
+                guard length <= block.pointee.aio_nbytes else {
+                    throw Failure(EMSGSIZE, "aio_recv_cb: the next message has \(length) bytes, more than aio_nbytes \(block.pointee.aio_nbytes)")
+                }
+                if let message = try swiftCall({ () throws(RDMAError) in try connection.receive() }) {
+                    block.pointee.aio_buf = UnsafeMutableRawPointer(mutating: area.hold(message.detach()))
+                    block.pointee.aio_nbytes = length
+                    return 1
+                }
+            }
+            guard connection.isConnected else {
+                throw Failure(ECONNRESET, "aio_recv_cb: the peer of socket \(socket) went away and every message was taken")
+            }
+            entry.receiveRequests.append(.init(block: block, target: target))
+            if target !== entry.channel {
+                try? entry.channel.watchChannel()
+                target.addSource(entry.channel)
+            }
+            return 0
+        }
+    }
+}
