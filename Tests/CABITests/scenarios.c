@@ -92,11 +92,11 @@ static bool send_message(struct side *s, size_t len, uint64_t seq)
 }
 
 /* Waits for `count` EC_EVENT_SENT events (cookie 0) of the socket, as one check. */
-static bool expect_sent(struct side *s, int count)
+static bool expect_sent_within(struct side *s, int count, int timeout_ms)
 {
     int got = 0;
     for (; got < count; got++) {
-        TAP_RUN(evlog_wait(&s->log, EC_EVENT_SENT, s->sock, true, 0, 5000, NULL));
+        TAP_RUN(evlog_wait(&s->log, EC_EVENT_SENT, s->sock, true, 0, timeout_ms, NULL));
         if (tap_last.ret != 1)
             break;
     }
@@ -104,6 +104,8 @@ static bool expect_sent(struct side *s, int count)
                      "%d, then %s (%d SEND_FAILED events)", got, tap_got("waiting for EC_EVENT_SENT"),
                      evlog_count(&s->log, EC_EVENT_SEND_FAILED, -1, false, 0));
 }
+
+static bool expect_sent(struct side *s, int count) { return expect_sent_within(s, count, 5000); }
 
 /* Lets time pass while taking events. */
 static void wait_ms(struct side *s, int ms)
@@ -127,7 +129,7 @@ static void sleep_ms(int ms)
 static const size_t exchange_sizes[] = { 1, 64, 65, 4096, 65536 };
 #define EXCHANGE_N 5
 #define EXCHANGE_AREA (4 << 20)
-#define EXCHANGE_RECEIVE (4 << 16) /* four 64 KiB slots */
+#define EXCHANGE_RECEIVE (8 << 16) /* eight 64 KiB slots, on both sides */
 
 static void exchange_main(struct ctx *c)
 {
@@ -180,35 +182,19 @@ static void exchange_main(struct ctx *c)
         EXPECT_OK(dma_free(other), D("dma_free of the second area"));
     }
 
-    /* The peer sends five messages; they are taken and checked one by one. */
+    /* The peer sends five messages and waits until all five were sent (they fit in the eight
+     * slots); only then are they taken, so that every RECEIVED event comes before any aio_recv. */
     int fd = ec_to_fd(s.ec);
     EXPECT_RET(evlog_drain(&s.log), 0, D("no event pending before the peer sends"));
     sync_send(c->link, 'G', 0);
     EXPECT_RET(fd_readable(fd, 5000), 1, D("the channel's descriptor becomes readable when the peer's messages arrive"));
-    for (int i = 0; i < EXCHANGE_N; i++) {
-        size_t len = exchange_sizes[i];
-        if (i == 0) {
-            /* A message is there: bad calls must leave it queued. */
-            EXPECT_RET(evlog_wait(&s.log, EC_EVENT_RECEIVED, s.sock, false, 0, 5000, &ev), 1,
-                       D("EC_EVENT_RECEIVED for the first message"));
-            EXPECT_ERR(aio_recv(s.sock, &in, 1 << 16, UNKNOWN_FLAGS), EINVAL, D("aio_recv with unknown flags"));
-        }
-        if (len == 4096) {
-            EXPECT_ERR(recv_wait(&s.log, s.sock, &in, 4095, 5000), EMSGSIZE,
-                       D("aio_recv of at most 4095 bytes when the next message has 4096"));
-        }
-        if (!expect_message(&s.log, s.sock, len, 100 + (uint64_t)i, &in, D("message %d from the peer", i)))
-            continue;
-        if (i % 2 == 0)
-            EXPECT_OK(sio_release_buffer(s.area, in), D("sio_release_buffer of message %d", i));
-        else
-            EXPECT_OK(sio_release(s.area, len), D("sio_release of message %d's %zu bytes", i, len));
-    }
-    /* One RECEIVED event per message, in order, with its size. */
+    if (!sync_wait(c->link, 'S', NULL, SYNC_MS))
+        return;
+    /* One RECEIVED event per message, in order, each with its message's size. */
     int64_t end = now_ms() + 2000;
     while (evlog_count(&s.log, EC_EVENT_RECEIVED, s.sock, false, 0) < EXCHANGE_N && now_ms() < end)
         evlog_pump(&s.log, 100);
-    char sizes[200] = "";
+    char sizes[300] = "";
     int k = 0;
     bool in_order = true;
     for (int i = 0; i < s.log.n; i++) {
@@ -220,15 +206,29 @@ static void exchange_main(struct ctx *c)
             in_order = false;
         k++;
     }
-    tap_check(in_order && k == EXCHANGE_N, D("one EC_EVENT_RECEIVED per message, in order, with its size and cookie 0"),
-              "%d events: %s", k, sizes);
+    tap_check(in_order && k == EXCHANGE_N,
+              D("five messages arrived: five EC_EVENT_RECEIVED, in order, sizes 1, 64, 65, 4096, 65536, cookie 0"),
+              "%d events (size/cookie): %s", k, sizes);
 
-    if (!sync_wait(c->link, 'S', NULL, SYNC_MS))
-        return;
+    for (int i = 0; i < EXCHANGE_N; i++) {
+        size_t len = exchange_sizes[i];
+        if (i == 0) /* a message is there: a bad call must leave it queued */
+            EXPECT_ERR(aio_recv(s.sock, &in, 1 << 16, UNKNOWN_FLAGS), EINVAL, D("aio_recv with unknown flags"));
+        if (len == 4096)
+            EXPECT_ERR(recv_wait(&s.log, s.sock, &in, 4095, 5000), EMSGSIZE,
+                       D("aio_recv of at most 4095 bytes when the next message has 4096"));
+        if (!expect_message(&s.log, s.sock, len, 100 + (uint64_t)i, &in, D("message %d from the peer", i)))
+            continue;
+        if (i % 2 == 0)
+            EXPECT_OK(sio_release_buffer(s.area, in), D("sio_release_buffer of message %d", i));
+        else
+            EXPECT_OK(sio_release(s.area, len), D("sio_release of message %d's %zu bytes", i, len));
+    }
+    EXPECT_ERR(aio_recv(s.sock, &in, 1 << 16, 0), EAGAIN, D("aio_recv once the five messages were taken"));
     evlog_drain(&s.log);
     EXPECT_RET(fd_readable(fd, 0), 0, D("the channel's descriptor is not readable once every event was taken"));
 
-    /* Five messages back: the peer has four slots, so the fifth waits for its first release. */
+    /* Five messages back. */
     for (int i = 0; i < EXCHANGE_N; i++)
         send_message(&s, exchange_sizes[i], 200 + (uint64_t)i);
     sync_send(c->link, 'B', 0);
@@ -429,8 +429,8 @@ static void flow_main(struct ctx *c)
 {
     struct side s;
     void *b = NULL;
-    /* A 64 KiB area: one 4 KiB slot of our own; the rest holds sends. */
-    if (!side_up(&s, c->sock, 1 << 16, 4096, SLOT_4K))
+    /* A 64 KiB area: two 4 KiB slots (and two for credit updates); the rest holds sends. */
+    if (!side_up(&s, c->sock, 1 << 16, 2 * 4096, SLOT_4K))
         return;
 
     EXPECT_OK(sio_reserve(s.area, &b, 4097), D("sio_reserve of 4097 bytes"));
@@ -502,12 +502,59 @@ static void flow_peer(struct ctx *c)
     /* From now on: take the next, give back the oldest (sio_release), so two are held at most. */
     int intact = 2;
     for (uint32_t i = 2; i < count; i++) {
-        if (expect_message(&s.log, s.sock, 4096, i, &in, D("message %u of %u", i, count)))
-            intact++;
+        if (!expect_message(&s.log, s.sock, 4096, i, &in, D("message %u of %u", i, count)))
+            break;
+        intact++;
         EXPECT_OK(sio_release(s.area, 4096), D("sio_release of the oldest held message (%u)", i - 1));
     }
-    EXPECT_OK(sio_release(s.area, 4096), D("sio_release of the last message"));
+    if (intact == (int)count)
+        EXPECT_OK(sio_release(s.area, 4096), D("sio_release of the last message"));
     tap_check(intact == (int)count, D("all %u messages arrived, in order and intact", count), "%d", intact);
+    sync_send(c->link, 'R', 0);
+    if (!sync_wait(c->link, 'X', NULL, SYNC_MS))
+        return;
+    side_down(&s);
+}
+
+/* ==== credits: the receiver's slots are the sender's credits ================================== */
+
+/* dma_assoc: "The bytes become receive slots (size / slot size of them, each a credit granted to
+ * the peer ...)". The receiver here has two slots and the sender one: the sender may have two
+ * messages in flight, whatever its own slot count. */
+static void credits_main(struct ctx *c)
+{
+    struct side s;
+    if (!side_up(&s, c->sock, 1 << 20, 4096, SLOT_4K))
+        return;
+    send_message(&s, 4096, 0);
+    send_message(&s, 4096, 1);
+    expect_sent_within(&s, 2, 12000); /* the peer gives up on message 1 after 5 s, then releases */
+    if (!sync_wait(c->link, 'R', NULL, SYNC_MS))
+        return;
+    side_down(&s);
+    sync_send(c->link, 'X', 0);
+}
+
+static void credits_peer(struct ctx *c)
+{
+    struct side s;
+    void *first = NULL, *second = NULL;
+    if (!side_up(&s, c->sock, 1 << 20, 2 * 4096, SLOT_4K))
+        return;
+    expect_message(&s.log, s.sock, 4096, 0, &first, D("message 0"));
+    expect_message(&s.log, s.sock, 4096, 1, &second,
+                   D("message 1 arrives while message 0 is held (two slots here: two credits for the sender)"));
+    if (first != NULL)
+        EXPECT_OK(sio_release_buffer(s.area, first), D("sio_release_buffer of message 0"));
+    if (second == NULL) {
+        TAP_RUN(recv_wait(&s.log, s.sock, &second, 4096, 5000));
+        tap_note("%s: after message 0 was released, message 1 %s", scn,
+                 tap_last.ret == 4096 ? "arrived: the sender had one credit, not two" : "still did not arrive");
+        if (tap_last.ret != 4096)
+            second = NULL;
+    }
+    if (second != NULL)
+        EXPECT_OK(sio_release_buffer(s.area, second), D("sio_release_buffer of message 1"));
     sync_send(c->link, 'R', 0);
     if (!sync_wait(c->link, 'X', NULL, SYNC_MS))
         return;
@@ -586,7 +633,7 @@ static void aiocb_main(struct ctx *c)
     EXPECT_RET(evlog_wait(&s.log, EC_EVENT_RECEIVED, s.sock, true, 0, 5000, NULL), 1,
                D("EC_EVENT_RECEIVED (cookie 0) for a message no request waited for"));
     struct dma_aiocb rc = { .aio_fildes = s.sock, .aio_nbytes = 4096, .aio_ec = ec2, .aio_cookie = COOKIE_C };
-    EXPECT_RET(aio_recv_cb(&rc), 1, D("aio_recv_cb when a message is already there -> 1"));
+    EXPECT_RET(aio_recv_cb(&rc), 1, D("aio_recv_cb when a message is already there"));
     if (tap_passed()) {
         tap_check(rc.aio_nbytes == 333 && rc.aio_buf != NULL, D("the aiocb was filled at once"), "buffer %p, %zu bytes",
                   rc.aio_buf, rc.aio_nbytes);
@@ -906,6 +953,8 @@ static const struct scenario scenarios[] = {
       release_main, release_peer },
     { "flow", "a slow receiver throttles the sender; a full area gives ENOBUFS; EMSGSIZE", false, false, flow_main,
       flow_peer },
+    { "credits", "a receiver with two slots grants two credits to a sender with one slot", false, false,
+      credits_main, credits_peer },
     { "aiocb", "aio_send_cb / aio_recv_cb: cookies, the named channel, in-order requests", false, false, aiocb_main,
       aiocb_peer },
     { "disconnect", "the peer's sio_close: EC_EVENT_DISCONNECTED, then ECONNRESET", false, false, disconnect_main,
