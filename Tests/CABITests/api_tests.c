@@ -236,7 +236,7 @@ void test_event_channels(void)
     t0 = now_ms();
     EXPECT_RET(ec_delay(ec, &ev, 200), 0, "ec_delay(200 ms) on an empty channel times out");
     int64_t waited = now_ms() - t0;
-    tap_check(waited >= 190 && waited < 3000, "ec_delay(200 ms) waited about 200 ms", "%lld ms", (long long)waited);
+    tap_check(waited >= 190 && waited < T(3000), "ec_delay(200 ms) waited about 200 ms", "%lld ms", (long long)waited);
     EXPECT_ERR(ec_delay(ec, NULL, 10), EINVAL, "ec_delay with a NULL event");
     EXPECT_ERR(ec_delay(NULL, &ev, 10), EINVAL, "ec_delay on a NULL channel");
     EXPECT_ERR(ec_delay(BOGUS_EC, &ev, 10), EINVAL, "ec_delay on a made-up handle");
@@ -252,9 +252,9 @@ void test_event_channels(void)
     pthread_t thread;
     if (pthread_create(&thread, NULL, interrupt_later, NULL) == 0) {
         t0 = now_ms();
-        EXPECT_ERR(ec_delay(ec, &ev, 5000), EINTR, "ec_delay(5 s) when a signal arrives after 200 ms");
+        EXPECT_ERR(ec_delay(ec, &ev, T(5000)), EINTR, "ec_delay(5 s) when a signal arrives after 200 ms");
         waited = now_ms() - t0;
-        tap_check(usr1_seen && waited < 4000, "ec_delay returned when the signal arrived", "after %lld ms (signal %s)",
+        tap_check(usr1_seen && waited < T(4000), "ec_delay returned when the signal arrived", "after %lld ms (signal %s)",
                   (long long)waited, usr1_seen ? "seen" : "not seen");
         pthread_join(thread, NULL);
     }
@@ -483,7 +483,7 @@ void test_rdma_cm_errors(void)
         int64_t t0 = now_ms();
         EXPECT_ERR(sio_accept(listener, 300), ETIMEDOUT, "sio_accept(300 ms) with nobody connecting");
         int64_t waited = now_ms() - t0;
-        tap_check(waited >= 250 && waited < 5000, "sio_accept waited about 300 ms", "%lld ms", (long long)waited);
+        tap_check(waited >= 250 && waited < T(5000), "sio_accept waited about 300 ms", "%lld ms", (long long)waited);
     }
     EXPECT_ERR(sio_accept(NOT_A_FD, 100), EBADF, "sio_accept on a number that is no descriptor");
     EXPECT_ERR(sio_accept(pipefd[0], 100), EBADF, "sio_accept on a pipe");

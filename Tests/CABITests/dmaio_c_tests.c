@@ -6,6 +6,8 @@
  *   dmaio-c-tests                      run everything
  *   DMAIO_TEST_SCENARIO=NAME ...       the one-process checks and only that two-process scenario
  *   DMAIO_TEST_DEADLINE=SECONDS ...    give up (Bail out!) after SECONDS (default 120)
+ *   DMAIO_TEST_SLOW=N ...              multiply every timeout (and the deadline) by N, e.g. under
+ *                                      valgrind (--trace-children=yes also checks the peer)
  *
  * It needs two RDMA devices with an address each, named by the environment (as rxe-setup vm
  * sets it): RXE_ADDR on RXE_DEVICE (default 10.99.0.1 on rxe0) for this process and

@@ -48,7 +48,7 @@ struct side {
     struct evlog log;
 };
 
-#define SYNC_MS 10000 /* the longest one process waits for the other's next step */
+#define SYNC_MS T(10000) /* the longest one process waits for the other's next step */
 #define SLOT_4K DMA_SLOT_LOG2(12)
 
 /* ec_create, dma_alloc, ec_bind, dma_assoc on a connected TCP socket, and the CONNECTED event. */
@@ -71,7 +71,7 @@ static bool side_up(struct side *s, int sock, size_t area_bytes, size_t receive_
               D("dma_assoc of the TCP socket (%zu receive bytes, slot flags %d)", receive_bytes, slot_flags));
     if (!tap_passed())
         return false;
-    EXPECT_RET(evlog_wait(&s->log, EC_EVENT_CONNECTED, sock, false, 0, 5000, NULL), 1,
+    EXPECT_RET(evlog_wait(&s->log, EC_EVENT_CONNECTED, sock, false, 0, T(5000), NULL), 1,
                D("EC_EVENT_CONNECTED for the socket after dma_assoc"));
     return true;
 }
@@ -86,7 +86,7 @@ static void side_down(struct side *s)
 /* Sends message `seq` of `len` bytes, as a check. */
 static bool send_message(struct side *s, size_t len, uint64_t seq)
 {
-    EXPECT_OK(send_pattern(&s->log, s->area, s->sock, len, seq, 5000),
+    EXPECT_OK(send_pattern(&s->log, s->area, s->sock, len, seq, T(5000)),
               D("sio_reserve + aio_send of message %llu (%zu bytes)", (unsigned long long)seq, len));
     return tap_passed();
 }
@@ -105,7 +105,7 @@ static bool expect_sent_within(struct side *s, int count, int timeout_ms)
                      evlog_count(&s->log, EC_EVENT_SEND_FAILED, -1, false, 0));
 }
 
-static bool expect_sent(struct side *s, int count) { return expect_sent_within(s, count, 5000); }
+static bool expect_sent(struct side *s, int count) { return expect_sent_within(s, count, T(5000)); }
 
 /* Lets time pass while taking events. */
 static void wait_ms(struct side *s, int ms)
@@ -187,11 +187,11 @@ static void exchange_main(struct ctx *c)
     int fd = ec_to_fd(s.ec);
     EXPECT_RET(evlog_drain(&s.log), 0, D("no event pending before the peer sends"));
     sync_send(c->link, 'G', 0);
-    EXPECT_RET(fd_readable(fd, 5000), 1, D("the channel's descriptor becomes readable when the peer's messages arrive"));
+    EXPECT_RET(fd_readable(fd, T(5000)), 1, D("the channel's descriptor becomes readable when the peer's messages arrive"));
     if (!sync_wait(c->link, 'S', NULL, SYNC_MS))
         return;
     /* One RECEIVED event per message, in order, each with its message's size. */
-    int64_t end = now_ms() + 2000;
+    int64_t end = now_ms() + T(2000);
     while (evlog_count(&s.log, EC_EVENT_RECEIVED, s.sock, false, 0) < EXCHANGE_N && now_ms() < end)
         evlog_pump(&s.log, 100);
     char sizes[300] = "";
@@ -215,7 +215,7 @@ static void exchange_main(struct ctx *c)
         if (i == 0) /* a message is there: a bad call must leave it queued */
             EXPECT_ERR(aio_recv(s.sock, &in, 1 << 16, UNKNOWN_FLAGS), EINVAL, D("aio_recv with unknown flags"));
         if (len == 4096)
-            EXPECT_ERR(recv_wait(&s.log, s.sock, &in, 4095, 5000), EMSGSIZE,
+            EXPECT_ERR(recv_wait(&s.log, s.sock, &in, 4095, T(5000)), EMSGSIZE,
                        D("aio_recv of at most 4095 bytes when the next message has 4096"));
         if (!expect_message(&s.log, s.sock, len, 100 + (uint64_t)i, &in, D("message %d from the peer", i)))
             continue;
@@ -306,7 +306,7 @@ static void exchange_peer(struct ctx *c)
     if (!sync_wait(c->link, 'X', NULL, SYNC_MS))
         return;
     memset(&ev, 0, sizeof ev);
-    EXPECT_RET(evlog_wait(&s.log, EC_EVENT_DISCONNECTED, s.sock, false, 0, 5000, &ev), 1,
+    EXPECT_RET(evlog_wait(&s.log, EC_EVENT_DISCONNECTED, s.sock, false, 0, T(5000), &ev), 1,
                D("EC_EVENT_DISCONNECTED after the other side's sio_close"));
     if (tap_passed())
         tap_check(ev.error != 0, D("the DISCONNECTED event carries an errno (%s)", errno_name(ev.error)), "error 0");
@@ -528,7 +528,7 @@ static void credits_main(struct ctx *c)
         return;
     send_message(&s, 4096, 0);
     send_message(&s, 4096, 1);
-    expect_sent_within(&s, 2, 12000); /* the peer gives up on message 1 after 5 s, then releases */
+    expect_sent_within(&s, 2, T(12000)); /* the peer gives up on message 1 after 5 s, then releases */
     if (!sync_wait(c->link, 'R', NULL, SYNC_MS))
         return;
     side_down(&s);
@@ -547,7 +547,7 @@ static void credits_peer(struct ctx *c)
     if (first != NULL)
         EXPECT_OK(sio_release_buffer(s.area, first), D("sio_release_buffer of message 0"));
     if (second == NULL) {
-        TAP_RUN(recv_wait(&s.log, s.sock, &second, 4096, 5000));
+        TAP_RUN(recv_wait(&s.log, s.sock, &second, 4096, T(5000)));
         tap_note("%s: after message 0 was released, message 1 %s", scn,
                  tap_last.ret == 4096 ? "arrived: the sender had one credit, not two" : "still did not arrive");
         if (tap_last.ret != 4096)
@@ -603,12 +603,12 @@ static void aiocb_main(struct ctx *c)
     EXPECT_RET(aio_recv_cb(&rb), 0, D("a second aio_recv_cb, on the socket's channel: queued"));
     sync_send(c->link, 'A', 0);
     memset(&ev, 0, sizeof ev);
-    EXPECT_RET(evlog_wait(&log2, EC_EVENT_RECEIVED, -1, true, COOKIE_A, 5000, &ev), 1,
+    EXPECT_RET(evlog_wait(&log2, EC_EVENT_RECEIVED, -1, true, COOKIE_A, T(5000), &ev), 1,
                D("EC_EVENT_RECEIVED with the first request's cookie on the channel it named"));
     if (tap_passed())
         check_cb_event(&ev, &ra, s.sock, 1111, 1, "first request");
     memset(&ev, 0, sizeof ev);
-    EXPECT_RET(evlog_wait(&s.log, EC_EVENT_RECEIVED, -1, true, COOKIE_B, 5000, &ev), 1,
+    EXPECT_RET(evlog_wait(&s.log, EC_EVENT_RECEIVED, -1, true, COOKIE_B, T(5000), &ev), 1,
                D("EC_EVENT_RECEIVED with the second request's cookie on the socket's channel"));
     if (tap_passed())
         check_cb_event(&ev, &rb, s.sock, 2222, 2, "second request");
@@ -630,7 +630,7 @@ static void aiocb_main(struct ctx *c)
     sync_send(c->link, 'B', 0);
     if (!sync_wait(c->link, 'b', NULL, SYNC_MS))
         return;
-    EXPECT_RET(evlog_wait(&s.log, EC_EVENT_RECEIVED, s.sock, true, 0, 5000, NULL), 1,
+    EXPECT_RET(evlog_wait(&s.log, EC_EVENT_RECEIVED, s.sock, true, 0, T(5000), NULL), 1,
                D("EC_EVENT_RECEIVED (cookie 0) for a message no request waited for"));
     struct dma_aiocb rc = { .aio_fildes = s.sock, .aio_nbytes = 4096, .aio_ec = ec2, .aio_cookie = COOKIE_C };
     EXPECT_RET(aio_recv_cb(&rc), 1, D("aio_recv_cb when a message is already there"));
@@ -653,12 +653,12 @@ static void aiocb_main(struct ctx *c)
     EXPECT_RET(aio_recv_cb(&rd), 0, D("aio_recv_cb of at most 100 bytes: queued"));
     sync_send(c->link, 'C', 0);
     memset(&ev, 0, sizeof ev);
-    EXPECT_RET(evlog_wait(&s.log, -1, -1, true, COOKIE_D, 5000, &ev), 1, D("an event for the 100-byte request"));
+    EXPECT_RET(evlog_wait(&s.log, -1, -1, true, COOKIE_D, T(5000), &ev), 1, D("an event for the 100-byte request"));
     if (tap_passed())
         tap_check(ev.type == EC_EVENT_RECV_FAILED && ev.error == EMSGSIZE && ev.socket == s.sock,
                   D("a 500-byte message fails the 100-byte request: EC_EVENT_RECV_FAILED, error EMSGSIZE"),
                   "%s, error %s, socket %d", event_name(ev.type), errno_name(ev.error), ev.socket);
-    TAP_RUN(recv_wait(&s.log, s.sock, &in, 4096, 1000));
+    TAP_RUN(recv_wait(&s.log, s.sock, &in, 4096, T(1000)));
     if (tap_last.signal == 0 && tap_last.ret == 500) {
         tap_note("%s: after the failed request the 500-byte message was still queued (aio_recv took it)", scn);
         expect_intact(in, 500, 4, D("the message the failed request left queued"));
@@ -675,7 +675,7 @@ static void aiocb_main(struct ctx *c)
         struct dma_aiocb sa = { .aio_fildes = s.sock, .aio_buf = b, .aio_nbytes = 777, .aio_ec = ec2, .aio_cookie = COOKIE_S1 };
         EXPECT_OK(aio_send_cb(&sa), D("aio_send_cb naming the second channel"));
         memset(&ev, 0, sizeof ev);
-        EXPECT_RET(evlog_wait(&log2, EC_EVENT_SENT, -1, true, COOKIE_S1, 5000, &ev), 1,
+        EXPECT_RET(evlog_wait(&log2, EC_EVENT_SENT, -1, true, COOKIE_S1, T(5000), &ev), 1,
                    D("EC_EVENT_SENT with the cookie on the named channel (driven by ec_delay on it)"));
         if (tap_passed())
             tap_check(ev.socket == s.sock, D("the SENT event names the socket"), "socket %d, not %d", ev.socket, s.sock);
@@ -685,7 +685,7 @@ static void aiocb_main(struct ctx *c)
         fill_pattern(b, 888, 6);
         struct dma_aiocb sb = { .aio_fildes = s.sock, .aio_buf = b, .aio_nbytes = 888, .aio_ec = NULL, .aio_cookie = COOKIE_S2 };
         EXPECT_OK(aio_send_cb(&sb), D("aio_send_cb on the socket's channel"));
-        EXPECT_RET(evlog_wait(&s.log, EC_EVENT_SENT, s.sock, true, COOKIE_S2, 5000, NULL), 1,
+        EXPECT_RET(evlog_wait(&s.log, EC_EVENT_SENT, s.sock, true, COOKIE_S2, T(5000), NULL), 1,
                    D("EC_EVENT_SENT with the cookie on the socket's channel"));
     }
     evlog_drain(&s.log);
@@ -757,7 +757,7 @@ static void disconnect_main(struct ctx *c)
     expect_sent(&s, 1);
     sync_send(c->link, 'G', 0);
     memset(&ev, 0, sizeof ev);
-    EXPECT_RET(evlog_wait(&s.log, EC_EVENT_DISCONNECTED, s.sock, false, 0, 8000, &ev), 1,
+    EXPECT_RET(evlog_wait(&s.log, EC_EVENT_DISCONNECTED, s.sock, false, 0, T(8000), &ev), 1,
                D("EC_EVENT_DISCONNECTED for the socket after the peer's sio_close"));
     if (tap_passed())
         tap_check(ev.error != 0, D("the DISCONNECTED event carries an errno (%s)", errno_name(ev.error)), "error 0");
@@ -816,7 +816,7 @@ static void dies_main(struct ctx *c)
         return;
     sync_send(c->link, 'K', 0);
     memset(&ev, 0, sizeof ev);
-    EXPECT_RET(evlog_wait(&s.log, EC_EVENT_DISCONNECTED, s.sock, false, 0, 8000, &ev), 1,
+    EXPECT_RET(evlog_wait(&s.log, EC_EVENT_DISCONNECTED, s.sock, false, 0, T(8000), &ev), 1,
                D("EC_EVENT_DISCONNECTED when the peer process is killed"));
     if (tap_passed())
         tap_check(ev.error != 0, D("the DISCONNECTED event carries an errno (%s)", errno_name(ev.error)), "error 0");
@@ -862,7 +862,7 @@ static void cm_main(struct ctx *c)
         return;
     int listener = (int)tap_last.ret;
     sync_send(c->link, 'L', 0);
-    EXPECT_NONNEG(sio_accept(listener, 10000), D("sio_accept of the peer's connection"));
+    EXPECT_NONNEG(sio_accept(listener, T(10000)), D("sio_accept of the peer's connection"));
     if (!tap_passed())
         return;
     s.sock = (int)tap_last.ret;
@@ -872,7 +872,7 @@ static void cm_main(struct ctx *c)
     EXPECT_OK(dma_assoc(s.sock, s.area, 4 * 4096, SLOT_4K), D("dma_assoc accepts the connection"));
     if (!tap_passed())
         return;
-    EXPECT_RET(evlog_wait(&s.log, EC_EVENT_CONNECTED, s.sock, false, 0, 5000, NULL), 1,
+    EXPECT_RET(evlog_wait(&s.log, EC_EVENT_CONNECTED, s.sock, false, 0, T(5000), NULL), 1,
                D("EC_EVENT_CONNECTED for the accepted descriptor"));
     EXPECT_ERR(dma_assoc(s.sock, s.area, 4 * 4096, SLOT_4K), EISCONN, D("dma_assoc of the accepted descriptor again"));
     static const size_t sizes[3] = { 100, 4096, 1 };
@@ -906,7 +906,7 @@ static void cm_peer(struct ctx *c)
     EXPECT_OK(dma_alloc(&s.area, 1 << 20, 0), D("dma_alloc of 1 MiB"));
     if (!sync_wait(c->link, 'L', NULL, SYNC_MS))
         return;
-    EXPECT_NONNEG(sio_connect(s.ec, cfg.addr, c->port, cfg.peer_addr, 5000),
+    EXPECT_NONNEG(sio_connect(s.ec, cfg.addr, c->port, cfg.peer_addr, T(5000)),
                   D("sio_connect to %s port %u from %s", cfg.addr, (unsigned)c->port, cfg.peer_addr));
     if (!tap_passed())
         return;
@@ -916,7 +916,7 @@ static void cm_peer(struct ctx *c)
     EXPECT_OK(dma_assoc(s.sock, s.area, 4 * 4096, SLOT_4K), D("dma_assoc connects"));
     if (!tap_passed())
         return;
-    EXPECT_RET(evlog_wait(&s.log, EC_EVENT_CONNECTED, s.sock, false, 0, 5000, NULL), 1,
+    EXPECT_RET(evlog_wait(&s.log, EC_EVENT_CONNECTED, s.sock, false, 0, T(5000), NULL), 1,
                D("EC_EVENT_CONNECTED for the sio_connect descriptor"));
     static const size_t sizes[3] = { 100, 4096, 1 };
     for (int i = 0; i < 3; i++)
@@ -929,7 +929,7 @@ static void cm_peer(struct ctx *c)
     if (!sync_wait(c->link, 'X', NULL, SYNC_MS))
         return;
     memset(&ev, 0, sizeof ev);
-    EXPECT_RET(evlog_wait(&s.log, EC_EVENT_DISCONNECTED, s.sock, false, 0, 5000, &ev), 1,
+    EXPECT_RET(evlog_wait(&s.log, EC_EVENT_DISCONNECTED, s.sock, false, 0, T(5000), &ev), 1,
                D("EC_EVENT_DISCONNECTED after the other side's sio_close"));
     EXPECT_ERR(aio_recv(s.sock, &in, 4096, 0), ECONNRESET, D("aio_recv after the other side left"));
     side_down(&s);
@@ -988,7 +988,7 @@ static void run_scenario(const struct scenario *sc)
     c.link = &peer.link;
     c.port = port;
     if (!sc->rdma_cm) {
-        c.sock = tcp_accept_timeout(listener, 10000);
+        c.sock = tcp_accept_timeout(listener, T(10000));
         tap_check(c.sock >= 0, D("the peer's TCP connection from %s arrives", cfg.peer_addr), "%s", strerror(errno));
         close(listener);
     }
@@ -1004,7 +1004,7 @@ static void run_scenario(const struct scenario *sc)
         tap_note("%s: the TCP socket was left open: shut down", scn);
         shutdown(c.sock, SHUT_RDWR);
     }
-    peer_finish(&peer, sc->peer_killed, 15000);
+    peer_finish(&peer, sc->peer_killed, T(15000));
 }
 
 void run_scenarios(void)
@@ -1024,7 +1024,8 @@ int peer_main(int argc, char **argv)
     }
     config_load(argv[0]);
     struct link link = { .in = atoi(argv[4]), .out = atoi(argv[5]) };
-    tap_init(60, atoi(argv[6]));
+    const char *deadline = getenv("DMAIO_TEST_DEADLINE");
+    tap_init(deadline != NULL && atoi(deadline) > 0 ? atoi(deadline) : 60, atoi(argv[6]));
     const struct scenario *sc = NULL;
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++)
         if (strcmp(argv[2], scenarios[i].name) == 0)

@@ -24,8 +24,13 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/* How much slower than usual the run may be (environment DMAIO_TEST_SLOW, default 1, e.g. 20
+ * under valgrind): every timeout of the tests is multiplied by it. */
+extern int tap_slow;
+#define T(ms) ((ms) * tap_slow)
+
 /* The longest a single guarded call may take before it counts as hung. */
-#define TAP_CALL_LIMIT 15
+#define TAP_CALL_LIMIT (15 * tap_slow)
 
 /* What the last guarded call did. */
 struct outcome {
