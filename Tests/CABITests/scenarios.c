@@ -51,9 +51,12 @@ struct side {
 #define SYNC_MS T(10000) /* the longest one process waits for the other's next step */
 #define SLOT_4K DMA_SLOT_LOG2(12)
 
-/* ec_create, dma_alloc, ec_bind, dma_assoc on a connected TCP socket, and the CONNECTED event. */
-static bool side_up(struct side *s, int sock, size_t area_bytes, size_t receive_bytes, int slot_flags)
+/* ec_create, dma_alloc, ec_bind, dma_assoc on a connected TCP socket, and the CONNECTED event.
+ * The two processes start dma_assoc together (its handshake waits 10 s for the other side, which
+ * a slow start, e.g. under valgrind, could exceed). */
+static bool side_up(struct side *s, struct ctx *c, size_t area_bytes, size_t receive_bytes, int slot_flags)
 {
+    int sock = c->sock;
     memset(s, 0, sizeof *s);
     s->sock = sock;
     EXPECT_NONNULL(ec_create(0), D("ec_create"));
@@ -66,6 +69,9 @@ static bool side_up(struct side *s, int sock, size_t area_bytes, size_t receive_
         return false;
     EXPECT_OK(ec_bind(s->ec, sock), D("ec_bind of the TCP socket"));
     if (!tap_passed())
+        return false;
+    sync_send(c->link, 'U', 0);
+    if (!sync_wait(c->link, 'U', NULL, SYNC_MS))
         return false;
     EXPECT_OK(dma_assoc(sock, s->area, receive_bytes, slot_flags),
               D("dma_assoc of the TCP socket (%zu receive bytes, slot flags %d)", receive_bytes, slot_flags));
@@ -138,7 +144,7 @@ static void exchange_main(struct ctx *c)
     void *in = NULL, *b = NULL, *ob = NULL;
     dma_mem_t other = NULL;
     uint8_t stackbuf[64];
-    if (!side_up(&s, c->sock, EXCHANGE_AREA, EXCHANGE_RECEIVE, DMA_SLOT_DEFAULT))
+    if (!side_up(&s, c, EXCHANGE_AREA, EXCHANGE_RECEIVE, DMA_SLOT_DEFAULT))
         return;
 
     EXPECT_ERR(dma_assoc(s.sock, s.area, 1 << 16, 0), EISCONN, D("dma_assoc of the associated socket again"));
@@ -284,7 +290,7 @@ static void exchange_peer(struct ctx *c)
     struct side s;
     struct ec_event ev;
     void *in;
-    if (!side_up(&s, c->sock, EXCHANGE_AREA, EXCHANGE_RECEIVE, DMA_SLOT_DEFAULT))
+    if (!side_up(&s, c, EXCHANGE_AREA, EXCHANGE_RECEIVE, DMA_SLOT_DEFAULT))
         return;
     if (!sync_wait(c->link, 'G', NULL, SYNC_MS))
         return;
@@ -324,7 +330,7 @@ static void release_main(struct ctx *c)
     void *b[14] = { 0 };
     int local = 0;
     dma_mem_t other = NULL;
-    if (!side_up(&s, c->sock, 1 << 20, RELEASE_RECEIVE, SLOT_4K))
+    if (!side_up(&s, c, 1 << 20, RELEASE_RECEIVE, SLOT_4K))
         return;
 
     /* Three messages fill the three slots; the middle one goes back first. */
@@ -398,7 +404,7 @@ static void release_main(struct ctx *c)
 static void release_peer(struct ctx *c)
 {
     struct side s;
-    if (!side_up(&s, c->sock, 1 << 20, 4 * 4096, SLOT_4K))
+    if (!side_up(&s, c, 1 << 20, 4 * 4096, SLOT_4K))
         return;
     static const struct {
         char step;
@@ -430,7 +436,7 @@ static void flow_main(struct ctx *c)
     struct side s;
     void *b = NULL;
     /* A 64 KiB area: two 4 KiB slots (and two for credit updates); the rest holds sends. */
-    if (!side_up(&s, c->sock, 1 << 16, 2 * 4096, SLOT_4K))
+    if (!side_up(&s, c, 1 << 16, 2 * 4096, SLOT_4K))
         return;
 
     EXPECT_OK(sio_reserve(s.area, &b, 4097), D("sio_reserve of 4097 bytes"));
@@ -489,7 +495,7 @@ static void flow_peer(struct ctx *c)
     void *held[2] = { 0 };
     void *in = NULL;
     /* Two 4 KiB slots: the sender may have two messages in flight. */
-    if (!side_up(&s, c->sock, 1 << 20, 2 * 4096, SLOT_4K))
+    if (!side_up(&s, c, 1 << 20, 2 * 4096, SLOT_4K))
         return;
     if (!sync_wait(c->link, 'F', &count, SYNC_MS))
         return;
@@ -524,7 +530,7 @@ static void flow_peer(struct ctx *c)
 static void credits_main(struct ctx *c)
 {
     struct side s;
-    if (!side_up(&s, c->sock, 1 << 20, 4096, SLOT_4K))
+    if (!side_up(&s, c, 1 << 20, 4096, SLOT_4K))
         return;
     send_message(&s, 4096, 0);
     send_message(&s, 4096, 1);
@@ -539,7 +545,7 @@ static void credits_peer(struct ctx *c)
 {
     struct side s;
     void *first = NULL, *second = NULL;
-    if (!side_up(&s, c->sock, 1 << 20, 2 * 4096, SLOT_4K))
+    if (!side_up(&s, c, 1 << 20, 2 * 4096, SLOT_4K))
         return;
     expect_message(&s.log, s.sock, 4096, 0, &first, D("message 0"));
     expect_message(&s.log, s.sock, 4096, 1, &second,
@@ -587,7 +593,7 @@ static void aiocb_main(struct ctx *c)
     struct ec_event ev;
     struct evlog log2;
     void *in = NULL, *b = NULL;
-    if (!side_up(&s, c->sock, 1 << 20, 4 * 4096, SLOT_4K))
+    if (!side_up(&s, c, 1 << 20, 4 * 4096, SLOT_4K))
         return;
     EXPECT_NONNULL(ec_create(0), D("ec_create of a second channel"));
     ec_t ec2 = (ec_t)tap_last.ret;
@@ -718,7 +724,7 @@ static void aiocb_peer(struct ctx *c)
 {
     struct side s;
     void *in;
-    if (!side_up(&s, c->sock, 1 << 20, 4 * 4096, SLOT_4K))
+    if (!side_up(&s, c, 1 << 20, 4 * 4096, SLOT_4K))
         return;
     if (!sync_wait(c->link, 'A', NULL, SYNC_MS))
         return;
@@ -751,7 +757,7 @@ static void disconnect_main(struct ctx *c)
     struct side s;
     struct ec_event ev;
     void *b1 = NULL, *b2 = NULL, *in = NULL, *b = NULL;
-    if (!side_up(&s, c->sock, 1 << 20, 4 * 4096, SLOT_4K))
+    if (!side_up(&s, c, 1 << 20, 4 * 4096, SLOT_4K))
         return;
     send_message(&s, 1000, 0);
     expect_sent(&s, 1);
@@ -787,7 +793,7 @@ static void disconnect_peer(struct ctx *c)
 {
     struct side s;
     void *b0 = NULL, *in = NULL;
-    if (!side_up(&s, c->sock, 1 << 20, 4 * 4096, SLOT_4K))
+    if (!side_up(&s, c, 1 << 20, 4 * 4096, SLOT_4K))
         return;
     if (!sync_wait(c->link, 'G', NULL, SYNC_MS))
         return;
@@ -812,7 +818,7 @@ static void dies_main(struct ctx *c)
     struct side s;
     struct ec_event ev;
     void *in = NULL, *b = NULL;
-    if (!side_up(&s, c->sock, 1 << 20, 4 * 4096, SLOT_4K))
+    if (!side_up(&s, c, 1 << 20, 4 * 4096, SLOT_4K))
         return;
     sync_send(c->link, 'K', 0);
     memset(&ev, 0, sizeof ev);
@@ -834,7 +840,7 @@ static void dies_main(struct ctx *c)
 static void dies_peer(struct ctx *c)
 {
     struct side s;
-    if (!side_up(&s, c->sock, 1 << 20, 4 * 4096, SLOT_4K))
+    if (!side_up(&s, c, 1 << 20, 4 * 4096, SLOT_4K))
         return;
     if (!sync_wait(c->link, 'K', NULL, SYNC_MS))
         return;
