@@ -447,8 +447,11 @@ int main(int argc, char **argv)
     size_t slot = (size_t)1 << slot_log2;
     size_t credits = slot <= ((size_t)1 << 20) ? 16 : 2; /* receive slots granted to the peer */
     size_t receive_bytes = credits * slot;
-    /* dma_assoc uses up to twice receive_bytes of the area; add room for a few sends. */
+    /* dma_assoc uses up to twice receive_bytes of the area; add room for a few sends. At least
+     * 1 MiB: the area hands out blocks of some minimum size, so tiny slots take more room. */
     size_t area_bytes = 2 * receive_bytes + 4 * slot;
+    if (area_bytes < ((size_t)1 << 20))
+        area_bytes = (size_t)1 << 20;
 
     if (dma_alloc(&pp.area, area_bytes, 0) < 0)
         fail_call("dma_alloc");
