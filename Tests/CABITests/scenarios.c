@@ -567,6 +567,35 @@ static void credits_peer(struct ctx *c)
     side_down(&s);
 }
 
+/* ==== small-slots: 64-byte slots use what the header says ======================================= */
+
+/* dma_assoc: 16 slots of 64 bytes are 1 KiB, "so up to 2 * size bytes of the area are used":
+ * 2 KiB of a one-page area, which leaves room for sends. */
+static void small_slots_both(struct ctx *c, uint64_t mine, uint64_t theirs, bool main_side)
+{
+    struct side s;
+    void *in = NULL;
+    if (!side_up(&s, c, 4096, 16 * 64, DMA_SLOT_LOG2(6)))
+        return;
+    if (main_side) {
+        send_message(&s, 64, mine);
+        if (expect_message(&s.log, s.sock, 64, theirs, &in, D("the peer's 64-byte message")))
+            EXPECT_OK(sio_release_buffer(s.area, in), D("sio_release_buffer of it"));
+    } else {
+        if (expect_message(&s.log, s.sock, 64, theirs, &in, D("the main side's 64-byte message")))
+            EXPECT_OK(sio_release_buffer(s.area, in), D("sio_release_buffer of it"));
+        send_message(&s, 64, mine);
+    }
+    expect_sent(&s, 1);
+    sync_send(c->link, 'E', 0);
+    if (!sync_wait(c->link, 'E', NULL, SYNC_MS))
+        return;
+    side_down(&s);
+}
+
+static void small_slots_main(struct ctx *c) { small_slots_both(c, 1, 2, true); }
+static void small_slots_peer(struct ctx *c) { small_slots_both(c, 2, 1, false); }
+
 /* ==== aiocb: aio_send_cb / aio_recv_cb, cookies and channels ============================= */
 
 #define COOKIE_A UINT64_C(0xA11CE00000000001)
@@ -961,6 +990,8 @@ static const struct scenario scenarios[] = {
       flow_peer },
     { "credits", "a receiver with two slots grants two credits to a sender with one slot", false, false,
       credits_main, credits_peer },
+    { "small-slots", "dma_assoc of 16 slots of 64 bytes in a one-page (4 KiB) area, and a message each way", false,
+      false, small_slots_main, small_slots_peer },
     { "aiocb", "aio_send_cb / aio_recv_cb: cookies, the named channel, in-order requests", false, false, aiocb_main,
       aiocb_peer },
     { "disconnect", "the peer's sio_close: EC_EVENT_DISCONNECTED, then ECONNRESET", false, false, disconnect_main,
