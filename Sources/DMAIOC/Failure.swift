@@ -44,6 +44,7 @@ struct Failure: Error {
         case .disconnected: return ECONNRESET
         case .memoryLockLimit: return ENOMEM
         case .noDevice, .deviceNotFound: return ENODEV
+        case .addressNotAvailable: return error.errno == .addressInUse ? EADDRINUSE : EADDRNOTAVAIL
         default: break
         }
         if let raw = error.errno?.rawValue, raw != 0 { return raw }

@@ -252,30 +252,38 @@ public final class Connection: @unchecked Sendable {
         blocks: inout [Int], timeout: Duration
     ) throws(RDMAError) {
         let context = events.context
+        // What this side grants must fit in the area at all: refused before the peer is involved.
+        guard credits * slotSize <= area.size else {
+            throw RDMAError(.areaExhausted, operation: "dma_assoc", errno: .noBufferSpace,
+                            message: "\(credits) receive slots of \(slotSize) bytes do not fit in an area of \(area.size) bytes: associate fewer receive bytes, or allocate a larger area")
+        }
         let gidIndex: Int
         if let explicit = state.explicitGIDIndex { gidIndex = explicit } else { gidIndex = try Self.gidIndex(of: socket, on: context) }
         let port = try context.requireActivePort(1)
         let local = try context.gid(port: 1, index: gidIndex)
-        // Room for the most this side can grant; the handshake may settle on fewer.
-        let sendDepth = Self.sendDepth(granting: credits)
-        try reserveCapacity(sendDepth + 2 * credits)
-        let queuePair = try QueuePair(
-            protectionDomain: area.protectionDomain, sendQueue: events.completionQueue, receiveQueue: events.completionQueue,
-            capabilities: Self.capabilities(sendDepth: sendDepth, receives: 2 * credits, pool: pool),
-            sharedReceiveQueue: pool?.queue)
-        try queuePair.moveToInit(port: 1)
         let psn = UInt32.random(in: 0...0xFF_FFFF)
         let hello = SocketHandshake.Hello(
             mtu: UInt8(port.activeMTU.rawValue),
-            endpoint: QueuePairEndpoint(queuePairNumber: queuePair.number, packetSequenceNumber: psn, gid: local.gid),
+            endpoint: QueuePairEndpoint(queuePairNumber: 0, packetSequenceNumber: psn, gid: local.gid),
             credits: UInt32(credits), slotSize: UInt32(slotSize))
         try SocketHandshake.send(hello.bytes, over: socket, timeout: timeout)
         let peer = try SocketHandshake.Hello(parsing: try SocketHandshake.receive(SocketHandshake.helloSize, over: socket, timeout: timeout))
-        // Symmetric: each grants the smaller offer, and makes room for as much.
-        let granted = min(credits, Int(peer.credits))
-        let offsets = try claimSlots(2 * granted, area: area, slotSize: slotSize, pool: pool, blocks: &blocks)
-        try install(queuePair, area: area, slotSize: slotSize, granted: granted, slotOffsets: offsets, sendDepth: sendDepth, pool: pool, blocks: &blocks)
-        try queuePair.moveToReadyToReceive(remote: peer.endpoint, port: 1, gidIndex: gidIndex, mtu: ibv_mtu(rawValue: min(UInt32(hello.mtu), UInt32(peer.mtu))))
+        // This side's grant, and room for the peer's credit updates: one slot per peer credit.
+        let room = Int(peer.credits)
+        let sendDepth = Self.sendDepth(granting: credits)
+        try reserveCapacity(sendDepth + credits + room)
+        let offsets = try claimSlots(credits + room, area: area, slotSize: slotSize, pool: pool, blocks: &blocks)
+        let queuePair = try QueuePair(
+            protectionDomain: area.protectionDomain, sendQueue: events.completionQueue, receiveQueue: events.completionQueue,
+            capabilities: Self.capabilities(sendDepth: sendDepth, receives: credits + room, pool: pool),
+            sharedReceiveQueue: pool?.queue)
+        try queuePair.moveToInit(port: 1)
+        try SocketHandshake.send(SocketHandshake.queuePairNumberBytes(queuePair.number), over: socket, timeout: timeout)
+        let peerQueuePair = try SocketHandshake.queuePairNumber(parsing: try SocketHandshake.receive(4, over: socket, timeout: timeout))
+        try install(queuePair, area: area, slotSize: slotSize, granted: credits, slotOffsets: offsets, sendDepth: sendDepth, pool: pool, blocks: &blocks)
+        var remote = peer.endpoint
+        remote.queuePairNumber = peerQueuePair
+        try queuePair.moveToReadyToReceive(remote: remote, port: 1, gidIndex: gidIndex, mtu: ibv_mtu(rawValue: min(UInt32(hello.mtu), UInt32(peer.mtu))))
         try queuePair.moveToReadyToSend(packetSequenceNumber: psn)
         // Both sides have posted their receives: data may flow once the peer says so.
         try SocketHandshake.send([SocketHandshake.readyByte], over: socket, timeout: timeout)
@@ -285,7 +293,7 @@ public final class Connection: @unchecked Sendable {
                             message: "the peer sent \(ready[0]) instead of the handshake's ready byte: is it a DMAIO peer?")
         }
         events.lock.withLock { _ in
-            state.credits = granted
+            state.credits = room
             state.peerSlotSize = Int(peer.slotSize)
         }
     }
@@ -364,13 +372,12 @@ public final class Connection: @unchecked Sendable {
             throw RDMAError(.addressNotAvailable, operation: "dma_assoc", errno: .addressFamilyNotSupported,
                             message: "the socket's local address \(address) is neither IPv4 nor IPv6")
         }
-        let matches = try context.gids(port: 1).filter { $0.gid == wanted }
-        guard let entry = matches.first(where: { $0.type == .roceV2 }) ?? matches.first else {
+        guard let index = try context.gidIndex(of: wanted) else {
             throw RDMAError(.wrongArea, operation: "dma_assoc", errno: .improperLink,
                             message: "the socket's local address \(address.host) has no RoCE GID on \(context.deviceName): connect the socket over "
                                 + "that device's interface, or create the area and event channel on the device that owns \(address.host) (DMAIO_DEVICE)")
         }
-        return entry.index
+        return index
     }
 
     /// Starts sending `buffer` — the proposal's `aio_send`. Consumes the buffer: the device
@@ -444,7 +451,11 @@ public final class Connection: @unchecked Sendable {
     package func nextMessageLength() throws(RDMAError) -> Int? {
         try events.lock.withLock { _ throws(RDMAError) -> Int? in
             if state.arrivals.isEmpty, state.status == .connected { try events.pumpLocked() }
-            return state.arrivals.front.map { Int($0.length) }
+            guard let front = state.arrivals.front else {
+                if state.status != .connected { try checkUsableLocked(for: "aio_recv") }
+                return nil
+            }
+            return Int(front.length)
         }
     }
 
