@@ -84,7 +84,10 @@ enum SocketHandshake {
             guard version == SocketHandshake.version else { throw refuse("is version \(version); this side speaks \(SocketHandshake.version)") }
             let mtu = bytes[6]
             guard (1...5).contains(mtu) else { throw refuse("names MTU code \(mtu), not 1...5") }
-            guard word(UInt32.self, at: 8) == 0 else { throw refuse("has a reserved field that is not 0") }
+            // Reserved bytes are 0: a later version may give them a meaning only with a new version.
+            guard bytes[7] == 0, word(UInt32.self, at: 8) == 0, word(UInt16.self, at: 34) == 0, word(UInt32.self, at: 44) == 0 else {
+                throw refuse("has reserved bytes that are not 0")
+            }
             let psn = word(UInt32.self, at: 12)
             guard psn <= 0xFF_FFFF else { throw refuse("names PSN \(psn), not a 24-bit number") }
             let credits = word(UInt32.self, at: 36)
