@@ -8,9 +8,10 @@ import Testing
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Sources/CDMAIO/include")
 
+    /// The Swift toolchain's clang, which every machine that builds the package has.
     @Test(arguments: [
-        ("cc", "c", ["-std=c11"]), ("cc", "c", ["-std=c17", "-D_GNU_SOURCE"]),
-        ("c++", "cpp", ["-std=c++11"]), ("c++", "cpp", ["-std=c++17"]),
+        ("clang", "c", ["-std=c11"]), ("clang", "c", ["-std=c17", "-D_GNU_SOURCE"]),
+        ("clang++", "cpp", ["-std=c++11"]), ("clang++", "cpp", ["-std=c++17"]),
     ])
     func headerCompilesWithoutWarnings(compiler: String, suffix: String, standard: [String]) throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dmaio-header-\(getpid())-\(suffix)-\(standard[0])")
