@@ -41,11 +41,12 @@ public func dmaFree(_ handle: OpaquePointer?) -> Int32 {
             guard entry.sockets == 0 else {
                 throw Failure(EBUSY, "dma_free: \(entry.sockets) socket(s) associated with the area are still open: sio_close them first")
             }
+            guard entry.held.isEmpty else {
+                throw Failure(EBUSY, "dma_free: the program still holds \(entry.held.count) received buffer(s) of the area: release them first (sio_release or sio_release_buffer)")
+            }
             registry.areas[entry.handle] = nil
             for (offset, _) in entry.reserved { entry.area.free(offset) }
             entry.reserved = [:]
-            for (_, held) in entry.held { held.message.release() }
-            entry.held = [:]
             return 0
         }
     }

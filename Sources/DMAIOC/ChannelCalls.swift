@@ -59,10 +59,10 @@ public func ecBind(_ ec: OpaquePointer?, _ socket: Int32) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
         try Registry.shared.locked { registry throws(Failure) in
             let channel = try registry.channel(ec, "ec_bind")
-            try checkSocketDescriptor(socket, "ec_bind")
             if registry.sockets[socket] != nil {
                 throw Failure(EISCONN, "ec_bind: socket \(socket) already has an event channel")
             }
+            try checkSocketDescriptor(socket, "ec_bind")
             registry.sockets[socket] = SocketEntry(descriptor: socket, kind: .tcp, channel: channel)
             channel.sockets += 1
             return 0

@@ -48,9 +48,9 @@ extension Registry {
                 if let named = request.target { target = named }
             }
             deliver(translated, to: target, from: entry)
-        case .received(let connection, _):
+        case .received(let connection, let length):
             guard let socket = entry.socketsByConnection[connection.rawValue], let socketEntry = sockets[socket] else { return }
-            serveReceiveRequests(socketEntry)
+            serveReceiveRequests(socketEntry, announcedLength: length)
         case .receiveFailed(let connection, let status):
             guard let socket = entry.socketsByConnection[connection.rawValue] else { return }
             var translated = ec_event(type: EC_EVENT_RECV_FAILED, socket: socket)
@@ -74,8 +74,9 @@ extension Registry {
         }
     }
 
-    /// A message arrived: it fills the oldest aio_recv_cb request, or is announced for aio_recv.
-    func serveReceiveRequests(_ socketEntry: SocketEntry) {
+    /// A message of `announcedLength` bytes arrived: it fills the oldest aio_recv_cb request, or
+    /// is announced for aio_recv.
+    func serveReceiveRequests(_ socketEntry: SocketEntry, announcedLength: Int) {
         guard let connection = socketEntry.connection, let area = socketEntry.area else { return }
         while let request = socketEntry.receiveRequests.front {
             guard let length = try? connection.nextMessageLength() else { return }  // taken already
@@ -99,9 +100,8 @@ extension Registry {
             deliver(translated, to: request.target, from: socketEntry.channel)
             return
         }
-        guard let length = try? connection.nextMessageLength() else { return }
         var translated = ec_event(type: EC_EVENT_RECEIVED, socket: socketEntry.descriptor)
-        translated.size = length
+        translated.size = announcedLength
         deliver(translated, to: socketEntry.channel, from: socketEntry.channel)
     }
 

@@ -149,13 +149,13 @@ public func aioRecv(_ socket: Int32, _ buffer: UnsafeMutablePointer<UnsafeMutabl
             guard let buffer else { throw .null("aio_recv", "buffer") }
             guard size > 0 else { throw Failure(EINVAL, "aio_recv: size 0: say how many bytes the caller accepts") }
             guard let length = try swiftCall({ () throws(RDMAError) in try connection.nextMessageLength() }) else {
-                throw Failure(EAGAIN, "aio_recv: nothing has arrived on socket \(socket) yet: wait on its event channel")
+                throw Failure(EAGAIN, literal: "aio_recv: nothing has arrived on the socket yet: wait on its event channel (ec_delay, or poll on ec_to_fd)")
             }
             guard length <= size else {
                 throw Failure(EMSGSIZE, "aio_recv: the next message has \(length) bytes, more than \(size): call again with a larger size (it stays queued)")
             }
             guard let message = try swiftCall({ () throws(RDMAError) in try connection.receive() }) else {
-                throw Failure(EAGAIN, "aio_recv: nothing has arrived on socket \(socket) yet")
+                throw Failure(EAGAIN, literal: "aio_recv: nothing has arrived on the socket yet: wait on its event channel")
             }
             buffer.pointee = UnsafeMutableRawPointer(mutating: area.hold(message.detach()))
             return length

@@ -808,13 +808,16 @@ static void disconnect_main(struct ctx *c)
     }
     if (b1 != NULL)
         EXPECT_OK(sio_release_buffer(s.area, b1), D("sio_release_buffer of message 1"));
-    /* Message 2 stays held across sio_close and dma_free. */
+    /* Message 2 stays held across sio_close; dma_free refuses while it is held. */
     EXPECT_OK(sio_close(s.sock), D("sio_close of the disconnected socket"));
-    EXPECT_OK(dma_free(s.area), D("dma_free while a received buffer is still held"));
     if (b2 != NULL) {
-        expect_intact(b2, 2000, 2, D("the held buffer keeps its memory and content after dma_free"));
-        EXPECT_ERR(sio_release_buffer(s.area, b2), EINVAL, D("sio_release_buffer on the freed area"));
+        EXPECT_ERR(dma_free(s.area), EBUSY, D("dma_free while a received buffer is still held"));
+        expect_intact(b2, 2000, 2, D("the held buffer keeps its memory and content after sio_close and the refused dma_free"));
+        EXPECT_OK(sio_release_buffer(s.area, b2), D("sio_release_buffer of message 2 after sio_close"));
     }
+    EXPECT_OK(dma_free(s.area), D("dma_free once nothing is held"));
+    if (b2 != NULL)
+        EXPECT_ERR(sio_release_buffer(s.area, b2), EINVAL, D("sio_release_buffer on the freed area"));
     EXPECT_OK(ec_destroy(s.ec), D("ec_destroy"));
 }
 

@@ -227,12 +227,18 @@ extension RxeIntegration {
             }
             var start: UInt = 0
             var sent = 0
+            // A sender that keeps a window of sends outstanding, as a real one does: messages
+            // beyond the peer's credits wait in the connection's queue, which then never grows.
+            let window = 64
             for sequence in 0..<(warmUp + measured) {
                 if sequence == warmUp {
                     start = malloc_counter_thread_allocations()
                     if trace { malloc_counter_trace_next(8) }
                 }
                 let size = StreamMessage.size(sequence, slotSize: 4096)
+                while sequence - sent >= window {
+                    if case .sent = try pair.clientEvents.wait(timeout: .seconds(30)) { sent += 1 }
+                }
                 while !(try Self.trySend(pair, sequence: sequence, size: size)) {
                     if case .sent = try pair.clientEvents.wait(timeout: .seconds(30)) { sent += 1 }
                 }
@@ -396,6 +402,8 @@ extension RxeIntegration {
                 return next
             }
             // The clients take turns, one message each, so the streams interleave on the pool.
+            var sent = [Int](repeating: 0, count: clientCount)
+            func clientIndex(_ events: EventChannel) -> Int { clients.firstIndex { $0.2 === events }! }
             for sequence in 0..<count {
                 for (connection, area, events) in clients {
                     while true {
@@ -404,9 +412,18 @@ extension RxeIntegration {
                             try connection.send(buffer, cookie: UInt64(sequence))
                             break
                         }
-                        _ = try events.wait(timeout: .seconds(30))
+                        if case .sent? = try events.wait(timeout: .seconds(30)) { sent[clientIndex(events)] += 1 }
                     }
-                    while try events.next() != nil {}
+                    while let event = try events.next() { if case .sent = event { sent[clientIndex(events)] += 1 } }
+                }
+            }
+            // Messages still waiting for credits go out as the clients keep driving their channels.
+            for (index, (_, _, events)) in clients.enumerated() {
+                while sent[index] < count {
+                    guard let event = try events.wait(timeout: .seconds(30)) else {
+                        throw RDMAError(.timedOut, operation: "test", message: "client \(index): \(sent[index]) of \(count) sends completed")
+                    }
+                    if case .sent = event { sent[index] += 1 }
                 }
             }
             #expect(try receiver.join() == [Int](repeating: count, count: clientCount))

@@ -24,8 +24,9 @@ struct Session {
         self.check = check
         slotSize = ExampleSupport.slotSize(for: size)
         events = try EventChannel(capacity: 64, device: device)
-        // Receive slots (credits) and their credit-update room, and two send buffers in flight.
-        area = try DMAArea(size: max((2 * Self.credits + 2) * slotSize, 1 << 16), device: device)
+        // Receive slots (credits) and their credit-update room in one block, and two send
+        // buffers in flight (at least the area's smallest block each).
+        area = try DMAArea(size: max(2 * Self.credits * slotSize + 2 * max(slotSize, DMAArea.minimumBlock), 1 << 16), device: device)
         pattern = Pattern(size: size)
     }
 

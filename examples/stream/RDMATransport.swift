@@ -20,9 +20,11 @@ struct RDMATransport {
         self.pattern = pattern
         slotSize = ExampleSupport.slotSize(for: size)
         events = try EventChannel(capacity: max(256, 8 * window), device: device)
-        // Each side: `window` receive slots and as many for credit updates, plus (sender)
-        // `window` send buffers.
-        area = try DMAArea(size: max(3 * window * slotSize, 1 << 16), device: device)
+        // Each side: `window` receive slots and as many for credit updates, side by side in one
+        // block (a power of two), plus send buffers (at least the area's smallest block each):
+        // `window` in flight and as many queued.
+        let slotBlock = ExampleSupport.slotSize(for: 2 * window * slotSize)
+        area = try DMAArea(size: max(slotBlock + 2 * window * max(slotSize, DMAArea.minimumBlock), 1 << 16), device: device)
     }
 
     func send(to host: String, from source: String?, port: UInt16, limit: Limit, meter: Meter) throws(RDMAError) {

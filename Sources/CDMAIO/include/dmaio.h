@@ -73,11 +73,13 @@ typedef struct dma_mem *dma_mem_t;
  * The corresponding verbs calls are ibv_alloc_pd and ibv_reg_mr. */
 int dma_alloc(dma_mem_t *handle, size_t size, int flags);
 
-/* Frees an area: deregisters and unmaps it. Received buffers still held by the program and
- * sends still in flight keep their memory until they are released or completed; after that
- * the area is gone. Sockets associated with it must be closed first.
+/* Frees an area: deregisters and unmaps it once the sends still in flight have completed.
+ * Reserved buffers that were not sent go with it. Sockets associated with it must be closed,
+ * and received buffers released, first.
  *   Errors: EINVAL  unknown handle.
- *           EBUSY   a socket associated with the area is still open (sio_close it first). */
+ *           EBUSY   a socket associated with the area is still open (sio_close it first), or the
+ *                   program still holds received buffers of the area (release them first);
+ *                   nothing is freed then. */
 int dma_free(dma_mem_t handle);
 
 /* dma_assoc flags: the receive slot size, as a power of two. A message is at most one slot of
@@ -86,9 +88,11 @@ int dma_free(dma_mem_t handle);
 #define DMA_SLOT_DEFAULT 0                   /* 64 KiB slots */
 
 /* Associates `size` bytes of the area with `socket` for incoming data, and brings the
- * connection up over RDMA (a reliable-connected queue pair). The bytes become receive slots
- * (size / slot size of them, each a credit granted to the peer, plus as many again for the
- * peer's credit updates, so up to 2 * size bytes of the area are used).
+ * connection up over RDMA (a reliable-connected queue pair). The bytes become receive slots:
+ * size / slot size of them, each a credit granted to the peer, plus one slot per credit the
+ * peer grants, to absorb its credit updates (over rdma_cm the accepting side grants at most as
+ * many credits as the connecting side grants it). The slots lie side by side in one block of
+ * the area (the allocator rounds it up to a power of two).
  *
  * `socket` is either
  *   - an ordinary *connected TCP socket*: both peers call dma_assoc on their end; they exchange
@@ -103,7 +107,8 @@ int dma_free(dma_mem_t handle);
  *                   bound to a TCP socket.
  *           EBADF   socket is not an open descriptor.       ENOTSOCK  not a socket.
  *           ENOTCONN  a TCP socket that is not connected.   EISCONN  already associated.
- *           ENOBUFS the area has not that much room left.
+ *           ENOBUFS the area has not that much room left (when even size does not fit in the
+ *                   area, before anything is sent to the peer).
  *           EXDEV   the socket's address belongs to another device than the area's (or the event
  *                   channel's): set DMAIO_DEVICE or use an address of that device.
  *           EPROTO  the peer is not a DMAIO peer or sent a malformed handshake.
@@ -262,7 +267,8 @@ int aio_recv_cb(struct dma_aiocb *cb);
 /* Resolves host:port (an IP address of the server's RDMA interface) to a device and route, and
  * returns a descriptor for it, bound to `ec`; dma_assoc then connects it. `source` is the local
  * address to leave from, or NULL.
- *   Errors: EINVAL unknown channel, NULL host.  EADDRNOTAVAIL no RDMA device routes there.
+ *   Errors: EINVAL unknown channel, NULL host.  EADDRNOTAVAIL no RDMA device routes there
+ *           (also for an unreachable network).
  *           ETIMEDOUT resolution took longer than timeout_ms.  EXDEV the route's device is not
  *           the channel's.
  * The corresponding calls are rdma_create_id, rdma_resolve_addr and rdma_resolve_route. */
@@ -270,8 +276,8 @@ int sio_connect(ec_t ec, const char *host, uint16_t port, const char *source, in
 
 /* Listens on address:port (NULL: every address) for sio_connect peers; returns a listening
  * descriptor whose connections report to `ec`.
- *   Errors: EINVAL unknown channel.  EADDRNOTAVAIL no RDMA device owns the address, or the port
- *           is taken.
+ *   Errors: EINVAL unknown channel.  EADDRNOTAVAIL no RDMA device owns the address.
+ *           EADDRINUSE the port is taken.
  * The corresponding calls are rdma_bind_addr and rdma_listen. */
 int sio_listen(ec_t ec, const char *address, uint16_t port, int backlog);
 

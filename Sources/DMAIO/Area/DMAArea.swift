@@ -137,11 +137,11 @@ public final class DMAArea: @unchecked Sendable {
             throw RDMAError(.invalidArgument, operation: operation, errno: .invalidArgument,
                             message: "cannot reserve \(count) bytes from an area of \(size) bytes: the buffer must fit in the area")
         }
-        let result = allocator.withLock { allocator -> (Int?, Int) in (allocator.allocate(count), allocator.bytesInUse) }
-        guard let offset = result.0 else {
+        guard let offset = allocator.withLock({ $0.allocate(count) }) else {
+            // A full area is back-pressure, met on the data path: the message is a literal, so
+            // the error allocates nothing (bytesInUse tells how full the area is).
             throw RDMAError(.areaExhausted, operation: operation, errno: .noMemory,
-                            message: "the area has no free block of \(count) bytes: \(result.1) of its \(size) bytes are held by "
-                                + "in-flight sends, unsent buffers and receive slots; wait for send completions or allocate a larger area")
+                            message: "the area has no free block that large: in-flight sends, unsent buffers and receive slots hold it; take send completions (events) and try again, or allocate a larger area")
         }
         return offset
     }

@@ -133,7 +133,8 @@ public final class Connection: @unchecked Sendable {
     /// bytes, posted as receive work requests; each is a credit granted to the peer (a server
     /// grants at most as many as the client has slots). Slots of the same size are added to
     /// absorb the peer's credit updates, as many as credits the peer grants (see
-    /// ``WireProtocol``), so an association takes up to twice `receiveBytes` of the area.
+    /// ``WireProtocol``), so an association takes up to twice `receiveBytes` of the area — in
+    /// one contiguous block, rounded up to a power of two by the area's allocator.
     ///
     /// - Throws: ``RDMAError/Code/alreadyAssociated`` the second time;
     ///   ``RDMAError/Code/invalidArgument`` for a slot size that is not a power of two from 64 B
@@ -185,17 +186,18 @@ public final class Connection: @unchecked Sendable {
             throw RDMAError(.wrongArea, operation: "dma_assoc", errno: .improperLink,
                             message: "the area is registered on \(area.deviceName) but the connection runs over \(events.deviceName)")
         }
-        var offsets: [Int] = []
+        // Slot blocks taken from the area, returned if the association fails.
+        var blocks: [Int] = []
         do throws(RDMAError) {
             switch state.endpoint {
             case .connectionManager(let cmID):
-                try establish(over: cmID, area: area, slotSize: slotSize, credits: credits, pool: pool, offsets: &offsets, timeout: timeout)
+                try establish(over: cmID, area: area, slotSize: slotSize, credits: credits, pool: pool, blocks: &blocks, timeout: timeout)
             case .socket(let socket):
-                try establish(over: socket, area: area, slotSize: slotSize, credits: credits, pool: pool, offsets: &offsets, timeout: timeout)
+                try establish(over: socket, area: area, slotSize: slotSize, credits: credits, pool: pool, blocks: &blocks, timeout: timeout)
             }
             try events.connected(state)
         } catch {
-            for offset in offsets { area.free(offset) }
+            for block in blocks { area.free(block) }
             close()
             throw error
         }
@@ -204,7 +206,7 @@ public final class Connection: @unchecked Sendable {
     /// The rdma_cm way: the hello rides in the connect request's private data and its accept.
     private func establish(
         over cmID: ConnectionID, area: DMAArea, slotSize: Int, credits: Int, pool: SharedReceivePool?,
-        offsets: inout [Int], timeout: Duration
+        blocks: inout [Int], timeout: Duration
     ) throws(RDMAError) {
         // A client grants all its credits and makes room for as many credit updates; a server
         // grants no more than the client's room, and makes room for the client's grant.
@@ -218,12 +220,12 @@ public final class Connection: @unchecked Sendable {
         }
         let sendDepth = Self.sendDepth(granting: granted)
         try reserveCapacity(sendDepth + granted + room)
-        try claimSlots(granted + room, area: area, slotSize: slotSize, pool: pool, offsets: &offsets)
+        let offsets = try claimSlots(granted + room, area: area, slotSize: slotSize, pool: pool, blocks: &blocks)
         let queuePair = try cmID.createQueuePair(
             protectionDomain: area.protectionDomain, sendQueue: events.completionQueue, receiveQueue: events.completionQueue,
             capabilities: Self.capabilities(sendDepth: sendDepth, receives: granted + room, pool: pool),
             sharedReceiveQueue: pool?.queue)
-        try install(queuePair, area: area, slotSize: slotSize, granted: granted, slots: granted + room, sendDepth: sendDepth, pool: pool, offsets: &offsets)
+        try install(queuePair, area: area, slotSize: slotSize, granted: granted, slotOffsets: offsets, sendDepth: sendDepth, pool: pool, blocks: &blocks)
         let hello = WireProtocol.Hello(credits: UInt32(granted), room: UInt32(room), slotSize: UInt32(slotSize))
         let peer: WireProtocol.Hello
         if let request = state.peerHello {
@@ -247,33 +249,41 @@ public final class Connection: @unchecked Sendable {
     /// INIT, RTR and RTS here, with the peer's numbers read from the socket.
     private func establish(
         over socket: Int32, area: DMAArea, slotSize: Int, credits: Int, pool: SharedReceivePool?,
-        offsets: inout [Int], timeout: Duration
+        blocks: inout [Int], timeout: Duration
     ) throws(RDMAError) {
         let context = events.context
+        // What this side grants must fit in the area at all: refused before the peer is involved.
+        guard credits * slotSize <= area.size else {
+            throw RDMAError(.areaExhausted, operation: "dma_assoc", errno: .noBufferSpace,
+                            message: "\(credits) receive slots of \(slotSize) bytes do not fit in an area of \(area.size) bytes: associate fewer receive bytes, or allocate a larger area")
+        }
         let gidIndex: Int
         if let explicit = state.explicitGIDIndex { gidIndex = explicit } else { gidIndex = try Self.gidIndex(of: socket, on: context) }
         let port = try context.requireActivePort(1)
         let local = try context.gid(port: 1, index: gidIndex)
-        // Room for the most this side can grant; the handshake may settle on fewer.
-        let sendDepth = Self.sendDepth(granting: credits)
-        try reserveCapacity(sendDepth + 2 * credits)
-        let queuePair = try QueuePair(
-            protectionDomain: area.protectionDomain, sendQueue: events.completionQueue, receiveQueue: events.completionQueue,
-            capabilities: Self.capabilities(sendDepth: sendDepth, receives: 2 * credits, pool: pool),
-            sharedReceiveQueue: pool?.queue)
-        try queuePair.moveToInit(port: 1)
         let psn = UInt32.random(in: 0...0xFF_FFFF)
         let hello = SocketHandshake.Hello(
             mtu: UInt8(port.activeMTU.rawValue),
-            endpoint: QueuePairEndpoint(queuePairNumber: queuePair.number, packetSequenceNumber: psn, gid: local.gid),
+            endpoint: QueuePairEndpoint(queuePairNumber: 0, packetSequenceNumber: psn, gid: local.gid),
             credits: UInt32(credits), slotSize: UInt32(slotSize))
         try SocketHandshake.send(hello.bytes, over: socket, timeout: timeout)
         let peer = try SocketHandshake.Hello(parsing: try SocketHandshake.receive(SocketHandshake.helloSize, over: socket, timeout: timeout))
-        // Symmetric: each grants the smaller offer, and makes room for as much.
-        let granted = min(credits, Int(peer.credits))
-        try claimSlots(2 * granted, area: area, slotSize: slotSize, pool: pool, offsets: &offsets)
-        try install(queuePair, area: area, slotSize: slotSize, granted: granted, slots: 2 * granted, sendDepth: sendDepth, pool: pool, offsets: &offsets)
-        try queuePair.moveToReadyToReceive(remote: peer.endpoint, port: 1, gidIndex: gidIndex, mtu: ibv_mtu(rawValue: min(UInt32(hello.mtu), UInt32(peer.mtu))))
+        // This side's grant, and room for the peer's credit updates: one slot per peer credit.
+        let room = Int(peer.credits)
+        let sendDepth = Self.sendDepth(granting: credits)
+        try reserveCapacity(sendDepth + credits + room)
+        let offsets = try claimSlots(credits + room, area: area, slotSize: slotSize, pool: pool, blocks: &blocks)
+        let queuePair = try QueuePair(
+            protectionDomain: area.protectionDomain, sendQueue: events.completionQueue, receiveQueue: events.completionQueue,
+            capabilities: Self.capabilities(sendDepth: sendDepth, receives: credits + room, pool: pool),
+            sharedReceiveQueue: pool?.queue)
+        try queuePair.moveToInit(port: 1)
+        try SocketHandshake.send(SocketHandshake.queuePairNumberBytes(queuePair.number), over: socket, timeout: timeout)
+        let peerQueuePair = try SocketHandshake.queuePairNumber(parsing: try SocketHandshake.receive(4, over: socket, timeout: timeout))
+        try install(queuePair, area: area, slotSize: slotSize, granted: credits, slotOffsets: offsets, sendDepth: sendDepth, pool: pool, blocks: &blocks)
+        var remote = peer.endpoint
+        remote.queuePairNumber = peerQueuePair
+        try queuePair.moveToReadyToReceive(remote: remote, port: 1, gidIndex: gidIndex, mtu: ibv_mtu(rawValue: min(UInt32(hello.mtu), UInt32(peer.mtu))))
         try queuePair.moveToReadyToSend(packetSequenceNumber: psn)
         // Both sides have posted their receives: data may flow once the peer says so.
         try SocketHandshake.send([SocketHandshake.readyByte], over: socket, timeout: timeout)
@@ -283,7 +293,7 @@ public final class Connection: @unchecked Sendable {
                             message: "the peer sent \(ready[0]) instead of the handshake's ready byte: is it a DMAIO peer?")
         }
         events.lock.withLock { _ in
-            state.credits = granted
+            state.credits = room
             state.peerSlotSize = Int(peer.slotSize)
         }
     }
@@ -300,36 +310,41 @@ public final class Connection: @unchecked Sendable {
         events.lock.withLock { _ in state.capacityTaken = entries }
     }
 
-    /// Takes `count` receive slots: from the pool, or carved out of the area into `offsets`.
-    private func claimSlots(_ count: Int, area: DMAArea, slotSize: Int, pool: SharedReceivePool?, offsets: inout [Int]) throws(RDMAError) {
+    /// Takes `count` receive slots and returns their offsets: the pool's, or slots side by
+    /// side in one block of the area (added to `blocks`), so that small slots do not each take
+    /// a whole allocator block.
+    private func claimSlots(_ count: Int, area: DMAArea, slotSize: Int, pool: SharedReceivePool?, blocks: inout [Int]) throws(RDMAError) -> [Int] {
         if let pool {
             try pool.claim(count)
             events.lock.withLock { _ in
                 state.pool = pool
                 state.poolSlotsClaimed = count
             }
-        } else {
-            offsets.reserveCapacity(count)
-            for _ in 0..<count { offsets.append(try area.allocate(slotSize, for: "dma_assoc")) }
+            return pool.slotOffsets
         }
+        let block = try area.allocate(count * slotSize, for: "dma_assoc")
+        blocks.append(block)
+        return (0..<count).map { block + $0 * slotSize }
     }
 
     /// Hands the queue pair and the slots to the state and posts the receives.
     private func install(
-        _ queuePair: QueuePair, area: DMAArea, slotSize: Int, granted: Int, slots: Int, sendDepth: Int,
-        pool: SharedReceivePool?, offsets: inout [Int]
+        _ queuePair: QueuePair, area: DMAArea, slotSize: Int, granted: Int, slotOffsets: [Int], sendDepth: Int,
+        pool: SharedReceivePool?, blocks: inout [Int]
     ) throws(RDMAError) {
+        let slots = slotOffsets.count
         try events.lock.withLock { _ throws(RDMAError) in
             state.area = area
             state.queuePair = queuePair
-            state.slotOffsets = pool?.slotOffsets ?? offsets
+            state.slotOffsets = slotOffsets
+            state.slotBlocks = blocks
             state.slotSize = slotSize
             state.creditsGranted = granted
             state.sendQueueFree = sendDepth
             state.arrivals.reserveCapacity(slots)
             state.inFlight.reserveCapacity(sendDepth)
             state.pending.reserveCapacity(sendDepth)
-            offsets = []  // the state owns them now
+            blocks = []  // the state owns them now
             if pool == nil {
                 for slot in 0..<slots { try state.postReceive(slot: slot) }
             }
@@ -357,13 +372,12 @@ public final class Connection: @unchecked Sendable {
             throw RDMAError(.addressNotAvailable, operation: "dma_assoc", errno: .addressFamilyNotSupported,
                             message: "the socket's local address \(address) is neither IPv4 nor IPv6")
         }
-        let matches = try context.gids(port: 1).filter { $0.gid == wanted }
-        guard let entry = matches.first(where: { $0.type == .roceV2 }) ?? matches.first else {
+        guard let index = try context.gidIndex(of: wanted) else {
             throw RDMAError(.wrongArea, operation: "dma_assoc", errno: .improperLink,
                             message: "the socket's local address \(address.host) has no RoCE GID on \(context.deviceName): connect the socket over "
                                 + "that device's interface, or create the area and event channel on the device that owns \(address.host) (DMAIO_DEVICE)")
         }
-        return entry.index
+        return index
     }
 
     /// Starts sending `buffer` — the proposal's `aio_send`. Consumes the buffer: the device
@@ -437,7 +451,11 @@ public final class Connection: @unchecked Sendable {
     package func nextMessageLength() throws(RDMAError) -> Int? {
         try events.lock.withLock { _ throws(RDMAError) -> Int? in
             if state.arrivals.isEmpty, state.status == .connected { try events.pumpLocked() }
-            return state.arrivals.front.map { Int($0.length) }
+            guard let front = state.arrivals.front else {
+                if state.status != .connected { try checkUsableLocked(for: "aio_recv") }
+                return nil
+            }
+            return Int(front.length)
         }
     }
 

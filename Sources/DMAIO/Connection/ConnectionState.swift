@@ -60,6 +60,8 @@ final class ConnectionState: @unchecked Sendable {
     /// Offsets of the receive slots in the area: the granted data slots, then room for the
     /// peer's credit updates.
     @exclusivity(unchecked) var slotOffsets: [Int] = []
+    /// The area blocks the slots lie in (none for a pool's slots).
+    @exclusivity(unchecked) var slotBlocks: [Int] = []
     @exclusivity(unchecked) var slotSize = 0
     @exclusivity(unchecked) var creditsGranted = 0
     @exclusivity(unchecked) var peerSlotSize = 0
@@ -122,7 +124,7 @@ final class ConnectionState: @unchecked Sendable {
         // The queue pair goes first (it may still own posted receives), then the slots return.
         queuePair = nil
         if let area {
-            if pool == nil { for offset in slotOffsets { area.free(offset) } }
+            for block in slotBlocks { area.free(block) }
             while let send = pending.popFirst() { area.free(send.offset) }
             while let send = inFlight.popFirst() {
                 if send.offset >= 0 { area.free(send.offset) }

@@ -9,22 +9,28 @@ import Glibc
 /// pair up by hand — what `dma_assoc` does on an ordinary socket, the way `ibv_rc_pingpong` and
 /// perftest exchange their numbers.
 ///
-/// Both sides send a ``Hello`` at once and read the peer's; each then posts its receive slots,
-/// moves its queue pair to RTR and RTS, and sends one ``readyByte``; data may flow once the
-/// peer's ready byte has arrived (so no message can reach a queue pair that is not ready).
+/// Three exchanges, each side sending first and then reading the peer's:
+/// 1. a ``Hello``: what each side grants and needs. Each side then knows how many receives it
+///    must post — its own data slots plus room for the peer's credit updates — and creates its
+///    queue pair that large;
+/// 2. the queue pair number (4 bytes, big-endian, 24 bits, not 0). Each side posts its receive
+///    slots and moves its queue pair to RTR and RTS;
+/// 3. one ``readyByte``: data may flow once the peer's has arrived, so no message can reach a
+///    queue pair that is not ready.
 ///
 /// The hello is 48 bytes, big-endian:
 ///
 /// ```
 ///  0  magic "DMAS"          4  version (1)     6  MTU (ibv_mtu, 1...5)    7  0
-///  8  queue pair number    12  first PSN      16  GID (16 bytes)
-/// 32  LID (16 bits)        34  0 (16 bits)    36  credits granted = room offered
+///  8  0 (reserved)         12  first PSN      16  GID (16 bytes)
+/// 32  LID (16 bits)        34  0 (16 bits)    36  credits granted
 /// 40  slot size            44  0
 /// ```
 ///
-/// Credits: each side offers as many credits as it has data slots, and room for as many credit
-/// updates. A side grants `min(own credits, peer's credits)` — the peer's room — and posts room
-/// for what the peer grants, which is the same number: symmetric, so both compute it alike.
+/// Credits: each side grants one credit per data slot it has (what `dma_assoc`'s size says),
+/// and posts one more slot per credit the peer grants, to absorb the peer's credit updates
+/// (see ``WireProtocol``): unlike rdma_cm's one-shot exchange, both sides learn the peer's grant
+/// before creating their queue pairs, so neither has to shrink its grant.
 enum SocketHandshake {
     static let magic: UInt32 = 0x444D_4153  // "DMAS"
     static let version: UInt16 = 1
@@ -45,7 +51,7 @@ enum SocketHandshake {
             put(SocketHandshake.magic, at: 0)
             put(SocketHandshake.version, at: 4)
             bytes[6] = mtu
-            put(endpoint.queuePairNumber, at: 8)
+            put(UInt32(0), at: 8)
             put(endpoint.packetSequenceNumber, at: 12)
             withUnsafeBytes(of: endpoint.gid.bytes) { bytes.replaceSubrange(16..<32, with: $0) }
             put(endpoint.lid, at: 32)
@@ -78,8 +84,10 @@ enum SocketHandshake {
             guard version == SocketHandshake.version else { throw refuse("is version \(version); this side speaks \(SocketHandshake.version)") }
             let mtu = bytes[6]
             guard (1...5).contains(mtu) else { throw refuse("names MTU code \(mtu), not 1...5") }
-            let queuePairNumber = word(UInt32.self, at: 8)
-            guard queuePairNumber != 0, queuePairNumber <= 0xFF_FFFF else { throw refuse("names queue pair \(queuePairNumber), not a 24-bit queue pair number") }
+            // Reserved bytes are 0: a later version may give them a meaning only with a new version.
+            guard bytes[7] == 0, word(UInt32.self, at: 8) == 0, word(UInt16.self, at: 34) == 0, word(UInt32.self, at: 44) == 0 else {
+                throw refuse("has reserved bytes that are not 0")
+            }
             let psn = word(UInt32.self, at: 12)
             guard psn <= 0xFF_FFFF else { throw refuse("names PSN \(psn), not a 24-bit number") }
             let credits = word(UInt32.self, at: 36)
@@ -90,10 +98,25 @@ enum SocketHandshake {
             }
             let gid = GID(bytes: bytes[16..<32])!
             self.mtu = mtu
-            self.endpoint = QueuePairEndpoint(queuePairNumber: queuePairNumber, packetSequenceNumber: psn, gid: gid, lid: word(UInt16.self, at: 32))
+            self.endpoint = QueuePairEndpoint(queuePairNumber: 0, packetSequenceNumber: psn, gid: gid, lid: word(UInt16.self, at: 32))
             self.credits = credits
             self.slotSize = slotSize
         }
+    }
+
+    /// The second exchange: a queue pair number.
+    static func queuePairNumberBytes(_ number: UInt32) -> [UInt8] {
+        withUnsafeBytes(of: number.bigEndian) { Array($0) }
+    }
+
+    /// Parses the peer's queue pair number.
+    static func queuePairNumber(parsing bytes: [UInt8]) throws(RDMAError) -> UInt32 {
+        let number = bytes.reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+        guard bytes.count == 4, number != 0, number <= 0xFF_FFFF else {
+            throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
+                            message: "the peer sent queue pair number \(number), not a 24-bit queue pair number: is it a DMAIO peer?")
+        }
+        return number
     }
 
     // MARK: - Socket I/O

@@ -158,17 +158,52 @@ public final class EventChannel: @unchecked Sendable {
         }
     }
 
-    /// After a sleep on the descriptor: take the notification that woke it, and look at the
-    /// rdma_cm channel on the next pump. For callers that sleep on ``fileDescriptor`` inside
-    /// a descriptor of their own (the C ABI).
-    package func wokeUp() throws(RDMAError) {
+    /// Which of the descriptors inside ``fileDescriptor`` a sleep found readable.
+    package struct Readiness: OptionSet, Sendable {
+        package let rawValue: UInt8
+        package init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// The completion channel: the armed queue has a completion.
+        package static let completions = Readiness(rawValue: 1)
+        /// The rdma_cm channel or a watched TCP socket.
+        package static let connections = Readiness(rawValue: 2)
+        package static let all: Readiness = [.completions, .connections]
+    }
+
+    /// After a sleep on the descriptor: takes the notification that woke it (one per arming),
+    /// and looks at the rdma_cm channel and the sockets on the next pump when they were
+    /// readable. For callers that sleep on ``fileDescriptor`` inside a descriptor of their own
+    /// (the C ABI), who do not know which was readable.
+    ///
+    /// The corresponding C functions are `ibv_get_cq_event` and `ibv_ack_cq_events`.
+    package func wokeUp(_ ready: Readiness = .all) throws(RDMAError) {
         try lock.withLock { _ throws(RDMAError) in
-            lookAtConnectionEvents = true
-            if armed {
-                while try completionChannel.nextEvent() != nil {}
+            if ready.contains(.connections) { lookAtConnectionEvents = true }
+            if armed, ready.contains(.completions) {
+                _ = try completionChannel.nextEvent()
                 armed = false
             }
         }
+    }
+
+    /// Sleeps on the descriptor up to `timeout`; says which descriptors inside it are readable.
+    ///
+    /// The corresponding C function is `epoll_wait`.
+    private func sleep(timeout: Duration?) throws(RDMAError) -> Readiness {
+        let milliseconds: Int32 = timeout.map { Int32(clamping: $0.milliseconds) } ?? -1
+        let completions = completionChannel.fileDescriptor, wake = wakeDescriptor
+        let (count, ready) = withUnsafeTemporaryAllocation(of: epoll_event.self, capacity: 4) { buffer -> (Int32, Readiness) in
+            let count = epoll_wait(pollDescriptor, buffer.baseAddress, 4, milliseconds)
+            var ready: Readiness = []
+            for index in 0..<Int(Swift.max(count, 0)) {
+                let fd = buffer[index].data.fd
+                if fd == completions { ready.insert(.completions) } else if fd != wake { ready.insert(.connections) }
+            }
+            return (count, ready)
+        }
+        if count < 0 && errno != EINTR {
+            throw RDMAError(.systemCall, operation: "epoll_wait", errno: .init(rawValue: errno), message: "waiting on the event channel")
+        }
+        return ready
     }
 
     /// Waits up to `timeout` (forever when nil) for an event — `ec_delay`. Nil on timeout.
@@ -182,8 +217,7 @@ public final class EventChannel: @unchecked Sendable {
             if try prepareToSleep() { continue }
             let remaining = deadline.map { Swift.max($0 - clock.now, .zero) }
             if let remaining, remaining == .zero { return nil }
-            _ = try waitReadable(pollDescriptor, timeout: remaining)
-            try wokeUp()
+            try wokeUp(try sleep(timeout: remaining))
         }
     }
 
@@ -229,7 +263,7 @@ public final class EventChannel: @unchecked Sendable {
         // Completions came while armed: a notification was raised for them. Take it, so the
         // descriptor quiets; an idle, armed queue costs no system call.
         if found > 0 && armed {
-            while try completionChannel.nextEvent() != nil {}
+            _ = try completionChannel.nextEvent()  // one notification per arming
             armed = false
         }
         // Connection events are rare: look after a sleep ended, or every 64th time, and only
@@ -386,6 +420,9 @@ public final class EventChannel: @unchecked Sendable {
                                     + "this association needs \(entries): create the EventChannel with a larger capacity or use fewer receive slots")
             }
             capacityLeft -= entries
+            // Each completion makes at most one event: with room for as many as the queues can
+            // hold, a program that takes its events never makes the queue grow (allocate).
+            events.reserveCapacity(completionQueue.capacity - capacityLeft + 16)
         }
     }
 

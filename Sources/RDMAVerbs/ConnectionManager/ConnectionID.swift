@@ -147,18 +147,27 @@ public final class ConnectionID: @unchecked Sendable {
         of destination: SocketAddress, from source: SocketAddress? = nil, timeout: Duration
     ) throws(RDMAError) {
         let ms = Int32(clamping: timeout.milliseconds)
-        try destination.withSockaddr { destination throws(RDMAError) in
-            if let source {
-                try source.withSockaddr { source throws(RDMAError) in
+        do {
+            try destination.withSockaddr { destinationAddress throws(RDMAError) in
+                if let source {
+                    try source.withSockaddr { sourceAddress throws(RDMAError) in
+                        try minusOneOrErrno("rdma_resolve_addr", "resolving \(destination) from \(source.host)") {
+                            rdma_resolve_addr(pointer, sourceAddress, destinationAddress, ms)
+                        }
+                    }
+                } else {
                     try minusOneOrErrno("rdma_resolve_addr", "resolving \(destination)") {
-                        rdma_resolve_addr(pointer, source, destination, ms)
+                        rdma_resolve_addr(pointer, nil, destinationAddress, ms)
                     }
                 }
-            } else {
-                try minusOneOrErrno("rdma_resolve_addr", "resolving \(destination)") {
-                    rdma_resolve_addr(pointer, nil, destination, ms)
-                }
             }
+        } catch where error.errno == .networkUnreachable || error.errno == .noRouteToHost || error.errno == .addressNotAvailable
+            || error.errno == Errno(rawValue: ENODEV)
+        {
+            throw RDMAError(
+                .addressNotAvailable, operation: "rdma_resolve_addr", errno: error.errno,
+                message: "no RDMA device routes to \(destination.host)\(source.map { " from \($0.host)" } ?? ""): "
+                    + "use an address reached through an interface that has an RDMA device (rxe-setup status lists them)")
         }
     }
 

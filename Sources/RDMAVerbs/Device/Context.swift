@@ -135,8 +135,29 @@ public final class Context: @unchecked Sendable {
     ///
     /// This is the GID to use for a connection from that address; RoCE v2 is preferred over v1.
     public func gidIndex(forIPv4 ipv4: IPv4Address, port: UInt8 = 1) throws(RDMAError) -> Int? {
-        let wanted = GID(ipv4MappedFrom: ipv4)
-        let matches = try gids(port: port).filter { $0.gid == wanted }
-        return (matches.first { $0.type == .roceV2 } ?? matches.first)?.index
+        try gidIndex(of: GID(ipv4MappedFrom: ipv4), port: port)
+    }
+
+    /// The index of `wanted` in the GID table, its RoCE v2 entry when there are several.
+    ///
+    /// Stops at the RoCE v2 entry: a soft-RoCE table has 1024 slots, mostly empty, and each
+    /// query is a system call.
+    ///
+    /// The corresponding C function is `ibv_query_gid_ex`.
+    public func gidIndex(of wanted: GID, port number: UInt8 = 1) throws(RDMAError) -> Int? {
+        let tableSize = Int(try port(number).gidTableLength)
+        var other: Int?
+        for index in 0..<tableSize {
+            let entry: GIDEntry
+            do {
+                entry = try gid(port: number, index: index)
+            } catch where error.errno == .noData || error.errno == .invalidArgument {
+                continue  // an empty slot
+            }
+            guard entry.gid == wanted else { continue }
+            if entry.type == .roceV2 { return index }
+            other = other ?? index
+        }
+        return other
     }
 }

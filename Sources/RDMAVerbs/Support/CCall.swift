@@ -92,7 +92,7 @@ package func nextOrWait<T>(
 
 extension Duration {
     /// The duration in whole milliseconds, rounded up so that a short wait never becomes 0.
-    var milliseconds: Int64 {
+    package var milliseconds: Int64 {
         let (seconds, attoseconds) = components
         let ms = seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
         return max(ms, 0)

@@ -1,0 +1,87 @@
+import RDMAVerbs
+import Testing
+@testable import DMAIO
+
+/// The TCP-upgrade handshake parser takes bytes from whoever is on the other end of a socket:
+/// every input must give a valid hello or a clear `connectionFailed` error, never a crash.
+@Suite struct SocketHandshakeTests {
+    static let valid = SocketHandshake.Hello(
+        mtu: 3, endpoint: QueuePairEndpoint(queuePairNumber: 0, packetSequenceNumber: 0x12_3456, gid: GID(ipv4MappedFrom: IPv4Address("10.99.0.2")!)),
+        credits: 8, slotSize: 4096)
+
+    @Test func helloRoundTrips() throws {
+        #expect(Self.valid.bytes.count == SocketHandshake.helloSize)
+        #expect(try SocketHandshake.Hello(parsing: Self.valid.bytes) == Self.valid)
+    }
+
+    @Test(arguments: [
+        (0, "magic"), (4, "version"), (6, "MTU"), (8, "reserved"), (12, "PSN"), (36, "credits"), (40, "slot size"),
+    ])
+    func eachCheckedFieldIsRefused(offset: Int, field: String) {
+        var bytes = Self.valid.bytes
+        bytes[offset] ^= 0xFF
+        #expect(throws: RDMAError.self, "a corrupted \(field) was accepted") { try SocketHandshake.Hello(parsing: bytes) }
+    }
+
+    @Test func queuePairNumbersAre24BitsAndNotZero() throws {
+        #expect(try SocketHandshake.queuePairNumber(parsing: SocketHandshake.queuePairNumberBytes(0x11)) == 0x11)
+        for bad: [UInt8] in [[0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 1], [], [0, 0, 0, 1, 0]] {
+            #expect(throws: RDMAError.self) { try SocketHandshake.queuePairNumber(parsing: bad) }
+        }
+    }
+
+    /// Property-based fuzzing: 200,000 inputs — random bytes of random lengths, valid hellos
+    /// with random bytes flipped, truncated and extended ones — each parsed. Anything accepted
+    /// must satisfy every invariant the queue-pair setup relies on; anything refused must be
+    /// `connectionFailed` with EPROTO and a message.
+    @Test func fuzzedHellosAreAcceptedOnlyWhenValid() {
+        var generator = SplitMix64(seed: 0x5EED_D1A0)
+        var accepted = 0, refused = 0
+        let inputs = 200_000
+        for round in 0..<inputs {
+            var bytes: [UInt8]
+            switch round % 4 {
+            case 0:
+                bytes = (0..<Int(generator.next() % 80)).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+            case 1:
+                bytes = Self.valid.bytes
+                for _ in 0..<(1 + Int(generator.next() % 4)) {
+                    bytes[Int(generator.next() % UInt64(bytes.count))] = UInt8(truncatingIfNeeded: generator.next())
+                }
+            case 2:
+                bytes = Array(Self.valid.bytes.prefix(Int(generator.next() % 48)))
+            default:
+                bytes = Self.valid.bytes + (0..<(1 + Int(generator.next() % 16))).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+            }
+            do {
+                let hello = try SocketHandshake.Hello(parsing: bytes)
+                accepted += 1
+                #expect(bytes.count == SocketHandshake.helloSize)
+                #expect((1...5).contains(hello.mtu))
+                #expect(hello.credits >= 1 && hello.credits <= WireProtocol.creditMask)
+                #expect(hello.slotSize >= 64 && hello.slotSize <= 1 << 30 && hello.slotSize.nonzeroBitCount == 1)
+                #expect(hello.endpoint.packetSequenceNumber <= 0xFF_FFFF)
+                #expect(hello.bytes == bytes, "an accepted hello does not re-encode to its input")
+            } catch {
+                refused += 1
+                #expect(error.code == .connectionFailed && error.errno == .protocolError && !error.message.isEmpty)
+            }
+        }
+        print("socket handshake fuzz: \(inputs) inputs, \(accepted) accepted, \(refused) refused")
+        #expect(accepted + refused == inputs)
+        #expect(accepted > 0 && refused > 0)
+    }
+}
+
+/// A small deterministic generator, so that a failing input can be reproduced.
+struct SplitMix64 {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

@@ -1,0 +1,57 @@
+import Foundation
+import Testing
+
+extension RxeIntegration {
+    /// The C ABI (dmaio.h, libdmaio.so) as C programs use it: the C test program, which checks
+    /// every call against the header, and the C ping-pong example, across two processes.
+    @Suite struct CABI {
+        init() throws { try RxeEnvironment.requireRxeDevice() }
+
+        /// The second process's device and address: the VM's rxe1, or the same device on a host
+        /// with one.
+        private var peerDevice: String { ProcessInfo.processInfo.environment["RXE_PEER_DEVICE"] ?? RxeEnvironment.deviceName }
+        private var peerAddress: String { ProcessInfo.processInfo.environment["RXE_PEER_ADDR"] ?? RxeEnvironment.address }
+
+        private func product(_ name: String) -> String { RxeEnvironment.productsDirectory.appendingPathComponent(name).path }
+
+        /// Every call's documented behaviour and errors, one and two processes (TAP output).
+        @Test func cTestProgramPassesEveryCheck() throws {
+            let result = try run(tool("env"), [
+                "RXE_DEVICE=\(RxeEnvironment.deviceName)", "RXE_ADDR=\(RxeEnvironment.address)",
+                "RXE_PEER_DEVICE=\(peerDevice)", "RXE_PEER_ADDR=\(peerAddress)", product("dmaio-c-tests"),
+            ], timeout: 300)
+            let lines = result.standardOutput.split(separator: "\n")
+            let failed = lines.filter { $0.hasPrefix("not ok") }
+            let passed = lines.filter { $0.hasPrefix("ok ") }.count
+            print("dmaio-c-tests: \(passed) checks passed, \(failed.count) failed")
+            #expect(result.status == 0, "dmaio-c-tests exited \(result.status): \(failed.joined(separator: "\n"))\n\(result.standardError.suffix(2000))")
+            #expect(failed.isEmpty, "\(failed.joined(separator: "\n"))")
+            #expect(passed > 100, "only \(passed) checks ran")
+            #expect(!result.standardOutput.contains("Bail out!"))
+        }
+
+        /// The example: a TCP connection upgraded by dma_assoc on both ends, 10,000 messages
+        /// (5,000 round trips) with every byte checked, each side sleeping in poll() on ec_to_fd.
+        @Test func cPingPongExchangesTenThousandMessagesOverAnUpgradedSocket() throws {
+            let port = String(RxeEnvironment.freshPort())
+            let script = """
+                log=$(mktemp)
+                DMAIO_DEVICE="$1" "$5" -p "$3" -n 5000 -s 4096 -b "$2" > "$log" 2>&1 &
+                server=$!
+                for _ in $(seq 1 300); do grep -q waiting "$log" && break; kill -0 $server 2>/dev/null || break; sleep 0.1; done
+                DMAIO_DEVICE="$4" "$5" -p "$3" -n 5000 -s 4096 -b "$6" "$2"; client=$?
+                wait $server; status=$?
+                sed 's/^/[server] /' "$log"; rm -f "$log"
+                [ $client -eq 0 ] && [ $status -eq 0 ]
+                """
+            let result = try run(tool("sh"), ["-c", script, "c-pingpong-test", RxeEnvironment.deviceName, RxeEnvironment.address, port,
+                                              peerDevice, product("c-pingpong"), peerAddress], timeout: 240)
+            #expect(result.status == 0, "\(result.standardOutput)\n\(result.standardError)")
+            #expect(result.standardOutput.contains("5000 iters in"))
+            // Both sides check every message they receive.
+            #expect(result.standardOutput.components(separatedBy: "content of all 5000 messages checked: OK").count == 3,
+                    "\(result.standardOutput)")
+            print(result.standardOutput.split(separator: "\n").filter { $0.contains("usec/iter") }.joined(separator: "\n"))
+        }
+    }
+}
