@@ -178,10 +178,9 @@ public final class EventChannel: @unchecked Sendable {
     package func wokeUp(_ ready: Readiness = .all) throws(RDMAError) {
         try lock.withLock { _ throws(RDMAError) in
             if ready.contains(.connections) { lookAtConnectionEvents = true }
-            if armed, ready.contains(.completions) {
-                _ = try completionChannel.nextEvent()
-                armed = false
-            }
+            // A notification waiting on the channel is taken even when the queue was not known
+            // to be armed: left there, it would keep the descriptor readable (a busy loop).
+            if ready.contains(.completions), try completionChannel.nextEvent() != nil { armed = false }
         }
     }
 
@@ -208,7 +207,7 @@ public final class EventChannel: @unchecked Sendable {
 
     /// Waits up to `timeout` (forever when nil) for an event — `ec_delay`. Nil on timeout.
     ///
-    /// The corresponding C functions are `poll` and those of ``next()``.
+    /// The corresponding C functions are `epoll_wait` and those of ``next()``.
     public func wait(timeout: Duration?) throws(RDMAError) -> Event? {
         let clock = ContinuousClock()
         let deadline = timeout.map { clock.now + $0 }
@@ -262,9 +261,8 @@ public final class EventChannel: @unchecked Sendable {
         let found = try pollAllLocked()
         // Completions came while armed: a notification was raised for them. Take it, so the
         // descriptor quiets; an idle, armed queue costs no system call.
-        if found > 0 && armed {
-            _ = try completionChannel.nextEvent()  // one notification per arming
-            armed = false
+        if found > 0 && armed, try completionChannel.nextEvent() != nil {
+            armed = false  // one notification per arming; one not raised yet is taken on wake-up
         }
         // Connection events are rare: look after a sleep ended, or every 64th time, and only
         // when the descriptor says one is there (rdma_get_cm_event allocates per call).
