@@ -17,6 +17,12 @@ struct Session {
     let useEvents: Bool
     let check: Bool
     let pattern: Pattern
+    /// Sends posted and not yet completed.
+    let outstanding = Counter()
+
+    final class Counter {
+        var value = 0
+    }
 
     init(size: Int, device: String?, events useEvents: Bool, check: Bool) throws(RDMAError) {
         self.size = size
@@ -61,6 +67,9 @@ struct Session {
             last = now
         }
         let seconds = Self.microseconds(clock.now - start) / 1e6
+        // The last message must have left before the caller closes the connection: a close
+        // flushes sends still in flight, and the peer would wait for that message in vain.
+        while outstanding.value > 0 { try waitForEvent(blocking: true) }
         roundTrips.sort()
         func at(_ fraction: Double) -> Double { roundTrips[min(roundTrips.count - 1, Int(Double(roundTrips.count) * fraction))] }
         return Result(
@@ -79,6 +88,7 @@ struct Session {
                 let buffer = try area.reserve(size)
                 if check { buffer.withUnsafeMutableBytes { pattern.fill($0, sequence: UInt64(sequence)) } }
                 try connection.send(buffer, cookie: UInt64(sequence))
+                outstanding.value += 1
                 return
             } catch {
                 // The previous send's buffer is not back yet: take its completion.
@@ -107,14 +117,17 @@ struct Session {
     }
 
     /// Takes one event: polling (ec_next_event) or sleeping on the channel (ec_delay).
-    private func waitForEvent() throws(RDMAError) {
-        let event = useEvents ? try events.wait(timeout: .seconds(30)) : try events.next()
+    private func waitForEvent(blocking: Bool = false) throws(RDMAError) {
+        let sleeps = useEvents || blocking
+        let event = sleeps ? try events.wait(timeout: .seconds(30)) : try events.next()
         switch event {
+        case .sent?:
+            outstanding.value -= 1
         case .disconnected?:
             throw RDMAError(.disconnected, operation: "pingpong", message: "the peer went away")
         case .sendFailed(_, _, let status)?:
             throw RDMAError(.workCompletion, operation: "aio_send", message: "a send failed: \(status)")
-        case nil where useEvents:
+        case nil where sleeps:
             throw RDMAError(.timedOut, operation: "ec_delay", message: "no event within 30 s: did the peer stop?")
         default:
             break
