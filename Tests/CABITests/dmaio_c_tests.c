@@ -27,6 +27,7 @@
 
 #include "tests.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,12 @@ int main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "--peer") == 0)
         return peer_main(argc, argv);
+
+    /* A parent may start us with signals blocked (a test runner's worker thread, through
+     * posix_spawn): the EINTR check and the harness's alarm need them delivered. */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
 
     config_load(argv[0]);
     const char *deadline = getenv("DMAIO_TEST_DEADLINE");
