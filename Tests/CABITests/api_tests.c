@@ -165,7 +165,9 @@ void test_areas(void)
     tap_check(again != area, "the new area does not reuse the freed handle", "the same handle %p", (void *)again);
     EXPECT_ERR(dma_free(area), EINVAL, "the freed handle stays unknown while a new area exists: dma_free");
     EXPECT_ERR(sio_reserve(area, &buf, 64), EINVAL, "the freed handle stays unknown while a new area exists: sio_reserve");
-    EXPECT_OK(dma_free(again), "dma_free of the new area");
+    EXPECT_OK(sio_reserve(again, &buf, 64), "sio_reserve of 64 bytes from the new area");
+    EXPECT_OK(dma_free(again), "dma_free while a reserved, unsent buffer is held (it goes with the area)");
+    EXPECT_ERR(sio_release_buffer(again, buf), EINVAL, "sio_release_buffer of that buffer after dma_free");
     EXPECT_OK(dma_free(other), "dma_free of the second area");
 }
 

@@ -569,8 +569,11 @@ static void credits_peer(struct ctx *c)
 
 /* ==== small-slots: 64-byte slots use what the header says ======================================= */
 
-/* dma_assoc: 16 slots of 64 bytes are 1 KiB, "so up to 2 * size bytes of the area are used":
- * 2 KiB of a one-page area, which leaves room for sends. */
+/* dma_assoc: 16 slots of 64 bytes are 1 KiB, plus one slot per credit the peer grants (16):
+ * "The slots lie side by side in one block of the area (the allocator rounds it up to a power of
+ * two)", so 2 KiB of a one-page area, which leaves room for sends. (The first version of the
+ * header said "up to 2 * size bytes of the area are used"; the first implementation took a
+ * 256-byte block per 64-byte slot, 8 KiB, and failed with ENOBUFS.) */
 static void small_slots_both(struct ctx *c, uint64_t mine, uint64_t theirs, bool main_side)
 {
     struct side s;
