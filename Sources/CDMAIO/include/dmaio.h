@@ -151,7 +151,10 @@ enum ec_event_type {
     EC_EVENT_CONNECTED = 1,    /* dma_assoc completed: data may flow */
     EC_EVENT_SENT = 2,         /* a send completed; its buffer is back in the area */
     EC_EVENT_RECEIVED = 3,     /* a message arrived: aio_recv takes it (size = its length); for
-                                  an aio_recv_cb request: buffer and size say where it is */
+                                  an aio_recv_cb request: buffer and size say where it is. One
+                                  event per message still waiting when the event is taken: a
+                                  message aio_recv took before its event was read is not
+                                  announced again (count messages, not events) */
     EC_EVENT_DISCONNECTED = 4, /* the peer went away or the link broke; error says why */
     EC_EVENT_SEND_FAILED = 5,  /* a send did not complete; status is the verbs status */
     EC_EVENT_RECV_FAILED = 6   /* a receive failed; status is the verbs status */
