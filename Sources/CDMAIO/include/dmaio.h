@@ -34,6 +34,11 @@
  * Errors common to every call: EINVAL for a NULL pointer where one is required, an unknown or
  * already freed handle (dma_mem_t, ec_t), or flags this version does not know.
  *
+ * A "DMAIO socket" is a descriptor the library knows: a TCP socket given to ec_bind, or a
+ * descriptor sio_connect, sio_listen or sio_accept returned. Calls on any other descriptor fail
+ * with EBADF and leave it alone. Close DMAIO sockets with sio_close, not close(). When several
+ * errors apply, which one is reported is not specified.
+ *
  * Threads: every call may be made from any thread; calls on one event channel are serialised
  * inside the library.
  *
@@ -260,7 +265,9 @@ int aio_send_cb(struct dma_aiocb *cb);
  * message arrives, cb->aio_buf and cb->aio_nbytes are filled and an EC_EVENT_RECEIVED event
  * with cb->aio_cookie, buffer and size goes to cb->aio_ec. Requests are served in order.
  * Errors as aio_recv (never EAGAIN), plus EINVAL for a NULL cb or an unknown aio_ec. A message
- * longer than aio_nbytes fails the request with an EC_EVENT_RECV_FAILED event, error EMSGSIZE. */
+ * longer than aio_nbytes fails the request: at once with EMSGSIZE when it is already there, or
+ * later with an EC_EVENT_RECV_FAILED event, error EMSGSIZE; either way the message stays queued
+ * for the next request or aio_recv. */
 int aio_recv_cb(struct dma_aiocb *cb);
 
 /* ---------------------------------------------------------------------------------------- */
