@@ -35,9 +35,10 @@
  * already freed handle (dma_mem_t, ec_t), or flags this version does not know.
  *
  * A "DMAIO socket" is a descriptor the library knows: a TCP socket given to ec_bind, or a
- * descriptor sio_connect, sio_listen or sio_accept returned. Calls on any other descriptor fail
- * with EBADF and leave it alone. Close DMAIO sockets with sio_close, not close(). When several
- * errors apply, which one is reported is not specified.
+ * descriptor sio_connect, sio_listen or sio_accept returned. aio_send, aio_recv, their aiocb
+ * forms, sio_accept and sio_close fail with EBADF on any other descriptor and leave it alone.
+ * Close DMAIO sockets with sio_close, not close(). When several errors apply, which one is
+ * reported is not specified.
  *
  * Threads: every call may be made from any thread; calls on one event channel are serialised
  * inside the library.
