@@ -72,12 +72,7 @@ public func ecBind(_ ec: OpaquePointer?, _ socket: Int32) -> Int32 {
 
 /// EBADF for a descriptor that is not open, ENOTSOCK for one that is not a socket.
 func checkSocketDescriptor(_ socket: Int32, _ operation: String) throws(Failure) {
-    guard socket >= 0, fcntl(socket, F_GETFD) >= 0 else { throw Failure(EBADF, "\(operation): descriptor \(socket) is not open") }
-    var type: Int32 = 0
-    var length = socklen_t(MemoryLayout<Int32>.size)
-    guard getsockopt(socket, SOL_SOCKET, SO_TYPE, &type, &length) == 0 else {
-        throw Failure(ENOTSOCK, "\(operation): descriptor \(socket) is not a socket: pass a connected TCP socket")
-    }
+    try swiftCall { () throws(RDMAError) in try Connection.checkSocket(socket, for: operation) }
 }
 
 /// `int ec_next_event(ec_t ec, struct ec_event *event)`: 1 with the event, 0 when none.
@@ -138,7 +133,7 @@ public func ecDelay(_ ec: OpaquePointer?, _ event: UnsafeMutablePointer<ec_event
             if let deadline {
                 let left = deadline - clock.now
                 if left <= .zero { return 0 }
-                milliseconds = Int32(clamping: left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
+                milliseconds = Int32(clamping: left.milliseconds)
             }
             var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
             if poll(&entry, 1, milliseconds) < 0 {

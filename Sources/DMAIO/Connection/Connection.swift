@@ -90,17 +90,26 @@ public final class Connection: @unchecked Sendable {
         state.explicitGIDIndex = gidIndex
     }
 
-    private static func checkConnectedStreamSocket(_ socket: Int32) throws(RDMAError) {
+    /// Checks that `socket` is an open socket (`EBADF`, `ENOTSOCK` otherwise); returns its type.
+    ///
+    /// The corresponding C functions are `fcntl` and `getsockopt`.
+    @discardableResult
+    package static func checkSocket(_ socket: Int32, for operation: String) throws(RDMAError) -> Int32 {
         guard socket >= 0, fcntl(socket, F_GETFD) >= 0 else {
-            throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .badFileDescriptor,
+            throw RDMAError(.invalidArgument, operation: operation, errno: .badFileDescriptor,
                             message: "descriptor \(socket) is not open")
         }
         var type: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)
         guard getsockopt(socket, SOL_SOCKET, SO_TYPE, &type, &length) == 0 else {
-            throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .notSocket,
+            throw RDMAError(.invalidArgument, operation: operation, errno: .notSocket,
                             message: "descriptor \(socket) is not a socket: pass a connected TCP socket")
         }
+        return type
+    }
+
+    private static func checkConnectedStreamSocket(_ socket: Int32) throws(RDMAError) {
+        let type = try checkSocket(socket, for: "dma_assoc")
         guard type == Int32(SOCK_STREAM.rawValue) else {
             throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .invalidArgument,
                             message: "descriptor \(socket) is not a stream socket: pass a connected TCP socket")
@@ -433,11 +442,7 @@ public final class Connection: @unchecked Sendable {
     /// The corresponding C function is `ibv_poll_cq`.
     public func receive() throws(RDMAError) -> ReceivedBuffer? {
         try events.lock.withLock { _ throws(RDMAError) -> ReceivedBuffer? in
-            if state.arrivals.isEmpty, state.status == .connected { try events.pumpLocked() }
-            guard let arrival = state.arrivals.popFirst() else {
-                if state.status != .connected { try checkUsableLocked(for: "aio_recv") }
-                return nil
-            }
+            guard try nextArrivalLocked() != nil, let arrival = state.arrivals.popFirst() else { return nil }
             state.handedOut += 1
             state.held += 1
             let start = state.area!.address(state.slotOffsets[Int(arrival.slot)])
@@ -450,13 +455,20 @@ public final class Connection: @unchecked Sendable {
     /// arrived; for a caller that must refuse messages longer than its buffer before taking them.
     package func nextMessageLength() throws(RDMAError) -> Int? {
         try events.lock.withLock { _ throws(RDMAError) -> Int? in
-            if state.arrivals.isEmpty, state.status == .connected { try events.pumpLocked() }
-            guard let front = state.arrivals.front else {
-                if state.status != .connected { try checkUsableLocked(for: "aio_recv") }
-                return nil
-            }
-            return Int(front.length)
+            try nextArrivalLocked().map { Int($0.length) }
         }
+    }
+
+    /// The message to hand out next, after taking what the device reported when none is
+    /// waiting; nil when none has arrived. Throws once the connection is unusable and every
+    /// message was handed out. Lock held.
+    private func nextArrivalLocked() throws(RDMAError) -> ConnectionState.Arrival? {
+        if state.arrivals.isEmpty, state.status == .connected { try events.pumpLocked() }
+        guard let front = state.arrivals.front else {
+            if state.status != .connected { try checkUsableLocked(for: "aio_recv") }
+            return nil
+        }
+        return front
     }
 
     /// The next received message in the proposal's own form: a view of the bytes where the

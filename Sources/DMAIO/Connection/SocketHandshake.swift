@@ -162,16 +162,6 @@ enum SocketHandshake {
         return bytes
     }
 
-    private static func waitWritable(_ socket: Int32, timeout: Duration) throws(RDMAError) -> Bool {
-        var entry = pollfd(fd: socket, events: Int16(POLLOUT), revents: 0)
-        let milliseconds = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
-        let result = poll(&entry, 1, milliseconds)
-        if result < 0 && errno != EINTR {
-            throw RDMAError(.systemCall, operation: "poll", errno: .init(rawValue: errno), message: "waiting to write the handshake")
-        }
-        return result > 0
-    }
-
     private static func timedOut(_ timeout: Duration) -> RDMAError {
         RDMAError(.timedOut, operation: "dma_assoc", errno: .timedOut,
                   message: "the peer did not complete the handshake within \(timeout): does it call dma_assoc on its end of the socket?")

@@ -67,7 +67,16 @@ func setNonBlocking(_ fd: Int32, for operation: String) throws(RDMAError) {
 /// Waits until `fd` is readable or `timeout` passes (`poll`). Returns false on timeout.
 /// A nil timeout waits forever; a zero timeout only looks.
 package func waitReadable(_ fd: Int32, timeout: Duration?) throws(RDMAError) -> Bool {
-    var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    try wait(for: POLLIN, on: fd, timeout: timeout)
+}
+
+/// Waits until `fd` is writable or `timeout` passes (`poll`), as ``waitReadable(_:timeout:)``.
+package func waitWritable(_ fd: Int32, timeout: Duration?) throws(RDMAError) -> Bool {
+    try wait(for: POLLOUT, on: fd, timeout: timeout)
+}
+
+private func wait(for events: Int32, on fd: Int32, timeout: Duration?) throws(RDMAError) -> Bool {
+    var pfd = pollfd(fd: fd, events: Int16(events), revents: 0)
     let milliseconds: Int32 = timeout.map { Int32(clamping: $0.milliseconds) } ?? -1
     let ready = try minusOneOrErrno("poll", "waiting for descriptor \(fd)") {
         poll(&pfd, 1, milliseconds)
