@@ -119,16 +119,24 @@ public final class Context: @unchecked Sendable {
     ///
     /// The corresponding C function is `ibv_query_gid_ex`.
     public func gids(port number: UInt8 = 1) throws(RDMAError) -> [GIDEntry] {
-        let tableSize = Int(try port(number).gidTableLength)
         var entries: [GIDEntry] = []
+        try forEachGID(port: number) { entries.append($0); return true }
+        return entries
+    }
+
+    /// Calls `body` with each valid entry of the GID table, in index order, until it returns
+    /// false.
+    private func forEachGID(port number: UInt8, _ body: (GIDEntry) -> Bool) throws(RDMAError) {
+        let tableSize = Int(try port(number).gidTableLength)
         for index in 0..<tableSize {
+            let entry: GIDEntry
             do {
-                entries.append(try gid(port: number, index: index))
+                entry = try gid(port: number, index: index)
             } catch where error.errno == .noData || error.errno == .invalidArgument {
                 continue  // an empty slot
             }
+            guard body(entry) else { return }
         }
-        return entries
     }
 
     /// The index of the RoCE v2 GID that carries `ipv4` (as `::ffff:a.b.c.d`), if any.
@@ -145,19 +153,13 @@ public final class Context: @unchecked Sendable {
     ///
     /// The corresponding C function is `ibv_query_gid_ex`.
     public func gidIndex(of wanted: GID, port number: UInt8 = 1) throws(RDMAError) -> Int? {
-        let tableSize = Int(try port(number).gidTableLength)
-        var other: Int?
-        for index in 0..<tableSize {
-            let entry: GIDEntry
-            do {
-                entry = try gid(port: number, index: index)
-            } catch where error.errno == .noData || error.errno == .invalidArgument {
-                continue  // an empty slot
-            }
-            guard entry.gid == wanted else { continue }
-            if entry.type == .roceV2 { return index }
-            other = other ?? index
+        var roceV2: Int?, other: Int?
+        try forEachGID(port: number) { entry in
+            guard entry.gid == wanted else { return true }
+            if entry.type == .roceV2 { roceV2 = entry.index }
+            other = other ?? entry.index
+            return roceV2 == nil
         }
-        return other
+        return roceV2 ?? other
     }
 }
