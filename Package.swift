@@ -112,7 +112,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RDMAVerbsIntegrationTests",
-            dependencies: ["RDMAVerbs", "DMAIO", "CRDMA", "CMallocCounter"],
+            dependencies: ["RDMAVerbs", "DMAIO", "CRDMA", "CMallocCounter", "ExampleSupport"],
             path: "Tests/RDMAVerbsIntegrationTests"
         ),
     ]

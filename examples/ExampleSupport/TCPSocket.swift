@@ -10,17 +10,28 @@ public enum TCPSocket {
     /// Listens on host:port, takes one connection, closes the listener; calls `listening`
     /// once the port accepts connections.
     public static func acceptOne(on host: String, port: UInt16, listening: () -> Void) throws(RDMAError) -> Int32 {
-        let address = try SocketAddress(host: host, port: port)
-        let listener = Int32(try check("socket", socket(address.family, Int32(SOCK_STREAM.rawValue), 0)))
+        let listener = try listen(on: host, port: port)
         defer { close(listener) }
-        var one: Int32 = 1
-        setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        try address.withSockaddr { sockaddr throws(RDMAError) in
-            _ = try check("bind", bind(listener, sockaddr, address.length))
-        }
-        _ = try check("listen", listen(listener, 1))
         listening()
         return Int32(try check("accept", accept(listener, nil, nil)))
+    }
+
+    /// A socket listening on host:port (the address may be reused at once).
+    public static func listen(on host: String, port: UInt16, backlog: Int32 = 1) throws(RDMAError) -> Int32 {
+        let address = try SocketAddress(host: host, port: port)
+        let listener = Int32(try check("socket", socket(address.family, Int32(SOCK_STREAM.rawValue), 0)))
+        do throws(RDMAError) {
+            var one: Int32 = 1
+            setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+            try address.withSockaddr { sockaddr throws(RDMAError) in
+                _ = try check("bind", bind(listener, sockaddr, address.length))
+            }
+            _ = try check("listen", Glibc.listen(listener, backlog))
+        } catch {
+            close(listener)
+            throw error
+        }
+        return listener
     }
 
     /// A socket connected to host:port, leaving from `source` when given.
