@@ -35,12 +35,12 @@ final class Registry: @unchecked Sendable {
     }
 
     func area(_ handle: OpaquePointer?, _ operation: String) throws(Failure) -> AreaEntry {
-        guard let handle, let entry = areas[UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(handle)))] else { throw .unknownArea(operation) }
+        guard let handle, let entry = areas[UInt(bitPattern: handle)] else { throw .unknownArea(operation) }
         return entry
     }
 
     func channel(_ handle: OpaquePointer?, _ operation: String) throws(Failure) -> ChannelEntry {
-        guard let handle, let entry = channels[UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(handle)))] else { throw .unknownChannel(operation) }
+        guard let handle, let entry = channels[UInt(bitPattern: handle)] else { throw .unknownChannel(operation) }
         return entry
     }
 
