@@ -237,17 +237,22 @@ public final class Connection: @unchecked Sendable {
         try install(queuePair, area: area, slotSize: slotSize, granted: granted, slotOffsets: offsets, sendDepth: sendDepth, pool: pool, blocks: &blocks)
         let hello = WireProtocol.Hello(credits: UInt32(granted), room: UInt32(room), slotSize: UInt32(slotSize))
         let peer: WireProtocol.Hello
+        // No RDMA reads or atomics are offered (the API only sends), and no remote access is left.
+        let parameters = ConnectionParameters(
+            privateData: hello.bytes, responderResources: 0, initiatorDepth: 0, retryCount: PeerTimeout.retryCount)
+        try cmID.setAckTimeout(PeerTimeout.ackTimeout)
         if let request = state.peerHello {
-            _ = try cmID.accept(ConnectionParameters(privateData: hello.bytes), timeout: timeout)
+            _ = try cmID.accept(parameters, timeout: timeout)
             peer = request
         } else {
-            let established = try cmID.connect(ConnectionParameters(privateData: hello.bytes), timeout: timeout)
+            let established = try cmID.connect(parameters, timeout: timeout)
             peer = try WireProtocol.Hello(parsing: established.privateData)
             guard Int(peer.credits) <= room else {
                 throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
                                 message: "the peer granted \(peer.credits) credits, more than the \(room) this side can absorb: protocol error")
             }
         }
+        try queuePair.setRemoteAccess([])
         events.lock.withLock { _ in
             state.credits = Int(peer.credits)
             state.peerSlotSize = Int(peer.slotSize)
@@ -293,7 +298,7 @@ public final class Connection: @unchecked Sendable {
         var remote = peer.endpoint
         remote.queuePairNumber = peerQueuePair
         try queuePair.moveToReadyToReceive(remote: remote, port: 1, gidIndex: gidIndex, mtu: ibv_mtu(rawValue: min(UInt32(hello.mtu), UInt32(peer.mtu))))
-        try queuePair.moveToReadyToSend(packetSequenceNumber: psn)
+        try queuePair.moveToReadyToSend(packetSequenceNumber: psn, timeout: PeerTimeout.ackTimeout, retryCount: PeerTimeout.retryCount)
         // Both sides have posted their receives: data may flow once the peer says so.
         try SocketHandshake.send([SocketHandshake.readyByte], over: socket, timeout: timeout)
         let ready = try SocketHandshake.receive(1, over: socket, timeout: timeout)
@@ -503,6 +508,15 @@ public final class Connection: @unchecked Sendable {
             throw RDMAError(.notConnected, operation: operation, errno: .badFileDescriptor,
                             message: "\(id) was closed")
         }
+    }
+
+    /// The queue pair's attributes as the device reports them — what a remote peer may do,
+    /// the ACK timeout and retry count; nil before association and after ``close()``.
+    ///
+    /// The corresponding C function is `ibv_query_qp`.
+    public func queuePairAttributes() throws(RDMAError) -> QueuePairAttributes? {
+        guard let queuePair = events.lock.withLock({ _ in state.status == .closed ? nil : state.queuePair }) else { return nil }
+        return try queuePair.attributes()
     }
 
     /// Closes the connection: disconnects, fails unsent messages, and returns its receive

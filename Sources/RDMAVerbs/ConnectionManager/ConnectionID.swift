@@ -214,6 +214,21 @@ public final class ConnectionID: @unchecked Sendable {
             receiveQueue: receiveQueue, capabilities: capabilities, sharedReceiveQueue: sharedReceiveQueue)
     }
 
+    /// Sets the ACK timeout of the id's queue pair: how long it waits for an acknowledgement
+    /// before sending again, as 4.096 µs × 2^`exponent` (rdma_cm otherwise derives it from the
+    /// path's packet lifetime). Call it before ``connect(_:timeout:)`` or ``accept(_:timeout:)``.
+    ///
+    /// The corresponding C function is `rdma_set_option` (`RDMA_OPTION_ID_ACK_TIMEOUT`).
+    public func setAckTimeout(_ exponent: UInt8) throws(RDMAError) {
+        guard exponent <= 31 else {
+            throw RDMAError.invalidArgument("rdma_set_option", "an ACK timeout exponent is at most 31, not \(exponent)")
+        }
+        var value = exponent
+        try minusOneOrErrno("rdma_set_option", "setting the ACK timeout of an rdma_cm id") {
+            rdma_set_option(pointer, Int32(RDMA_OPTION_ID), Int32(RDMA_OPTION_ID_ACK_TIMEOUT), &value, 1)
+        }
+    }
+
     /// Connects (after ``resolve(to:from:timeout:)`` and creating the queue pair) and waits for
     /// the connection to be established.
     ///
