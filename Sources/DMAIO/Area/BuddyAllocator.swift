@@ -12,22 +12,31 @@
 /// free(0), free(512) → merged again:    [        1024        ]
 /// ```
 ///
+/// It sits on the data path (every `sio_reserve`, every completed send), so each operation
+/// touches its two tables through one pair of buffer pointers: one uniqueness check per table
+/// and call, not one per element.
+///
 /// Not thread-safe: its owner serialises access.
 struct BuddyAllocator {
     let minimumBlock: Int
     let capacity: Int
     private let blockShift: Int
     private let maxOrder: Int
-    /// Per minimum block: the order of the block that starts there, or -1.
-    private var order: [Int8]
-    /// Per minimum block: whether the block that starts there is free.
-    private var isFree: [Bool]
-    private var next: [Int32]
-    private var previous: [Int32]
+    /// Per minimum block: the free-list links and the state of the block that starts there.
+    private var nodes: [Node]
     /// Per order: the first free block, or -1.
     private var heads: [Int32]
     /// Bytes in blocks handed out (block sizes, not requested sizes).
     private(set) var bytesInUse = 0
+
+    private struct Node {
+        var next: Int32 = -1
+        var previous: Int32 = -1
+        /// The order of the block that starts here, or -1.
+        var order: Int8 = -1
+        /// Whether the block that starts here is free.
+        var isFree = false
+    }
 
     /// - Parameters:
     ///   - capacity: bytes to manage; rounded down to a multiple of `minimumBlock`.
@@ -38,56 +47,62 @@ struct BuddyAllocator {
         blockShift = minimumBlock.trailingZeroBitCount
         let blocks = capacity >> blockShift
         self.capacity = blocks << blockShift
-        maxOrder = blocks > 0 ? Int.bitWidth - 1 - blocks.leadingZeroBitCount : 0
-        order = Array(repeating: -1, count: blocks)
-        isFree = Array(repeating: false, count: blocks)
-        next = Array(repeating: -1, count: blocks)
-        previous = Array(repeating: -1, count: blocks)
+        let maxOrder = blocks > 0 ? Int.bitWidth - 1 - blocks.leadingZeroBitCount : 0
+        self.maxOrder = maxOrder
+        nodes = Array(repeating: Node(), count: blocks)
         heads = Array(repeating: -1, count: maxOrder + 1)
         // Seed with the largest aligned blocks that tile the capacity.
-        var index = 0
-        while index < blocks {
-            var o = min(maxOrder, index == 0 ? maxOrder : index.trailingZeroBitCount)
-            while index + (1 << o) > blocks { o -= 1 }
-            push(index, order: o)
-            index += 1 << o
+        withLists { lists in
+            var index = 0
+            while index < blocks {
+                var o = min(maxOrder, index == 0 ? maxOrder : index.trailingZeroBitCount)
+                while index + (1 << o) > blocks { o -= 1 }
+                lists.push(index, order: o)
+                index += 1 << o
+            }
         }
     }
 
     /// The size of the block that serves a request of `bytes`, or nil if none could.
+    @inline(__always)
     func blockSize(for bytes: Int) -> Int? {
         guard bytes > 0, bytes <= capacity else { return nil }
-        let blocks = (bytes + minimumBlock - 1) >> blockShift
+        let blocks = (bytes + minimumBlock - 1) &>> blockShift
         let o = blocks <= 1 ? 0 : Int.bitWidth - (blocks - 1).leadingZeroBitCount
-        return o <= maxOrder ? minimumBlock << o : nil
+        return o <= maxOrder ? minimumBlock &<< o : nil
     }
 
     /// Allocates a block of at least `bytes`; returns its offset, or nil when no free block is
     /// large enough.
     mutating func allocate(_ bytes: Int) -> Int? {
         guard let size = blockSize(for: bytes) else { return nil }
-        let wanted = (size >> blockShift).trailingZeroBitCount
-        var o = wanted
-        while o <= maxOrder, heads[o] < 0 { o += 1 }
-        guard o <= maxOrder else { return nil }
-        let index = Int(heads[o])
-        remove(index, order: o)
-        while o > wanted {  // split, keeping the lower half
-            o -= 1
-            push(index + (1 << o), order: o)
+        let wanted = (size &>> blockShift).trailingZeroBitCount
+        let maxOrder = self.maxOrder
+        let found = withLists { lists -> Int? in
+            var o = wanted
+            while o <= maxOrder, lists.heads[o] < 0 { o += 1 }
+            guard o <= maxOrder else { return nil }
+            let index = Int(lists.heads[o])
+            lists.remove(index, order: o)
+            while o > wanted {  // split, keeping the lower half
+                o -= 1
+                lists.push(index + (1 &<< o), order: o)
+            }
+            lists.nodes[index].order = Int8(o)
+            lists.nodes[index].isFree = false
+            return index
         }
-        order[index] = Int8(o)
-        isFree[index] = false
+        guard let index = found else { return nil }
         bytesInUse += size
-        return index << blockShift
+        return index &<< blockShift
     }
 
     /// The size of the allocated block at `offset`, or nil if no allocated block starts there.
     func allocatedSize(at offset: Int) -> Int? {
         guard offset >= 0, offset < capacity, offset & (minimumBlock - 1) == 0 else { return nil }
-        let index = offset >> blockShift
-        guard order[index] >= 0, !isFree[index] else { return nil }
-        return minimumBlock << Int(order[index])
+        let node = nodes[offset &>> blockShift]
+        guard node.order >= 0, !node.isFree else { return nil }
+        return minimumBlock &<< Int(node.order)
     }
 
     /// Frees the block at `offset`; returns false (changing nothing) when no allocated block
@@ -96,36 +111,50 @@ struct BuddyAllocator {
     mutating func free(_ offset: Int) -> Bool {
         guard let size = allocatedSize(at: offset) else { return false }
         bytesInUse -= size
-        var index = offset >> blockShift
-        var o = Int(order[index])
-        order[index] = -1
-        while o < maxOrder {
-            let buddy = index ^ (1 << o)
-            guard buddy + (1 << o) <= order.count, isFree[buddy], order[buddy] == Int8(o) else { break }
-            remove(buddy, order: o)
-            order[buddy] = -1
-            index = min(index, buddy)
-            o += 1
+        let maxOrder = self.maxOrder, first = offset &>> blockShift
+        withLists { lists in
+            var index = first
+            var o = Int(lists.nodes[index].order)
+            lists.nodes[index].order = -1
+            while o < maxOrder {
+                let buddy = index ^ (1 &<< o)
+                guard buddy + (1 &<< o) <= lists.nodes.count, lists.nodes[buddy].isFree, lists.nodes[buddy].order == Int8(o) else { break }
+                lists.remove(buddy, order: o)
+                lists.nodes[buddy].order = -1
+                index = min(index, buddy)
+                o += 1
+            }
+            lists.push(index, order: o)
         }
-        push(index, order: o)
         return true
     }
 
-    private mutating func push(_ index: Int, order o: Int) {
-        order[index] = Int8(o)
-        isFree[index] = true
-        previous[index] = -1
-        next[index] = heads[o]
-        if heads[o] >= 0 { previous[Int(heads[o])] = Int32(index) }
-        heads[o] = Int32(index)
+    /// The two tables, open for one operation.
+    private struct Lists {
+        let nodes: UnsafeMutableBufferPointer<Node>
+        let heads: UnsafeMutableBufferPointer<Int32>
+
+        func push(_ index: Int, order o: Int) {
+            let head = heads[o]
+            nodes[index] = Node(next: head, previous: -1, order: Int8(o), isFree: true)
+            if head >= 0 { nodes[Int(head)].previous = Int32(index) }
+            heads[o] = Int32(index)
+        }
+
+        func remove(_ index: Int, order o: Int) {
+            let p = nodes[index].previous, n = nodes[index].next
+            if p >= 0 { nodes[Int(p)].next = n } else { heads[o] = n }
+            if n >= 0 { nodes[Int(n)].previous = p }
+            nodes[index].isFree = false
+            nodes[index].next = -1
+            nodes[index].previous = -1
+        }
     }
 
-    private mutating func remove(_ index: Int, order o: Int) {
-        let p = previous[index], n = next[index]
-        if p >= 0 { next[Int(p)] = n } else { heads[o] = n }
-        if n >= 0 { previous[Int(n)] = p }
-        isFree[index] = false
-        next[index] = -1
-        previous[index] = -1
+    @inline(__always)
+    private mutating func withLists<R>(_ body: (Lists) -> R) -> R {
+        nodes.withUnsafeMutableBufferPointer { nodes in
+            heads.withUnsafeMutableBufferPointer { heads in body(Lists(nodes: nodes, heads: heads)) }
+        }
     }
 }
