@@ -39,7 +39,7 @@ public final class EventChannel: @unchecked Sendable {
 
     // Guarded by `lock`, which serialises every access: no dynamic exclusivity checks (see
     // ConnectionState).
-    @exclusivity(unchecked) var connections: [UInt32: ConnectionState] = [:]
+    @exclusivity(unchecked) var connections = ConnectionTable()
     @exclusivity(unchecked) private var connectionsByCMID: [ConnectionID.ID: UInt32] = [:]
     /// Connections receiving through a shared pool, by queue pair number: a shared receive's
     /// completion names the queue pair, not the connection.
@@ -49,7 +49,9 @@ public final class EventChannel: @unchecked Sendable {
     @exclusivity(unchecked) private var poolsByQueuePair: [UInt32: SharedReceivePool] = [:]
     @exclusivity(unchecked) private var events: RingBuffer<Event> = RingBuffer()
     @exclusivity(unchecked) private var announcements: RingBuffer<UInt32> = RingBuffer()
-    @exclusivity(unchecked) private var polled = [WorkCompletion](repeating: WorkCompletion(), count: 32)
+    /// Where ``pollOnceLocked()`` has the device write completions: allocated once, so that
+    /// a poll checks no array for uniqueness and copies nothing.
+    private let polled: UnsafeMutableBufferPointer<WorkCompletion>
     @exclusivity(unchecked) private var armed = false
     /// Whether someone outside may sleep on the descriptor (see ``fileDescriptor``).
     @exclusivity(unchecked) private var descriptorHandedOut = false
@@ -92,6 +94,9 @@ public final class EventChannel: @unchecked Sendable {
         pollDescriptor = epoll
         wakeDescriptor = wake
         socketWatchDescriptor = sockets
+        // Allocated once everything that can fail without running deinit has succeeded.
+        polled = .allocate(capacity: 32)
+        polled.initialize(repeating: WorkCompletion())
         for fd in [completionChannel.fileDescriptor, connectionEvents.fileDescriptor, wake, sockets] {
             var event = epoll_event(events: EPOLLIN.rawValue, data: epoll_data_t(fd: fd))
             if epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) != 0 {
@@ -106,6 +111,7 @@ public final class EventChannel: @unchecked Sendable {
     }
 
     deinit {
+        polled.deallocate()
         close(pollDescriptor)
         close(wakeDescriptor)
         close(socketWatchDescriptor)
@@ -299,7 +305,7 @@ public final class EventChannel: @unchecked Sendable {
     }
 
     private func pollOnceLocked() throws(RDMAError) -> Int {
-        let count = try completionQueue.poll(into: &polled)
+        let count = try completionQueue.poll(into: polled)
         for index in 0..<count { try handleLocked(polled[index]) }
         return count
     }
