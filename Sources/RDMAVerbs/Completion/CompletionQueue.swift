@@ -55,18 +55,22 @@ public final class CompletionQueue: @unchecked Sendable {
     /// Moves up to `completions.count` finished work requests into `completions`, front first,
     /// and returns how many it moved (0 when none are ready).
     ///
-    /// Allocates nothing: pass a buffer you keep and reuse.
+    /// Allocates nothing: pass a buffer you keep and reuse. Inlinable: a busy loop calls it
+    /// over and over.
     ///
     /// The corresponding C function is `ibv_poll_cq`.
-    @inline(__always)
+    @inlinable
     public func poll(into completions: UnsafeMutableBufferPointer<WorkCompletion>) throws(RDMAError) -> Int {
         let count = completions.withMemoryRebound(to: ibv_wc.self) { wcs in
             ibv_poll_cq(pointer, Int32(clamping: wcs.count), wcs.baseAddress)
         }
-        guard count >= 0 else {
-            throw RDMAError.system("ibv_poll_cq", errno: .ioError, "polling the completion queue (the device reported an error)")
-        }
+        guard count >= 0 else { throw pollFailed() }
         return Int(count)
+    }
+
+    @usableFromInline
+    func pollFailed() -> RDMAError {
+        RDMAError.system("ibv_poll_cq", errno: .ioError, "polling the completion queue (the device reported an error)")
     }
 
     /// Moves up to `completions.count` finished work requests into the array; see

@@ -213,17 +213,38 @@ public final class QueuePair: @unchecked Sendable {
     ///   - inline: copy the bytes into the work request (at most
     ///     ``QueuePairCapabilities/maxInlineData``); the memory is free again on return.
     ///
+    /// Inlinable: it is the data path of every message, and the caller's constant arguments
+    /// fold away; its failures are built out of line.
+    ///
     /// The corresponding C function is `ibv_post_send`.
-    @inline(__always)
+    @inlinable
     public func postSend(
         _ segment: ScatterGatherElement, requestID: UInt64, operation: SendOperation = .send,
         signaled: Bool = true, inline: Bool = false
     ) throws(RDMAError) {
-        var sge = segment.raw
-        try withUnsafeMutablePointer(to: &sge) { sge throws(RDMAError) in
-            try postSend(UnsafeMutableBufferPointer(start: sge, count: segment.length == 0 ? 0 : 1),
-                         requestID: requestID, operation: operation, signaled: signaled, inline: inline)
+        var sge = ibv_sge(addr: segment.address, length: segment.length, lkey: segment.localKey)
+        var request = ibv_send_wr()
+        request.wr_id = requestID
+        request.num_sge = segment.length == 0 ? 0 : 1
+        switch operation {
+        case .send:
+            request.opcode = IBV_WR_SEND
+        case .sendWithImmediate(let immediate):
+            request.opcode = IBV_WR_SEND_WITH_IMM
+            request.imm_data = immediate.bigEndian
         }
+        var flags: UInt32 = signaled ? IBV_SEND_SIGNALED.rawValue : 0
+        if inline {
+            guard Int(segment.length) <= capabilities.maxInlineData else { throw inlineTooLarge(Int(segment.length)) }
+            flags |= IBV_SEND_INLINE.rawValue
+        }
+        request.send_flags = flags
+        var bad: UnsafeMutablePointer<ibv_send_wr>? = nil
+        let result = withUnsafeMutablePointer(to: &sge) { sge in
+            request.sg_list = sge
+            return ibv_post_send(pointer, &request, &bad)
+        }
+        if result != 0 { throw sendRefused(result) }
     }
 
     /// Posts a send gathered from several pieces of registered memory (at most
@@ -259,33 +280,63 @@ public final class QueuePair: @unchecked Sendable {
         if signaled { flags |= IBV_SEND_SIGNALED.rawValue }
         if inline {
             let total = sges.reduce(0) { $0 + Int($1.length) }
-            guard total <= capabilities.maxInlineData else {
-                throw RDMAError.invalidArgument(
-                    "ibv_post_send",
-                    "an inline send of \(total) bytes exceeds the queue pair's inline limit of \(capabilities.maxInlineData) bytes")
-            }
+            guard total <= capabilities.maxInlineData else { throw inlineTooLarge(total) }
             flags |= IBV_SEND_INLINE.rawValue
         }
         request.send_flags = flags
         var bad: UnsafeMutablePointer<ibv_send_wr>? = nil
-        try zeroOrErrno("ibv_post_send", "posting a send on queue pair \(number) (send queue full, or not connected?)") {
-            ibv_post_send(pointer, &request, &bad)
-        }
+        let result = ibv_post_send(pointer, &request, &bad)
+        if result != 0 { throw sendRefused(result) }
+    }
+
+    /// The error for an inline send beyond the granted inline size.
+    @usableFromInline
+    func inlineTooLarge(_ total: Int) -> RDMAError {
+        RDMAError.invalidArgument(
+            "ibv_post_send",
+            "an inline send of \(total) bytes exceeds the queue pair's inline limit of \(capabilities.maxInlineData) bytes")
+    }
+
+    /// The error for a send the provider refused; `result` is what `ibv_post_send` returned (an
+    /// errno value, or -1 with `errno` set). Call it right after the post, before `errno` changes.
+    @usableFromInline
+    func sendRefused(_ result: Int32) -> RDMAError {
+        RDMAError.system(
+            "ibv_post_send", errno: result > 0 ? Errno(rawValue: result) : currentErrno(),
+            "posting a send on queue pair \(number) (send queue full, or not connected?)")
     }
 
     /// Posts a receive into one piece of registered memory.
     ///
+    /// Inlinable, like ``postSend(_:requestID:operation:signaled:inline:)``.
+    ///
     /// The corresponding C function is `ibv_post_recv`.
-    @inline(__always)
+    @inlinable
     public func postReceive(_ segment: ScatterGatherElement, requestID: UInt64) throws(RDMAError) {
-        guard sharedReceiveQueue == nil else {
-            throw RDMAError.invalidArgument(
-                "ibv_post_recv", "this queue pair receives through a shared receive queue: post there")
+        guard sharedReceiveQueue == nil else { throw receiveOnSharedQueue() }
+        var sge = ibv_sge(addr: segment.address, length: segment.length, lkey: segment.localKey)
+        var request = ibv_recv_wr()
+        request.wr_id = requestID
+        request.num_sge = 1
+        var bad: UnsafeMutablePointer<ibv_recv_wr>? = nil
+        let result = withUnsafeMutablePointer(to: &sge) { sge in
+            request.sg_list = sge
+            return ibv_post_recv(pointer, &request, &bad)
         }
-        var sge = segment.raw
-        try withUnsafeMutablePointer(to: &sge) { sge throws(RDMAError) in
-            try postReceive(UnsafeMutableBufferPointer(start: sge, count: 1), requestID: requestID)
-        }
+        if result != 0 { throw receiveRefused(result) }
+    }
+
+    @usableFromInline
+    func receiveOnSharedQueue() -> RDMAError {
+        RDMAError.invalidArgument("ibv_post_recv", "this queue pair receives through a shared receive queue: post there")
+    }
+
+    /// The error for a receive the provider refused, as ``sendRefused(_:)``.
+    @usableFromInline
+    func receiveRefused(_ result: Int32) -> RDMAError {
+        RDMAError.system(
+            "ibv_post_recv", errno: result > 0 ? Errno(rawValue: result) : currentErrno(),
+            "posting a receive on queue pair \(number) (receive queue full?)")
     }
 
     /// Posts a receive scattered over several pieces of registered memory (at most
@@ -305,9 +356,8 @@ public final class QueuePair: @unchecked Sendable {
         request.sg_list = sges.baseAddress
         request.num_sge = Int32(sges.count)
         var bad: UnsafeMutablePointer<ibv_recv_wr>? = nil
-        try zeroOrErrno("ibv_post_recv", "posting a receive on queue pair \(number) (receive queue full?)") {
-            ibv_post_recv(pointer, &request, &bad)
-        }
+        let result = ibv_post_recv(pointer, &request, &bad)
+        if result != 0 { throw receiveRefused(result) }
     }
 }
 
