@@ -26,6 +26,9 @@ public final class DMAArea: @unchecked Sendable {
     let context: Context
     let protectionDomain: ProtectionDomain
     let region: MemoryRegion
+    /// The region's first byte and local key, kept beside it for the data path.
+    private let baseAddress: UnsafeMutableRawPointer
+    private let localKey: UInt32
     private let allocator: Mutex<BuddyAllocator>
     /// Messages handed out by ``Connection/receiveRetained()``, oldest first, for
     /// ``releaseOldest(bytes:)``.
@@ -67,6 +70,8 @@ public final class DMAArea: @unchecked Sendable {
         protectionDomain = try ProtectionDomain(context: context)
         region = try MemoryRegion(protectionDomain: protectionDomain, length: size, hugePages: hugePages)
         self.size = region.bytes.count
+        baseAddress = region.bytes.baseAddress!
+        localKey = region.localKey
         allocator = Mutex(BuddyAllocator(capacity: region.bytes.count, minimumBlock: Self.minimumBlock))
     }
 
@@ -154,7 +159,15 @@ public final class DMAArea: @unchecked Sendable {
 
     /// The address of `offset` inside the area.
     @inline(__always)
-    package func address(_ offset: Int) -> UnsafeMutableRawPointer { region.bytes.baseAddress! + offset }
+    package func address(_ offset: Int) -> UnsafeMutableRawPointer { baseAddress + offset }
+
+    /// The scatter-gather element for `count` bytes at `offset`, a block (or part of one) that
+    /// the area's allocator handed out: inside the region by construction, so unchecked, unlike
+    /// `MemoryRegion.segment(offset:length:)`.
+    @inline(__always)
+    func segment(at offset: Int, count: Int) -> ScatterGatherElement {
+        ScatterGatherElement(address: UInt64(UInt(bitPattern: baseAddress + offset)), length: UInt32(truncatingIfNeeded: count), localKey: localKey)
+    }
 
     /// The offset of `pointer` inside the area, or nil when it lies outside.
     package func offset(of pointer: UnsafeRawPointer) -> Int? {

@@ -152,33 +152,43 @@ final class ConnectionState: @unchecked Sendable {
 
     func postReceive(slot: Int) throws(RDMAError) {
         if let pool { return try pool.repost(slot: slot) }
-        let segment = try area!.region.segment(offset: slotOffsets[slot], length: slotSize)
-        try queuePair!.postReceive(segment, requestID: requestID(.receive, slot: slot))
+        try queuePair!.postReceive(area!.segment(at: slotOffsets[slot], count: slotSize), requestID: requestID(.receive, slot: slot))
     }
 
     /// Posts queued sends while credits and send-queue room last, then hands back any credits
     /// still owed in a credit update.
+    @inline(__always)
     func pumpSends() throws(RDMAError) {
-        guard status == .connected, let queuePair, let area else { return }
+        // Most calls (one per completion, one per release) find nothing queued and nothing owed:
+        // they end here, without a call.
+        guard !pending.isEmpty || creditsToReturn > 0 else { return }
+        try postQueuedSends()
+    }
+
+    private func postQueuedSends() throws(RDMAError) {
+        guard status == .connected, let queuePair else { return }
         // One send-queue entry stays free for a credit update.
-        while credits > 0, sendQueueFree > 1, var send = pending.front {
-            let immediate = WireProtocol.immediate(returning: creditsToReturn, creditUpdate: false)
-            let segment = try area.region.segment(offset: send.offset, length: send.count)
-            // Small payloads go inline where the device allows: the bytes travel inside the
-            // work request and the buffer is back in the area at once.
-            let inline = send.count <= queuePair.capabilities.maxInlineData
-            try queuePair.postSend(
-                segment, requestID: requestID(.dataSend), operation: .sendWithImmediate(immediate), inline: inline)
-            lastPostedSendAddress = UnsafeRawPointer(bitPattern: UInt(segment.address))
-            _ = pending.popFirst()
-            if inline {
-                area.free(send.offset)
-                send.offset = -1
+        if credits > 0, sendQueueFree > 1, !pending.isEmpty, let area {
+            let maxInlineData = queuePair.capabilities.maxInlineData
+            while credits > 0, sendQueueFree > 1, var send = pending.front {
+                let immediate = WireProtocol.immediate(returning: creditsToReturn, creditUpdate: false)
+                let segment = area.segment(at: send.offset, count: send.count)
+                // Small payloads go inline where the device allows: the bytes travel inside the
+                // work request and the buffer is back in the area at once.
+                let inline = send.count <= maxInlineData
+                try queuePair.postSend(
+                    segment, requestID: requestID(.dataSend), operation: .sendWithImmediate(immediate), inline: inline)
+                lastPostedSendAddress = UnsafeRawPointer(bitPattern: UInt(segment.address))
+                _ = pending.popFirst()
+                if inline {
+                    area.free(send.offset)
+                    send.offset = -1
+                }
+                inFlight.append(send)
+                creditsToReturn = 0
+                credits -= 1
+                sendQueueFree -= 1
             }
-            inFlight.append(send)
-            creditsToReturn = 0
-            credits -= 1
-            sendQueueFree -= 1
         }
         // A credit update costs a message: send one when half the grant is owed, or when the
         // peer may have run out (everything it may send is held or owed here), never later.
