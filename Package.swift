@@ -93,6 +93,14 @@ let package = Package(
             ],
             path: "examples/pingpong"
         ),
+        .executableTarget(
+            name: "dmaio-reliability",
+            dependencies: [
+                "DMAIO", "RDMAVerbs", "ExampleSupport",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            path: "Tests/Reliability"
+        ),
         .testTarget(
             name: "RDMAVerbsUnitTests",
             dependencies: [

@@ -25,11 +25,11 @@ extension RxeIntegration {
                 let attributes = try #require(try connection.queuePairAttributes())
                 #expect(attributes.state == IBV_QPS_RTS)
                 #expect(attributes.access.rawValue == 0, "the queue pair grants remote access \(attributes.access.rawValue) (IBV_ACCESS_* bits)")
-                // The documented dead-peer limit: ACK timeout 2^16 × 4.096 µs, 7 retries.
+                // The documented dead-peer limit: ACK timeout 2^16 × 4.096 µs, 6 retries.
                 #expect(attributes.ackTimeout == PeerTimeout.ackTimeout)
                 #expect(attributes.retryCount == PeerTimeout.retryCount)
                 let limit = try #require(attributes.silentPeerLimit as Duration?)
-                #expect(limit > .seconds(2) && limit < .seconds(3), "a silent peer is declared dead after \(limit)")
+                #expect(limit > .seconds(1) && limit < .seconds(3), "a silent peer is declared dead after \(limit)")
             }
             // The connection still carries data with remote access taken back.
             let buffer = try pair.clientArea.reserve(64)

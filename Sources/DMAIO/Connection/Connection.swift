@@ -519,6 +519,12 @@ public final class Connection: @unchecked Sendable {
         return try queuePair.attributes()
     }
 
+    /// The send side's bookkeeping, for diagnostics: credits held, messages waiting for a
+    /// credit, and messages posted to the queue pair and not yet completed.
+    package var sendCounters: (credits: Int, waiting: Int, posted: Int) {
+        events.lock.withLock { _ in (state.credits, state.pending.count, state.inFlight.count) }
+    }
+
     /// Closes the connection: disconnects, fails unsent messages, and returns its receive
     /// slots to the area once every received buffer is released. Idempotent.
     ///

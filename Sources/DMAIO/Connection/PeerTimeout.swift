@@ -2,7 +2,7 @@
 /// before it fails the sends in flight and reports the connection broken.
 ///
 /// A queue pair sends a packet again when no acknowledgement came within the ACK timeout, and
-/// gives up after `retryCount` more tries: 8 × 268 ms ≈ 2.1 s of silence. A shorter timeout
+/// gives up after `retryCount` more tries: 7 × 268 ms ≈ 1.9 s of silence. A shorter timeout
 /// detects a dead peer sooner but resends on every pause of a busy or emulated host (soft-RoCE
 /// under QEMU pauses for tens of milliseconds); a longer one leaves the application waiting.
 /// A peer whose process dies is seen at once instead: its kernel closes the connection.
@@ -13,6 +13,7 @@
 enum PeerTimeout {
     /// 4.096 µs × 2^16 ≈ 268 ms between tries.
     static let ackTimeout: UInt8 = 16
-    /// 7 retries after the first try (the most verbs allow).
-    static let retryCount: UInt8 = 7
+    /// 6 retries after the first try. Not 7, the most verbs allow: soft-RoCE reads a retry
+    /// count of 7 as "retry forever", like the receiver-not-ready count, and would never give up.
+    static let retryCount: UInt8 = 6
 }
