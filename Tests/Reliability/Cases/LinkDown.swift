@@ -1,0 +1,116 @@
+import DMAIO
+import Foundation
+import RDMAVerbs
+
+/// Case 2: host 1's link goes down mid-transfer, then comes back.
+enum LinkDown: ReliabilityCase {
+    static let name = "link-down"
+    static let title = "Link down mid-transfer"
+    static let procedure = """
+        Both hosts stream 1 KiB messages to each other over one connection (64 slots granted \
+        each way, 8 messages in flight). Mid-transfer, host 1 runs `ip link set eth0 down`. Each \
+        side must see the connection fail through events (failed sends or receives, a \
+        disconnect) within 30 s, without a hang: host 0's unacknowledged sends fail after the \
+        queue pair's retries (7 × 268 ms ≈ 1.9 s). After 5 s host 1 brings the link up again, and \
+        a new connection carries 500 messages, content checked.
+        """
+    static let detectionBound: Duration = .seconds(30)
+
+    static func host0(_ session: Session, _ record: inout CaseRecord) throws {
+        let events = try EventChannel()
+        let area = try DMAArea(size: 8 << 20)
+        let listener = try Listener(on: "\(session.address):\(session.port(0, of: name))", events: events)
+        try session.control.send("listening")
+        let connection = try Endpoints.accept(1, on: listener, area: area, receiveBytes: 64 << 10, slotSize: 1024)[0]
+        let traffic = Traffic(events: events, area: area, size: 1024)
+        let flow = traffic.add(connection, stream: 0, budget: .max, window: 8)
+        try traffic.run(until: { flow.account.received >= 200 && flow.completed >= 200 }, timeout: .seconds(120), what: "streaming both ways")
+        try session.control.send("cut")
+        let cutAsked = ContinuousClock.now
+        record.did("streamed both ways (\(flow.completed) sent, \(flow.account.received) received), then asked host 1 to take its link down")
+        do {
+            try traffic.run(until: { flow.broken }, timeout: detectionBound + .seconds(30), what: "waiting for the cut to surface")
+        } catch {
+            record.log("device counters: " + ["sent_pkts", "rcvd_pkts", "completer_retry_err", "retry_exceeded_err", "send_err"].map { "\($0) \(HostState.counter($0, device: session.device))" }.joined(separator: ", "))
+            throw error
+        }
+        let detection = flow.firstError! - cutAsked
+        record.check(detection <= detectionBound, "the connection failed through events \(detection.millisecondsText) after the cut was asked for: \(flow.errors.prefix(3).joined(separator: "; "))")
+        record.figure("*failure seen after", detection.millisecondsText)
+        record.check(flow.account.clean, "what arrived before the cut was intact and in order: \(flow.account.summary)")
+        connection.close()
+        try session.control.expect("up", timeout: .seconds(120))
+        let fresh = try Endpoints.accept(1, on: listener, area: area, receiveBytes: 16 << 10, slotSize: 1024)[0]
+        let again = Traffic(events: events, area: area, size: 1024)
+        let flow2 = again.add(fresh, stream: 1)
+        try again.run(until: { flow2.account.received >= 500 }, timeout: .seconds(120), what: "the new connection")
+        record.check(flow2.account.received == 500 && flow2.account.clean, "after the link came back, a new connection carried \(flow2.account.summary)")
+        try session.control.expect("sent", timeout: .seconds(60))
+        fresh.close()
+    }
+
+    static func host1(_ session: Session, _ record: inout CaseRecord) throws {
+        let events = try EventChannel()
+        let area = try DMAArea(size: 8 << 20)
+        let port = session.port(0, of: name)
+        try session.control.expect("listening", timeout: .seconds(60))
+        let connection = try Endpoints.connect(to: session.serverAddress, port: port, events: events, area: area, receiveBytes: 64 << 10, slotSize: 1024)
+        let traffic = Traffic(events: events, area: area, size: 1024)
+        let flow = traffic.add(connection, stream: 1, budget: .max, window: 8)
+        let neighbour = try runTool("ip", ["neigh", "show", session.peerAddress, "dev", session.netdev])
+        let deadline = ContinuousClock.now + .seconds(180)
+        while try session.control.poll() != "cut" {
+            _ = traffic.step()
+            guard ContinuousClock.now < deadline else { throw ReliabilityError("host 0 never asked for the cut") }
+        }
+        try runTool("ip", ["link", "set", "dev", session.netdev, "down"])
+        let downAt = ContinuousClock.now
+        record.did("took \(session.netdev) down mid-transfer (\(flow.completed) sent, \(flow.account.received) received)")
+        try traffic.run(until: { flow.broken }, timeout: detectionBound + .seconds(30), what: "waiting for the cut to surface")
+        let detection = flow.firstError! - downAt
+        record.check(detection <= detectionBound, "the connection failed through events \(detection.millisecondsText) after the link went down: \(flow.errors.prefix(3).joined(separator: "; "))")
+        record.figure("*failure seen after", detection.millisecondsText)
+        record.check(flow.account.clean, "what arrived before the cut was intact and in order: \(flow.account.summary)")
+        connection.close()
+        pause(max(.zero, .seconds(5) - (ContinuousClock.now - downAt)))
+        try runTool("ip", ["link", "set", "dev", session.netdev, "up"])
+        // The neighbour entries went with the link; put host 0's back as rxe-setup made it.
+        if let lladdr = neighbour.split(separator: " ").drop(while: { $0 != "lladdr" }).dropFirst().first {
+            try runTool("ip", ["neigh", "replace", session.peerAddress, "lladdr", String(lladdr), "dev", session.netdev, "nud", "permanent"])
+        }
+        let active = try waitForActivePort(session, timeout: .seconds(30))
+        record.did("brought \(session.netdev) up again after \((ContinuousClock.now - downAt).millisecondsText); rxe0 ACTIVE again after \(active.millisecondsText)")
+        try session.control.send("up")
+        let fresh = try Endpoints.connect(to: session.serverAddress, port: port, events: events, area: area, receiveBytes: 16 << 10, slotSize: 1024)
+        let again = Traffic(events: events, area: area, size: 1024)
+        let flow2 = again.add(fresh, stream: 1, budget: 500, window: 8)
+        try again.run(until: { flow2.completed + flow2.failed == 500 || flow2.broken }, timeout: .seconds(120), what: "the new connection")
+        record.check(flow2.completed == 500 && flow2.failed == 0, "the new connection sent 500 messages: \(flow2.completed) completed, \(flow2.failed) failed")
+        try session.control.send("sent")
+        fresh.close()
+    }
+
+    /// Waits until rxe0's port is ACTIVE and has this host's IPv4 GID again; how long it took.
+    static func waitForActivePort(_ session: Session, timeout: Duration) throws -> Duration {
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < timeout {
+            let state = try? String(contentsOfFile: "/sys/class/infiniband/\(session.device)/ports/1/state", encoding: .utf8)
+            if state?.contains("ACTIVE") == true, hasIPv4GID(session) {
+                return ContinuousClock.now - start
+            }
+            pause(.milliseconds(100))
+        }
+        throw ReliabilityError("\(session.device) did not come back ACTIVE with its GID within \(timeout)")
+    }
+
+    /// Whether the port's GID table has ::ffff:ADDRESS (sysfs, first 16 entries).
+    static func hasIPv4GID(_ session: Session) -> Bool {
+        let octets = session.address.split(separator: ".").compactMap { UInt8($0) }
+        guard octets.count == 4 else { return false }
+        let suffix = String(format: "ffff:%02x%02x:%02x%02x", octets[0], octets[1], octets[2], octets[3])
+        return (0..<16).contains { index in
+            let gid = try? String(contentsOfFile: "/sys/class/infiniband/\(session.device)/ports/1/gids/\(index)", encoding: .utf8)
+            return gid?.trimmingCharacters(in: .whitespacesAndNewlines).hasSuffix(suffix) == true
+        }
+    }
+}

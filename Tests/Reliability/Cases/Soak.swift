@@ -1,0 +1,81 @@
+import DMAIO
+import Foundation
+import RDMAVerbs
+
+/// The soak: a million stamped messages from host 1 to host 0.
+enum Soak: ReliabilityCase {
+    static let name = "soak"
+    static let title = "Soak: 1,000,000 messages"
+    static let procedure = """
+        Host 1 sends 1,000,000 messages of 64 B (sequence number, stream, length, payload and \
+        an FNV-1a checksum) to host 0, 64 in flight. Host 0 checks each one: lost, duplicated or \
+        reordered, corrupted must all be 0. Both hosts read their resident memory (/proc) and \
+        their registered memory (`rdma resource show mr`) after 10,000 messages and at the end: \
+        both must be flat (resident growth under 1 MiB, registered unchanged).
+        """
+    static let size = 64
+    static let warmUp = 10_000
+
+    static func host0(_ session: Session, _ record: inout CaseRecord) throws {
+        let count = session.soakMessages
+        let events = try EventChannel()
+        let area = try DMAArea(size: 4 << 20)
+        let listener = try Listener(on: "\(session.address):\(session.port(0, of: name))", events: events)
+        try session.control.send("listening", "\(count)")
+        let connection = try Endpoints.accept(1, on: listener, area: area, receiveBytes: 128 * 64, slotSize: 64)[0]
+        let traffic = Traffic(events: events, area: area, size: size)
+        let flow = traffic.add(connection, stream: 0)
+        let start = ContinuousClock.now
+        try traffic.run(until: { flow.account.received >= min(warmUp, count) }, timeout: .seconds(300), what: "the soak's warm-up")
+        let early = try HostState.now(device: session.device)
+        var next = 100_000
+        try traffic.run(until: {
+            if flow.account.received >= next {
+                record.log("\(flow.account.received) messages, \((ContinuousClock.now - start).millisecondsText)")
+                next += 100_000
+            }
+            return flow.account.received >= count || flow.broken
+        }, timeout: .seconds(5400), what: "the soak")
+        let elapsed = ContinuousClock.now - start
+        let late = try HostState.now(device: session.device)
+        let account = flow.account
+        record.did("received \(account.received) messages in \(String(format: "%.1f", elapsed.seconds)) s")
+        record.check(account.received == count, "\(account.received) of \(count) messages arrived")
+        record.check(account.lost == 0 && account.duplicated == 0 && account.corrupted == 0,
+                     "lost \(account.lost), duplicated or reordered \(account.duplicated), corrupted \(account.corrupted)")
+        record.check(!flow.broken, "no error: \(flow.errors)")
+        check(early, late, &record)
+        record.figure("*lost / duplicated / corrupted", "\(account.lost) / \(account.duplicated) / \(account.corrupted)")
+        record.figure("*rate", String(format: "%.0f messages/s", Double(account.received) / elapsed.seconds))
+        try session.control.expect("sent", timeout: .seconds(120))
+        connection.close()
+    }
+
+    static func host1(_ session: Session, _ record: inout CaseRecord) throws {
+        let words = try session.control.expect("listening", timeout: .seconds(60))
+        guard let count = words.first.flatMap({ Int($0) }) else { throw ReliabilityError("no message count from host 0") }
+        let events = try EventChannel()
+        let area = try DMAArea(size: 4 << 20)
+        let connection = try Endpoints.connect(to: session.serverAddress, port: session.port(0, of: name), events: events, area: area, receiveBytes: 128 * 64, slotSize: 64)
+        let traffic = Traffic(events: events, area: area, size: size)
+        let flow = traffic.add(connection, stream: 0, budget: count, window: 64)
+        try traffic.run(until: { flow.completed >= min(warmUp, count) || flow.broken }, timeout: .seconds(300), what: "the soak's warm-up")
+        let early = try HostState.now(device: session.device)
+        try traffic.run(until: { flow.completed + flow.failed == count || flow.broken }, timeout: .seconds(5400), what: "the soak")
+        let late = try HostState.now(device: session.device)
+        record.did("sent \(flow.sent) messages")
+        record.check(flow.completed == count && flow.failed == 0, "\(flow.completed) of \(count) sends completed, \(flow.failed) failed: \(flow.errors)")
+        check(early, late, &record)
+        try session.control.send("sent")
+        connection.close()
+    }
+
+    static func check(_ early: HostState, _ late: HostState, _ record: inout CaseRecord) {
+        record.check(late.registeredBytes == early.registeredBytes,
+                     "registered memory flat: \(formatBytes(early.registeredBytes)) after \(warmUp) messages, \(formatBytes(late.registeredBytes)) at the end")
+        record.check(late.residentBytes - early.residentBytes < 1 << 20,
+                     "resident memory flat: \(formatBytes(early.residentBytes)) after \(warmUp) messages, \(formatBytes(late.residentBytes)) at the end")
+        record.figure("*resident (host \(record.host))", "\(formatBytes(early.residentBytes)) → \(formatBytes(late.residentBytes))")
+        record.figure("*registered (host \(record.host))", "\(formatBytes(early.registeredBytes)) → \(formatBytes(late.registeredBytes))")
+    }
+}
