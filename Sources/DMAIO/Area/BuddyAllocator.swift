@@ -13,8 +13,13 @@
 /// ```
 ///
 /// It sits on the data path (every `sio_reserve`, every completed send), so each operation
-/// touches its two tables through one pair of buffer pointers: one uniqueness check per table
-/// and call, not one per element.
+/// touches its two tables through one pair of buffer pointers (one uniqueness check per table
+/// and call, not one per element), and each order keeps one freed block aside, unmerged: a
+/// program that reserves and sends buffers of one size (an inline send frees its block at
+/// once) takes the same block back and forth without splitting and merging the tree every
+/// time. A spare block counts as free (not in ``bytesInUse``, not freeable twice); when a
+/// request finds no free block, the spares are merged back and the request is tried again, so
+/// they never make an allocation fail.
 ///
 /// Not thread-safe: its owner serialises access.
 struct BuddyAllocator {
@@ -24,8 +29,8 @@ struct BuddyAllocator {
     private let maxOrder: Int
     /// Per minimum block: the free-list links and the state of the block that starts there.
     private var nodes: [Node]
-    /// Per order: the first free block, or -1.
-    private var heads: [Int32]
+    /// Per order: the free list's head and the spare block.
+    private var orders: [Order]
     /// Bytes in blocks handed out (block sizes, not requested sizes).
     private(set) var bytesInUse = 0
 
@@ -36,6 +41,15 @@ struct BuddyAllocator {
         var order: Int8 = -1
         /// Whether the block that starts here is free.
         var isFree = false
+        /// Whether the block that starts here is its order's spare (not free in the tree).
+        var isSpare = false
+    }
+
+    private struct Order {
+        /// The first free block, or -1.
+        var head: Int32 = -1
+        /// A freed block kept unmerged for the next request of this order, or -1.
+        var spare: Int32 = -1
     }
 
     /// - Parameters:
@@ -50,14 +64,14 @@ struct BuddyAllocator {
         let maxOrder = blocks > 0 ? Int.bitWidth - 1 - blocks.leadingZeroBitCount : 0
         self.maxOrder = maxOrder
         nodes = Array(repeating: Node(), count: blocks)
-        heads = Array(repeating: -1, count: maxOrder + 1)
+        orders = Array(repeating: Order(), count: maxOrder + 1)
         // Seed with the largest aligned blocks that tile the capacity.
-        withLists { lists in
+        withTables { tables in
             var index = 0
             while index < blocks {
                 var o = min(maxOrder, index == 0 ? maxOrder : index.trailingZeroBitCount)
                 while index + (1 << o) > blocks { o -= 1 }
-                lists.push(index, order: o)
+                tables.push(index, order: o)
                 index += 1 << o
             }
         }
@@ -78,19 +92,11 @@ struct BuddyAllocator {
         guard let size = blockSize(for: bytes) else { return nil }
         let wanted = (size &>> blockShift).trailingZeroBitCount
         let maxOrder = self.maxOrder
-        let found = withLists { lists -> Int? in
-            var o = wanted
-            while o <= maxOrder, lists.heads[o] < 0 { o += 1 }
-            guard o <= maxOrder else { return nil }
-            let index = Int(lists.heads[o])
-            lists.remove(index, order: o)
-            while o > wanted {  // split, keeping the lower half
-                o -= 1
-                lists.push(index + (1 &<< o), order: o)
-            }
-            lists.nodes[index].order = Int8(o)
-            lists.nodes[index].isFree = false
-            return index
+        let found = withTables { tables -> Int? in
+            if let index = tables.takeSpare(order: wanted) ?? tables.split(order: wanted, maxOrder: maxOrder) { return index }
+            // Nothing free that large: merge the spares back and look again.
+            guard tables.mergeSpares(maxOrder: maxOrder) else { return nil }
+            return tables.split(order: wanted, maxOrder: maxOrder)
         }
         guard let index = found else { return nil }
         bytesInUse += size
@@ -101,7 +107,7 @@ struct BuddyAllocator {
     func allocatedSize(at offset: Int) -> Int? {
         guard offset >= 0, offset < capacity, offset & (minimumBlock - 1) == 0 else { return nil }
         let node = nodes[offset &>> blockShift]
-        guard node.order >= 0, !node.isFree else { return nil }
+        guard node.order >= 0, !node.isFree, !node.isSpare else { return nil }
         return minimumBlock &<< Int(node.order)
     }
 
@@ -111,50 +117,101 @@ struct BuddyAllocator {
     mutating func free(_ offset: Int) -> Bool {
         guard let size = allocatedSize(at: offset) else { return false }
         bytesInUse -= size
-        let maxOrder = self.maxOrder, first = offset &>> blockShift
-        withLists { lists in
-            var index = first
-            var o = Int(lists.nodes[index].order)
-            lists.nodes[index].order = -1
-            while o < maxOrder {
-                let buddy = index ^ (1 &<< o)
-                guard buddy + (1 &<< o) <= lists.nodes.count, lists.nodes[buddy].isFree, lists.nodes[buddy].order == Int8(o) else { break }
-                lists.remove(buddy, order: o)
-                lists.nodes[buddy].order = -1
-                index = min(index, buddy)
-                o += 1
-            }
-            lists.push(index, order: o)
+        let maxOrder = self.maxOrder, index = offset &>> blockShift
+        withTables { tables in
+            if !tables.keepAsSpare(index) { tables.merge(index, maxOrder: maxOrder) }
         }
         return true
     }
 
-    /// The two tables, open for one operation.
-    private struct Lists {
+    /// The tables, open for one operation.
+    private struct Tables {
         let nodes: UnsafeMutableBufferPointer<Node>
-        let heads: UnsafeMutableBufferPointer<Int32>
+        let orders: UnsafeMutableBufferPointer<Order>
 
         func push(_ index: Int, order o: Int) {
-            let head = heads[o]
+            let head = orders[o].head
             nodes[index] = Node(next: head, previous: -1, order: Int8(o), isFree: true)
             if head >= 0 { nodes[Int(head)].previous = Int32(index) }
-            heads[o] = Int32(index)
+            orders[o].head = Int32(index)
         }
 
         func remove(_ index: Int, order o: Int) {
             let p = nodes[index].previous, n = nodes[index].next
-            if p >= 0 { nodes[Int(p)].next = n } else { heads[o] = n }
+            if p >= 0 { nodes[Int(p)].next = n } else { orders[o].head = n }
             if n >= 0 { nodes[Int(n)].previous = p }
             nodes[index].isFree = false
             nodes[index].next = -1
             nodes[index].previous = -1
         }
+
+        /// Takes the smallest free block of at least order `wanted` and splits it down to that
+        /// order, keeping the lower half; returns its index.
+        func split(order wanted: Int, maxOrder: Int) -> Int? {
+            var o = wanted
+            while o <= maxOrder, orders[o].head < 0 { o += 1 }
+            guard o <= maxOrder else { return nil }
+            let index = Int(orders[o].head)
+            remove(index, order: o)
+            while o > wanted {
+                o -= 1
+                push(index + (1 &<< o), order: o)
+            }
+            nodes[index].order = Int8(o)
+            nodes[index].isFree = false
+            return index
+        }
+
+        /// Returns the allocated block at `index` to the tree, merging it with its buddy while
+        /// both are free.
+        func merge(_ index: Int, maxOrder: Int) {
+            var index = index
+            var o = Int(nodes[index].order)
+            nodes[index].order = -1
+            while o < maxOrder {
+                let buddy = index ^ (1 &<< o)
+                guard buddy + (1 &<< o) <= nodes.count, nodes[buddy].isFree, nodes[buddy].order == Int8(o) else { break }
+                remove(buddy, order: o)
+                nodes[buddy].order = -1
+                index = min(index, buddy)
+                o += 1
+            }
+            push(index, order: o)
+        }
+
+        func takeSpare(order o: Int) -> Int? {
+            let spare = orders[o].spare
+            guard spare >= 0 else { return nil }
+            orders[o].spare = -1
+            nodes[Int(spare)].isSpare = false
+            return Int(spare)
+        }
+
+        /// Keeps the allocated block at `index` as its order's spare, if that place is empty.
+        func keepAsSpare(_ index: Int) -> Bool {
+            let o = Int(nodes[index].order)
+            guard orders[o].spare < 0 else { return false }
+            orders[o].spare = Int32(index)
+            nodes[index].isSpare = true
+            return true
+        }
+
+        /// Merges every spare back into the tree; false when there was none.
+        func mergeSpares(maxOrder: Int) -> Bool {
+            var merged = false
+            for o in 0...maxOrder {
+                guard let index = takeSpare(order: o) else { continue }
+                merge(index, maxOrder: maxOrder)
+                merged = true
+            }
+            return merged
+        }
     }
 
     @inline(__always)
-    private mutating func withLists<R>(_ body: (Lists) -> R) -> R {
+    private mutating func withTables<R>(_ body: (Tables) -> R) -> R {
         nodes.withUnsafeMutableBufferPointer { nodes in
-            heads.withUnsafeMutableBufferPointer { heads in body(Lists(nodes: nodes, heads: heads)) }
+            orders.withUnsafeMutableBufferPointer { orders in body(Tables(nodes: nodes, orders: orders)) }
         }
     }
 }
