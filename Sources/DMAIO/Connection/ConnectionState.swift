@@ -49,8 +49,16 @@ final class ConnectionState: @unchecked Sendable {
     let channel: EventChannel
     let endpoint: Endpoint
     @exclusivity(unchecked) var status = Status.unassociated
-    @exclusivity(unchecked) var queuePair: QueuePair?
-    @exclusivity(unchecked) var area: DMAArea?
+    @exclusivity(unchecked) var queuePair: QueuePair? {
+        didSet { borrowedQueuePair = queuePair.map(Borrowed.init) }
+    }
+    @exclusivity(unchecked) var area: DMAArea? {
+        didSet { borrowedArea = area.map(Borrowed.init) }
+    }
+    /// `queuePair` and `area` for the data path, which runs with the channel's lock held: no
+    /// reference counting per message. Owned by the two above.
+    @exclusivity(unchecked) private var borrowedQueuePair: Borrowed<QueuePair>?
+    @exclusivity(unchecked) private var borrowedArea: Borrowed<DMAArea>?
     /// The shared pool the connection receives through, if any (then `slotOffsets` are the
     /// pool's and its slots go back to the pool).
     @exclusivity(unchecked) var pool: SharedReceivePool?
@@ -152,7 +160,10 @@ final class ConnectionState: @unchecked Sendable {
 
     func postReceive(slot: Int) throws(RDMAError) {
         if let pool { return try pool.repost(slot: slot) }
-        try queuePair!.postReceive(area!.segment(at: slotOffsets[slot], count: slotSize), requestID: requestID(.receive, slot: slot))
+        let segment = borrowedArea!.with { $0.segment(at: slotOffsets[slot], count: slotSize) }
+        try borrowedQueuePair!.with { queuePair throws(RDMAError) in
+            try queuePair.postReceive(segment, requestID: requestID(.receive, slot: slot))
+        }
     }
 
     /// Posts queued sends while credits and send-queue room last, then hands back any credits
@@ -166,29 +177,15 @@ final class ConnectionState: @unchecked Sendable {
     }
 
     private func postQueuedSends() throws(RDMAError) {
-        guard status == .connected, let queuePair else { return }
+        guard status == .connected, let borrowedQueuePair else { return }
+        try borrowedQueuePair.with { queuePair throws(RDMAError) in try postQueuedSends(on: queuePair) }
+    }
+
+    @inline(__always)
+    private func postQueuedSends(on queuePair: QueuePair) throws(RDMAError) {
         // One send-queue entry stays free for a credit update.
-        if credits > 0, sendQueueFree > 1, !pending.isEmpty, let area {
-            let maxInlineData = queuePair.capabilities.maxInlineData
-            while credits > 0, sendQueueFree > 1, var send = pending.front {
-                let immediate = WireProtocol.immediate(returning: creditsToReturn, creditUpdate: false)
-                let segment = area.segment(at: send.offset, count: send.count)
-                // Small payloads go inline where the device allows: the bytes travel inside the
-                // work request and the buffer is back in the area at once.
-                let inline = send.count <= maxInlineData
-                try queuePair.postSend(
-                    segment, requestID: requestID(.dataSend), operation: .sendWithImmediate(immediate), inline: inline)
-                lastPostedSendAddress = UnsafeRawPointer(bitPattern: UInt(segment.address))
-                _ = pending.popFirst()
-                if inline {
-                    area.free(send.offset)
-                    send.offset = -1
-                }
-                inFlight.append(send)
-                creditsToReturn = 0
-                credits -= 1
-                sendQueueFree -= 1
-            }
+        if credits > 0, sendQueueFree > 1, !pending.isEmpty, let borrowedArea {
+            try borrowedArea.with { area throws(RDMAError) in try postData(on: queuePair, from: area) }
         }
         // A credit update costs a message: send one when half the grant is owed, or when the
         // peer may have run out (everything it may send is held or owed here), never later.
@@ -201,6 +198,31 @@ final class ConnectionState: @unchecked Sendable {
                 ScatterGatherElement(address: 0, length: 0, localKey: 0), requestID: requestID(.creditUpdate),
                 operation: .sendWithImmediate(immediate))
             creditsToReturn = 0
+            sendQueueFree -= 1
+        }
+    }
+
+    /// Posts queued data messages while credits and send-queue room last.
+    @inline(__always)
+    private func postData(on queuePair: QueuePair, from area: DMAArea) throws(RDMAError) {
+        let maxInlineData = queuePair.capabilities.maxInlineData
+        while credits > 0, sendQueueFree > 1, var send = pending.front {
+            let immediate = WireProtocol.immediate(returning: creditsToReturn, creditUpdate: false)
+            let segment = area.segment(at: send.offset, count: send.count)
+            // Small payloads go inline where the device allows: the bytes travel inside the
+            // work request and the buffer is back in the area at once.
+            let inline = send.count <= maxInlineData
+            try queuePair.postSend(
+                segment, requestID: requestID(.dataSend), operation: .sendWithImmediate(immediate), inline: inline)
+            lastPostedSendAddress = UnsafeRawPointer(bitPattern: UInt(segment.address))
+            _ = pending.popFirst()
+            if inline {
+                area.free(send.offset)
+                send.offset = -1
+            }
+            inFlight.append(send)
+            creditsToReturn = 0
+            credits -= 1
             sendQueueFree -= 1
         }
     }

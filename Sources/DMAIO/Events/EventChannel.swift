@@ -39,7 +39,7 @@ public final class EventChannel: @unchecked Sendable {
 
     // Guarded by `lock`, which serialises every access: no dynamic exclusivity checks (see
     // ConnectionState).
-    @exclusivity(unchecked) var connections = ConnectionTable()
+    let connections = ConnectionTable()
     @exclusivity(unchecked) private var connectionsByCMID: [ConnectionID.ID: UInt32] = [:]
     /// Connections receiving through a shared pool, by queue pair number: a shared receive's
     /// completion names the queue pair, not the connection.
@@ -229,14 +229,17 @@ public final class EventChannel: @unchecked Sendable {
     private func popLocked() -> Event? {
         if let event = events.popFirst() { return event }
         while let raw = announcements.popFirst() {
-            guard let state = connections[raw] else { continue }
-            state.inAnnouncementQueue = false
-            state.announced = Swift.max(state.announced, state.handedOut)
-            guard state.announced < state.arrived else { continue }
-            let length = Int(state.arrivals[state.announced - state.handedOut].length)
-            state.announced += 1
-            if state.announced < state.arrived { announceLocked(state) }
-            return .received(connection: state.id, length: length)
+            var event: Event? = nil
+            connections.withConnection(raw) { state in
+                state.inAnnouncementQueue = false
+                state.announced = Swift.max(state.announced, state.handedOut)
+                guard state.announced < state.arrived else { return }
+                let length = Int(state.arrivals[state.announced - state.handedOut].length)
+                state.announced += 1
+                if state.announced < state.arrived { announceLocked(state) }
+                event = .received(connection: state.id, length: length)
+            }
+            if let event { return event }
         }
         return nil
     }
@@ -322,7 +325,13 @@ public final class EventChannel: @unchecked Sendable {
             try state.pumpSends()
             return
         }
-        guard let state = connections[raw] else { return }  // a closed connection's flushes
+        // A closed connection's flushes find none.
+        try connections.withConnection(raw) { state throws(RDMAError) in try handleLocked(completion, kind: kind, slot: slot, state: state) }
+    }
+
+    /// A completion of one of `state`'s requests (not of a shared receive).
+    @inline(__always)
+    private func handleLocked(_ completion: WorkCompletion, kind: ConnectionState.RequestKind, slot: Int, state: ConnectionState) throws(RDMAError) {
         switch kind {
         case .dataSend:
             state.sendQueueFree += 1
