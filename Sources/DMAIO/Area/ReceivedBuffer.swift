@@ -57,8 +57,8 @@ public struct ReceivedBuffer: ~Copyable {
     }
 
     deinit {
-        let state = owner.takeUnretainedValue()
-        state.channel.release(slot: slot, of: state)
+        let slot = self.slot
+        owner._withUnsafeGuaranteedRef { $0.channel.release(slot: slot, of: $0) }
         owner.release()
     }
 }
@@ -73,8 +73,8 @@ package struct DetachedMessage {
 
     /// Re-posts the slot and returns a credit to the sender, like ``ReceivedBuffer/release()``.
     package func release() {
-        let state = owner.takeUnretainedValue()
-        state.channel.release(slot: slot, of: state)
+        let slot = self.slot
+        owner._withUnsafeGuaranteedRef { $0.channel.release(slot: slot, of: $0) }
         owner.release()
     }
 }

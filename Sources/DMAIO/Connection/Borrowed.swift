@@ -10,6 +10,10 @@ struct Borrowed<Object: AnyObject> {
 
     init(_ object: Object) { reference = .passUnretained(object) }
 
+    /// Whether `other` is the same object.
+    @inline(__always)
+    func refers(to other: Unmanaged<Object>) -> Bool { reference.toOpaque() == other.toOpaque() }
+
     /// Runs `body` with the object, neither retained nor released.
     @inline(__always)
     func with<R, E: Error>(_ body: (Object) throws(E) -> R) throws(E) -> R {

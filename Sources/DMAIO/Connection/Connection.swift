@@ -410,12 +410,11 @@ public final class Connection: @unchecked Sendable {
     /// The corresponding C function is `ibv_post_send` (`IBV_WR_SEND_WITH_IMM`, signalled).
     public func send(_ buffer: consuming SendBuffer, cookie: UInt64 = 0) throws(RDMAError) {
         let (areaReference, offset, count) = buffer.take()
-        let bufferArea = areaReference.takeUnretainedValue()
         defer { areaReference.release() }
         try events.lock.withLock { _ throws(RDMAError) in
             do throws(RDMAError) {
                 try checkUsableLocked(for: "aio_send")
-                guard bufferArea === state.area else {
+                guard state.isArea(areaReference) else {
                     throw RDMAError(.wrongArea, operation: "aio_send", errno: .invalidArgument,
                                     message: "the buffer was reserved from another area than the one \(id) is associated with")
                 }
@@ -426,7 +425,7 @@ public final class Connection: @unchecked Sendable {
                 }
                 state.pending.append(.init(offset: offset, count: count, cookie: cookie))
             } catch {
-                bufferArea.free(offset)
+                areaReference._withUnsafeGuaranteedRef { $0.free(offset) }
                 throw error
             }
             // Out of credits: credit updates may be waiting in the completion queue (a poll of

@@ -103,6 +103,10 @@ final class ConnectionState: @unchecked Sendable {
         self.endpoint = endpoint
     }
 
+    /// Whether `area` is the connection's area: an identity check that counts no references.
+    @inline(__always)
+    func isArea(_ area: Unmanaged<DMAArea>) -> Bool { borrowedArea?.refers(to: area) ?? false }
+
     /// The rdma_cm id, for a connection made through rdma_cm.
     var cmID: ConnectionID? {
         if case .connectionManager(let id) = endpoint { return id }
