@@ -24,7 +24,8 @@ extension RxeIntegration {
                 // ibv_query_qp: what the device lets a remote peer do to this queue pair.
                 let attributes = try #require(try connection.queuePairAttributes())
                 #expect(attributes.state == IBV_QPS_RTS)
-                #expect(attributes.access.rawValue == 0, "the queue pair grants remote access \(attributes.access.rawValue) (IBV_ACCESS_* bits)")
+                // Remote write alone, for the zero-length keepalive writes; no read, no atomics.
+                #expect(attributes.access == [.remoteWrite], "the queue pair grants remote access \(attributes.access.rawValue) (IBV_ACCESS_* bits)")
                 // The documented dead-peer limit: ACK timeout 2^16 × 4.096 µs, 6 retries.
                 #expect(attributes.ackTimeout == PeerTimeout.ackTimeout)
                 #expect(attributes.retryCount == PeerTimeout.retryCount)

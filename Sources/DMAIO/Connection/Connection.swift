@@ -237,7 +237,9 @@ public final class Connection: @unchecked Sendable {
         try install(queuePair, area: area, slotSize: slotSize, granted: granted, slotOffsets: offsets, sendDepth: sendDepth, pool: pool, blocks: &blocks)
         let hello = WireProtocol.Hello(credits: UInt32(granted), room: UInt32(room), slotSize: UInt32(slotSize))
         let peer: WireProtocol.Hello
-        // No RDMA reads or atomics are offered (the API only sends), and no remote access is left.
+        // No RDMA reads or atomics are offered (the API only sends). The queue pair keeps remote
+        // write for the zero-length keepalive writes (see PeerTimeout); no memory region allows
+        // remote access, so no remote write can touch memory.
         let parameters = ConnectionParameters(
             privateData: hello.bytes, responderResources: 0, initiatorDepth: 0, retryCount: PeerTimeout.retryCount)
         try cmID.setAckTimeout(PeerTimeout.ackTimeout)
@@ -252,7 +254,7 @@ public final class Connection: @unchecked Sendable {
                                 message: "the peer granted \(peer.credits) credits, more than the \(room) this side can absorb: protocol error")
             }
         }
-        try queuePair.setRemoteAccess([])
+        try queuePair.setRemoteAccess(.keepAliveOnly)
         events.lock.withLock { _ in
             state.credits = Int(peer.credits)
             state.peerSlotSize = Int(peer.slotSize)
@@ -291,7 +293,7 @@ public final class Connection: @unchecked Sendable {
             protectionDomain: area.protectionDomain, sendQueue: events.completionQueue, receiveQueue: events.completionQueue,
             capabilities: Self.capabilities(sendDepth: sendDepth, receives: credits + room, pool: pool),
             sharedReceiveQueue: pool?.queue)
-        try queuePair.moveToInit(port: 1)
+        try queuePair.moveToInit(port: 1, access: .keepAliveOnly)
         try SocketHandshake.send(SocketHandshake.queuePairNumberBytes(queuePair.number), over: socket, timeout: timeout)
         let peerQueuePair = try SocketHandshake.queuePairNumber(parsing: try SocketHandshake.receive(4, over: socket, timeout: timeout))
         try install(queuePair, area: area, slotSize: slotSize, granted: credits, slotOffsets: offsets, sendDepth: sendDepth, pool: pool, blocks: &blocks)
@@ -509,8 +511,9 @@ public final class Connection: @unchecked Sendable {
         }
     }
 
-    /// The queue pair's attributes as the device reports them — what a remote peer may do,
-    /// the ACK timeout and retry count; nil before association and after ``close()``.
+    /// The queue pair's attributes as the device reports them — what a remote peer may do (remote
+    /// write alone, for the zero-length keepalive writes: no memory region allows any remote
+    /// access), the ACK timeout and retry count; nil before association and after ``close()``.
     ///
     /// The corresponding C function is `ibv_query_qp`.
     public func queuePairAttributes() throws(RDMAError) -> QueuePairAttributes? {
@@ -525,7 +528,9 @@ public final class Connection: @unchecked Sendable {
     }
 
     /// Closes the connection: disconnects, fails unsent messages, and returns its receive
-    /// slots to the area once every received buffer is released. Idempotent.
+    /// slots to the area once every received buffer is released. Idempotent. Its queue pair
+    /// and rdma_cm id are destroyed when the last reference to the connection (and to its
+    /// received buffers) goes away.
     ///
     /// The corresponding C functions are `rdma_disconnect` and `rdma_destroy_qp`.
     public func close() {

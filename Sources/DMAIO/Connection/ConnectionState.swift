@@ -78,6 +78,12 @@ final class ConnectionState: @unchecked Sendable {
     /// Slots released since the last message; handed back on the next one.
     @exclusivity(unchecked) var creditsToReturn: UInt32 = 0
     @exclusivity(unchecked) var sendQueueFree = 0
+    /// Completions seen for the connection (wrapping), and the count at the last keepalive
+    /// sweep: unchanged means the connection was quiet for a whole interval.
+    @exclusivity(unchecked) var activity: UInt32 = 0
+    @exclusivity(unchecked) var activitySeen: UInt32 = 0
+    /// A keepalive probe is posted and not completed.
+    @exclusivity(unchecked) var probeOutstanding = false
     @exclusivity(unchecked) var pending: RingBuffer<PendingSend> = RingBuffer()
     @exclusivity(unchecked) var inFlight: RingBuffer<PendingSend> = RingBuffer()
     /// Received data messages not yet handed out.
@@ -149,6 +155,9 @@ final class ConnectionState: @unchecked Sendable {
     enum RequestKind: UInt64 {
         case dataSend = 0, creditUpdate = 1, receive = 2, sharedReceive = 3
     }
+
+    /// The slot number that marks a keepalive probe among `creditUpdate` requests.
+    static let probeSlot = Int(UInt32.max)
 
     @inline(__always)
     func requestID(_ kind: RequestKind, slot: Int = 0) -> UInt64 {

@@ -1,3 +1,5 @@
+import RDMAVerbs
+
 /// How long a connection waits for a peer that went silent — its host died, its link was cut —
 /// before it fails the sends in flight and reports the connection broken.
 ///
@@ -6,6 +8,14 @@
 /// detects a dead peer sooner but resends on every pause of a busy or emulated host (soft-RoCE
 /// under QEMU pauses for tens of milliseconds); a longer one leaves the application waiting.
 /// A peer whose process dies is seen at once instead: its kernel closes the connection.
+///
+/// A connection with nothing in flight would never notice: one that is idle, or waiting for
+/// credits that a vanished peer will never hand back. So the event channel probes every
+/// connection that saw no completion for ``keepAliveInterval``: a zero-length RDMA write, which
+/// touches no memory and takes no receive slot, but which the peer's device must acknowledge
+/// (see `QueuePair.postZeroLengthWrite`). A silent peer thus shows as a disconnect within
+/// about 2 × 2 s + 1.9 s of silence — provided the program calls into the event channel
+/// (``EventChannel/wait(timeout:)`` wakes up for it; a program that polls does it anyway).
 ///
 /// The corresponding verbs attributes are `timeout` and `retry_cnt` of `struct ibv_qp_attr`,
 /// set through `rdma_set_option(RDMA_OPTION_ID_ACK_TIMEOUT)` and `rdma_conn_param.retry_count`
@@ -16,4 +26,13 @@ enum PeerTimeout {
     /// 6 retries after the first try. Not 7, the most verbs allow: soft-RoCE reads a retry
     /// count of 7 as "retry forever", like the receiver-not-ready count, and would never give up.
     static let retryCount: UInt8 = 6
+    /// How often the event channel looks for connections that went quiet, and probes them.
+    static let keepAliveInterval: Duration = .seconds(2)
+}
+
+extension AccessFlags {
+    /// What a connection's queue pair lets the peer do: zero-length RDMA writes, the keepalive.
+    /// Its areas' memory regions allow no remote access, so a remote write with data fails at
+    /// the region's key check and touches nothing.
+    static let keepAliveOnly: AccessFlags = [.remoteWrite]
 }

@@ -62,6 +62,8 @@ public final class EventChannel: @unchecked Sendable {
     @exclusivity(unchecked) private var nextConnection: UInt32 = 1
     /// Socket connections whose TCP socket is watched.
     @exclusivity(unchecked) private var socketConnections = 0
+    /// When ``probeQuietConnectionsLocked()`` looks next.
+    @exclusivity(unchecked) var nextKeepAliveSweep = ContinuousClock.now
 
     /// Creates a channel on an RDMA device (the first by default).
     ///
@@ -222,7 +224,10 @@ public final class EventChannel: @unchecked Sendable {
             if try prepareToSleep() { continue }
             let remaining = deadline.map { Swift.max($0 - clock.now, .zero) }
             if let remaining, remaining == .zero { return nil }
-            try wokeUp(try sleep(timeout: remaining))
+            // Wake up for the keepalive sweep at least every interval, and look at connection
+            // events and quiet connections after every sleep.
+            let nap = remaining.map { Swift.min($0, PeerTimeout.keepAliveInterval) } ?? PeerTimeout.keepAliveInterval
+            try wokeUp(try sleep(timeout: nap).union(.connections))
         }
     }
 
@@ -282,6 +287,7 @@ public final class EventChannel: @unchecked Sendable {
                 handleLocked(event)
             }
             if socketConnections > 0, try waitReadable(socketWatchDescriptor, timeout: .zero) { takeSocketEndsLocked() }
+            probeQuietConnectionsLocked()
         }
         // Events taken here (also from receive and send) must show on a watched descriptor.
         if descriptorHandedOut { updateWakeLocked() }
@@ -332,6 +338,7 @@ public final class EventChannel: @unchecked Sendable {
     /// A completion of one of `state`'s requests (not of a shared receive).
     @inline(__always)
     private func handleLocked(_ completion: WorkCompletion, kind: ConnectionState.RequestKind, slot: Int, state: ConnectionState) throws(RDMAError) {
+        state.activity &+= 1
         switch kind {
         case .dataSend:
             state.sendQueueFree += 1
@@ -341,9 +348,12 @@ public final class EventChannel: @unchecked Sendable {
                 events.append(.sent(connection: state.id, cookie: send.cookie))
             } else {
                 events.append(.sendFailed(connection: state.id, cookie: send.cookie, status: completion.status))
+                if completion.status != .flushed { peerWentAwayLocked(state) }  // the queue pair is in error
             }
         case .creditUpdate:
             state.sendQueueFree += 1
+            if slot == ConnectionState.probeSlot { state.probeOutstanding = false }
+            if !completion.isSuccess && completion.status != .flushed { peerWentAwayLocked(state) }
         case .receive, .sharedReceive:
             try handleReceiveLocked(completion, slot: slot, state: state)
         }
@@ -354,6 +364,7 @@ public final class EventChannel: @unchecked Sendable {
         guard completion.isSuccess else {
             if completion.status != .flushed && state.status == .connected {
                 events.append(.receiveFailed(connection: state.id, status: completion.status))
+                peerWentAwayLocked(state)  // the queue pair is in error
             }
             if let pool = state.pool { try pool.repost(slot: slot) }  // a pool's slot outlives the connection
             return
