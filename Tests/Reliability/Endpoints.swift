@@ -1,6 +1,11 @@
 import DMAIO
+import ExampleSupport
 import Foundation
 import RDMAVerbs
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The two ends of a case's connections: host 0 listens, host 1 connects, both associate with
 /// an area of their own.
@@ -19,6 +24,36 @@ enum Endpoints {
         let connection = try Connection(to: "\(address):\(port)", events: events, timeout: .seconds(10))
         try connection.associate(area, receiveBytes: receiveBytes, slotSize: slotSize, timeout: .seconds(30))
         return connection
+    }
+}
+
+extension Endpoints {
+    /// Host 0: takes one TCP connection on `listener` and upgrades it (`dma_assoc` on a socket).
+    /// The socket is the caller's to close after the connection.
+    static func acceptSocket(on listener: Int32, events: EventChannel, area: DMAArea, receiveBytes: Int, slotSize: Int) throws -> (Connection, Int32) {
+        try waitReadable(listener, timeout: .seconds(60), what: "host 1's TCP connection")
+        let socket = Int32(try TCPSocket.check("accept", Glibc.accept(listener, nil, nil)))
+        do {
+            let connection = try Connection(socket: socket, events: events)
+            try connection.associate(area, receiveBytes: receiveBytes, slotSize: slotSize, timeout: .seconds(30))
+            return (connection, socket)
+        } catch {
+            close(socket)
+            throw error
+        }
+    }
+
+    /// Host 1: connects a TCP socket to host 0 and upgrades it.
+    static func connectSocket(to address: String, port: UInt16, events: EventChannel, area: DMAArea, receiveBytes: Int, slotSize: Int) throws -> (Connection, Int32) {
+        let socket = try TCPSocket.connect(to: address, port: port, from: nil)
+        do {
+            let connection = try Connection(socket: socket, events: events)
+            try connection.associate(area, receiveBytes: receiveBytes, slotSize: slotSize, timeout: .seconds(30))
+            return (connection, socket)
+        } catch {
+            close(socket)
+            throw error
+        }
     }
 }
 
