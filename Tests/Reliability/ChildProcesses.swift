@@ -8,7 +8,7 @@ import Glibc
 
 /// The processes some cases start on host 1: a peer to be killed, and a peer under a small
 /// `RLIMIT_MEMLOCK`. They say what they saw as lines on standard output: `check ok|FAILED TEXT`
-/// and `figure NAME VALUE`, which their parent copies into its record.
+/// and `figure NAME VALUE` (`_` for spaces in NAME), which their parent copies into its record.
 enum ChildProcesses {
     /// `child-stream ADDRESS PORT STREAM`: connects and sends stamped messages until killed
     /// (or for 10 minutes at most).
@@ -44,7 +44,7 @@ enum ChildProcesses {
                   "a 1 MiB area is refused with \(error.code) (errno \(error.errno.map { "\($0.rawValue)" } ?? "none"))")
             check(error.message.contains("RLIMIT_MEMLOCK") && error.message.contains("ulimit -l"),
                   "the error says which limit and how to raise it: \"\(error.description)\"")
-            say("figure *error \(error.message.prefix(120))...")
+            say("figure *1_MiB_area refused: \(error.code) (errno \(error.errno.map { "\($0.rawValue)" } ?? "none")), naming RLIMIT_MEMLOCK and ulimit -l")
         }
         let events = try EventChannel()
         let area = try DMAArea(size: 16 << 10)
@@ -57,14 +57,15 @@ enum ChildProcesses {
         connection.close()
     }
 
-    /// Runs a child and folds its `check`/`figure` lines into `record`; returns the process.
+    /// Reads a started child's output to the end, waits for it, and folds its `check`/`figure`
+    /// lines into `record`.
     static func collect(_ process: Process, output: Pipe, into record: inout CaseRecord) {
         let data = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
             let words = line.split(separator: " ", maxSplits: 2).map(String.init)
             if words.count == 3, words[0] == "check" { record.check(words[1] == "ok", "child: \(words[2])") }
-            if words.count == 3, words[0] == "figure" { record.figure(words[1], words[2]) }
+            if words.count == 3, words[0] == "figure" { record.figure(words[1].replacingOccurrences(of: "_", with: " "), words[2]) }
         }
     }
 }

@@ -56,7 +56,7 @@ struct Report {
             let figures = (outcome.host0.figures.map { ("", $0) } + outcome.host1.figures.map { ("host 1: ", $0) })
                 .filter { $0.1.name.hasPrefix("*") }
                 .map { "\($0.0)\($0.1.name.dropFirst()): \($0.1.value)" }.joined(separator: "<br>")
-            text += "| [\(outcome.kind.title)](#\(outcome.kind.name)) | \(outcome.passed ? "pass" : "**FAIL**") | \(cell(outcome.kind.procedure)) | \(cell(observed)) | \(figures) | \(String(format: "%.0f s", outcome.seconds)) |\n"
+            text += "| [\(outcome.kind.title)](#\(outcome.kind.name)) | \(outcome.passed ? "pass" : "**FAIL**") | \(cell(outcome.kind.summary)) | \(cell(observed)) | \(figures) | \(String(format: "%.0f s", outcome.seconds)) |\n"
         }
         for outcome in outcomes {
             text += "\n<a id=\"\(outcome.kind.name)\"></a>\n## \(outcome.kind.title): \(outcome.passed ? "pass" : "FAIL")\n\n\(outcome.kind.procedure)\n"

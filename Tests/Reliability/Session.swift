@@ -38,7 +38,9 @@ protocol ReliabilityCase {
     static var name: String { get }
     /// The report's one-line title.
     static var title: String { get }
-    /// What the case does, for the report.
+    /// The case in one sentence, for the report's table.
+    static var summary: String { get }
+    /// What the case does, step by step, for the report.
     static var procedure: String { get }
     static func host0(_ session: Session, _ record: inout CaseRecord) throws
     static func host1(_ session: Session, _ record: inout CaseRecord) throws

@@ -12,6 +12,7 @@ import Glibc
 enum HostileHandshake: ReliabilityCase {
     static let name = "hostile-handshake"
     static let title = "Hostile handshakes on the TCP upgrade"
+    static let summary = "Seven hostile peers try the TCP upgrade (truncated, garbage, wrong version, absurd sizes, junk, hang-up, silence); each must be refused cleanly and leave nothing behind, and an honest peer must then get through."
     static let procedure = """
         Host 0 upgrades each TCP connection it accepts with `Connection(socket:)` + `associate` \
         (`dma_assoc`, 3 s timeout). Host 1 plays a hostile peer per connection — a truncated \

@@ -11,13 +11,16 @@ import Glibc
 enum LinkDown: ReliabilityCase {
     static let name = "link-down"
     static let title = "Link down mid-transfer"
+    static let summary = "Host 1 takes its NIC down while both hosts stream to each other; both must see the failure as events, and after the link is back a new connection must carry checked data."
     static let procedure = """
         Both hosts stream 1 KiB messages to each other over one connection made by `dma_assoc` \
         on a TCP socket (64 slots granted \
         each way, 8 messages in flight). Mid-transfer, host 1 runs `ip link set eth0 down`. Each \
         side must see the connection fail through events (failed sends or receives, a \
-        disconnect) within 30 s, without a hang: host 0's unacknowledged sends fail after the \
-        queue pair's retries (7 × 268 ms ≈ 1.9 s). After 5 s host 1 brings the link up again, and \
+        disconnect) within 30 s, without a hang. Host 0 may have nothing in flight then (its \
+        sends wait for credits host 1 can no longer return): it learns of the cut from the \
+        keepalive, a zero-length RDMA write after 2 s of quiet that fails after the queue pair's \
+        retries (7 × 268 ms ≈ 1.9 s). After 5 s host 1 brings the link up again, and \
         a new connection carries 500 messages, content checked. (The connections are not made \
         through rdma_cm here: with kernel 6.1's rxe, an rdma_cm connection torn down while the \
         link is down leaves rdma_cm on that host unable to complete any later connection — \

@@ -6,6 +6,7 @@ import RDMAVerbs
 enum MemoryLockLimitCase: ReliabilityCase {
     static let name = "memlock-64k"
     static let title = "RLIMIT_MEMLOCK of 64 KiB"
+    static let summary = "A process without CAP_IPC_LOCK and a 64 KiB RLIMIT_MEMLOCK asks for a 1 MiB area (must fail with the actionable error), then a 16 KiB one (must carry 20 messages)."
     static let procedure = """
         Host 1 starts a child without CAP_IPC_LOCK (`setpriv --bounding-set -ipc_lock`; root \
         would otherwise ignore the limit) that sets RLIMIT_MEMLOCK to 64 KiB, asks for a 1 MiB \

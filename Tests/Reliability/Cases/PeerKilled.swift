@@ -10,6 +10,7 @@ import Glibc
 enum PeerKilled: ReliabilityCase {
     static let name = "peer-killed"
     static let title = "Peer killed mid-stream"
+    static let summary = "Host 1's child process, streaming to host 0 beside host 1's main process, is killed with SIGKILL; host 0 must see the disconnect, free its verbs objects and keep serving the other connection."
     static let procedure = """
         Host 1 streams 1 KiB messages to host 0 over two connections that share host 0's area and \
         event channel: one from its main process, one from a child process. Once both carried 300 \

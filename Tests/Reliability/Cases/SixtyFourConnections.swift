@@ -6,6 +6,7 @@ import RDMAVerbs
 enum SixtyFourConnections: ReliabilityCase {
     static let name = "64-connections"
     static let title = "64 connections, one area, one event channel"
+    static let summary = "64 connections, sharing one area and one event channel on each host, stream 300 messages each at once; every message must arrive in order and intact."
     static let procedure = """
         Host 1 opens 64 connections to host 0; on each host all 64 share one area and one event \
         channel. Host 1 then streams 300 messages of 1 KiB on every connection at once (4 in \

@@ -6,6 +6,7 @@ import RDMAVerbs
 enum Soak: ReliabilityCase {
     static let name = "soak"
     static let title = "Soak: 1,000,000 messages"
+    static let summary = "1,000,000 stamped messages from host 1 to host 0; none lost, duplicated or corrupted, and resident and registered memory flat."
     static let procedure = """
         Host 1 sends 1,000,000 messages of 64 B (sequence number, stream, length, payload and \
         an FNV-1a checksum) to host 0, 64 in flight. Host 0 checks each one: lost, duplicated or \

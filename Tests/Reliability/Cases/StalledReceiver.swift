@@ -6,6 +6,7 @@ import RDMAVerbs
 enum StalledReceiver: ReliabilityCase {
     static let name = "stalled-receiver"
     static let title = "Receiver stalls for 30 s"
+    static let summary = "Host 0 stops taking messages for 30 s while host 1 sends 400; credits must hold the sender back with no error and no RNR, and all 400 must arrive in order afterwards."
     static let procedure = """
         Host 0 grants 16 receive slots of 4 KiB, then stops calling the library at all for 30 s. \
         Host 1 sends 400 messages of 4 KiB meanwhile. The sender must be held back by credits — \
