@@ -129,11 +129,12 @@ public func ecDelay(_ ec: OpaquePointer?, _ event: UnsafeMutablePointer<ec_event
                 return entry.pollDescriptor
             }
             if descriptor < 0 { return 1 }
-            var milliseconds: Int32 = -1
+            // Wakes up at least once per keepalive interval: the next look probes quiet connections.
+            var milliseconds = Int32(clamping: PeerTimeout.keepAliveInterval.milliseconds)
             if let deadline {
                 let left = deadline - clock.now
                 if left <= .zero { return 0 }
-                milliseconds = Int32(clamping: left.milliseconds)
+                milliseconds = min(milliseconds, Int32(clamping: left.milliseconds))
             }
             var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
             if poll(&entry, 1, milliseconds) < 0 {

@@ -204,12 +204,15 @@ int ec_next_event(ec_t ec, struct ec_event *event);
 
 /* A descriptor for poll()/epoll: readable while the channel has events pending (level
  * triggered: a loop that polls, then takes events until ec_next_event returns 0, misses none).
- * Owned by the channel: do not close it.
+ * Owned by the channel: do not close it. Sleep on it with a timeout of 2 s or less and call
+ * ec_next_event after each wake-up: that is when the channel probes connections that went
+ * quiet (a zero-length RDMA write), so that a peer that vanished shows as
+ * EC_EVENT_DISCONNECTED; ec_delay does this by itself.
  *   Errors: EINVAL unknown channel. */
 int ec_to_fd(ec_t ec);
 
 /* Waits up to timeout_ms milliseconds (-1: forever) for an event. Returns 1 and fills *event,
- * or 0 on timeout.
+ * or 0 on timeout. Wakes up every 2 s meanwhile to probe quiet connections (see ec_to_fd).
  *   Errors: EINVAL unknown channel, event is NULL.  EINTR a signal arrived. */
 int ec_delay(ec_t ec, struct ec_event *event, int timeout_ms);
 

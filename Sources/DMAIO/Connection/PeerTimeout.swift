@@ -15,19 +15,21 @@ import RDMAVerbs
 /// touches no memory and takes no receive slot, but which the peer's device must acknowledge
 /// (see `QueuePair.postZeroLengthWrite`). A silent peer thus shows as a disconnect within
 /// about 2 × 2 s + 1.9 s of silence — provided the program calls into the event channel
-/// (``EventChannel/wait(timeout:)`` wakes up for it; a program that polls does it anyway).
+/// (``EventChannel/wait(timeout:)`` and `ec_delay` wake up for it; a program that polls does it
+/// anyway; one that sleeps on ``EventChannel/fileDescriptor`` itself should wake up at least
+/// every ``keepAliveInterval``).
 ///
 /// The corresponding verbs attributes are `timeout` and `retry_cnt` of `struct ibv_qp_attr`,
 /// set through `rdma_set_option(RDMA_OPTION_ID_ACK_TIMEOUT)` and `rdma_conn_param.retry_count`
 /// on rdma_cm connections, and through `ibv_modify_qp` (RTS) on connections made over a socket.
-enum PeerTimeout {
+package enum PeerTimeout {
     /// 4.096 µs × 2^16 ≈ 268 ms between tries.
-    static let ackTimeout: UInt8 = 16
+    package static let ackTimeout: UInt8 = 16
     /// 6 retries after the first try. Not 7, the most verbs allow: soft-RoCE reads a retry
     /// count of 7 as "retry forever", like the receiver-not-ready count, and would never give up.
-    static let retryCount: UInt8 = 6
+    package static let retryCount: UInt8 = 6
     /// How often the event channel looks for connections that went quiet, and probes them.
-    static let keepAliveInterval: Duration = .seconds(2)
+    package static let keepAliveInterval: Duration = .seconds(2)
 }
 
 extension AccessFlags {

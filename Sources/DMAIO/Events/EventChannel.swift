@@ -147,6 +147,8 @@ public final class EventChannel: @unchecked Sendable {
         try lock.withLock { _ throws(RDMAError) -> Event? in
             if events.isEmpty && announcements.isEmpty { try pumpLocked() }
             var event = popLocked()
+            // An empty look is when quiet connections are probed (a clock read, not per message).
+            if event == nil { probeQuietConnectionsLocked() }
             if descriptorHandedOut {
                 // The queue may be empty now: arm it before anyone sleeps on the descriptor.
                 try armIfIdleLocked()
