@@ -65,6 +65,7 @@ public final class EventChannel: @unchecked Sendable {
     @exclusivity(unchecked) private var nextConnection: UInt32 = 1
     /// Socket connections whose TCP socket is watched.
     @exclusivity(unchecked) private var socketConnections = 0
+    @exclusivity(unchecked) private var emptyLooks: UInt = 0
     /// When ``probeQuietConnectionsLocked()`` looks next.
     @exclusivity(unchecked) var nextKeepAliveSweep = ContinuousClock.now
 
@@ -105,9 +106,7 @@ public final class EventChannel: @unchecked Sendable {
         for fd in [completionChannel.fileDescriptor, connectionEvents.fileDescriptor, wake, sockets] {
             var event = epoll_event(events: EPOLLIN.rawValue, data: epoll_data_t(fd: fd))
             if epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) != 0 {
-                close(epoll)
-                close(wake)
-                close(sockets)
+                // Every stored property is set: throwing now runs deinit, which closes them.
                 throw RDMAError(.systemCall, operation: "epoll_ctl", errno: .init(rawValue: errno), message: "watching descriptor \(fd)")
             }
         }
@@ -150,8 +149,12 @@ public final class EventChannel: @unchecked Sendable {
         try lock.withLock { _ throws(RDMAError) -> Event? in
             if events.isEmpty && announcements.isEmpty { try pumpLocked() }
             var event = popLocked()
-            // An empty look is when quiet connections are probed (a clock read, not per message).
-            if event == nil { probeQuietConnectionsLocked() }
+            // Every 16th empty look, quiet connections may be probed (a clock read; a sender that
+            // drains its events after each send looks once per message).
+            if event == nil {
+                emptyLooks &+= 1
+                if emptyLooks & 15 == 0 { probeQuietConnectionsLocked() }
+            }
             if descriptorHandedOut {
                 // The queue may be empty now: arm it before anyone sleeps on the descriptor.
                 try armIfIdleLocked()
