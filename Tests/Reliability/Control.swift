@@ -1,6 +1,7 @@
 import ExampleSupport
 import Foundation
 import RDMAVerbs
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -71,8 +72,7 @@ final class Control {
     /// The next line if one has arrived, without waiting.
     func poll() throws -> String? {
         if let line = takeLine() { return line }
-        var descriptor = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
-        guard Glibc.poll(&descriptor, 1, 0) > 0 else { return nil }
+        guard try isReadable(socket, within: .zero) else { return nil }
         try fill()
         return takeLine()
     }
@@ -105,14 +105,21 @@ final class Control {
     }
 }
 
-/// Waits until `descriptor` is readable.
+/// Waits until `descriptor` is readable; throws after `timeout`.
 func waitReadable(_ descriptor: Int32, timeout: Duration, what: String) throws {
-    var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+    guard try isReadable(descriptor, within: timeout) else { throw ReliabilityError("nothing from \(what) within \(timeout)") }
+}
+
+/// Whether `descriptor` becomes readable within `timeout`, through RDMAVerbs' `waitReadable`
+/// (`poll`); a signal (a child's SIGCHLD) only restarts the wait.
+func isReadable(_ descriptor: Int32, within timeout: Duration) throws -> Bool {
+    let deadline = ContinuousClock.now + timeout
     while true {
-        let result = poll(&entry, 1, Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000))
-        if result < 0 && errno == EINTR { continue }
-        guard result > 0 else { throw ReliabilityError("nothing from \(what) within \(timeout)") }
-        return
+        do throws(RDMAError) {
+            return try RDMAVerbs.waitReadable(descriptor, timeout: max(.zero, deadline - .now))
+        } catch {
+            guard error.errno == .interrupted else { throw error }
+        }
     }
 }
 

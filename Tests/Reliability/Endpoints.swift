@@ -28,28 +28,33 @@ enum Endpoints {
 }
 
 extension Endpoints {
-    /// Host 0: takes one TCP connection on `listener` and upgrades it (`dma_assoc` on a socket).
-    /// The socket is the caller's to close after the connection.
-    static func acceptSocket(on listener: Int32, events: EventChannel, area: DMAArea, receiveBytes: Int, slotSize: Int) throws -> (Connection, Int32) {
-        try waitReadable(listener, timeout: .seconds(60), what: "host 1's TCP connection")
+    /// Host 0: takes one TCP connection on `listener` (waiting up to `wait`) and upgrades it
+    /// (`dma_assoc` on a socket). The socket is the caller's to close after the connection.
+    static func acceptSocket(
+        on listener: Int32, events: EventChannel, area: DMAArea, receiveBytes: Int, slotSize: Int,
+        wait: Duration = .seconds(60), timeout: Duration = .seconds(30)
+    ) throws -> (Connection, Int32) {
+        try waitReadable(listener, timeout: wait, what: "host 1's TCP connection")
         let socket = Int32(try TCPSocket.check("accept", Glibc.accept(listener, nil, nil)))
-        do {
-            let connection = try Connection(socket: socket, events: events)
-            try connection.associate(area, receiveBytes: receiveBytes, slotSize: slotSize, timeout: .seconds(30))
-            return (connection, socket)
-        } catch {
-            close(socket)
-            throw error
-        }
+        return (try upgrade(socket, events: events, area: area, receiveBytes: receiveBytes, slotSize: slotSize, timeout: timeout), socket)
     }
 
     /// Host 1: connects a TCP socket to host 0 and upgrades it.
-    static func connectSocket(to address: String, port: UInt16, events: EventChannel, area: DMAArea, receiveBytes: Int, slotSize: Int) throws -> (Connection, Int32) {
+    static func connectSocket(
+        to address: String, port: UInt16, events: EventChannel, area: DMAArea, receiveBytes: Int, slotSize: Int,
+        timeout: Duration = .seconds(30)
+    ) throws -> (Connection, Int32) {
         let socket = try TCPSocket.connect(to: address, port: port, from: nil)
+        return (try upgrade(socket, events: events, area: area, receiveBytes: receiveBytes, slotSize: slotSize, timeout: timeout), socket)
+    }
+
+    /// Upgrades a connected TCP socket and associates the connection; closes the socket when
+    /// that fails.
+    private static func upgrade(_ socket: Int32, events: EventChannel, area: DMAArea, receiveBytes: Int, slotSize: Int, timeout: Duration) throws -> Connection {
         do {
             let connection = try Connection(socket: socket, events: events)
-            try connection.associate(area, receiveBytes: receiveBytes, slotSize: slotSize, timeout: .seconds(30))
-            return (connection, socket)
+            try connection.associate(area, receiveBytes: receiveBytes, slotSize: slotSize, timeout: timeout)
+            return connection
         } catch {
             close(socket)
             throw error

@@ -58,11 +58,9 @@ enum HostileHandshake: ReliabilityCase {
         record.check(after.openDescriptors == before.openDescriptors, "no descriptor left behind: \(after.openDescriptors) open, as before")
         record.check(area.bytesInUse == areaBefore, "no area byte left behind: \(area.bytesInUse) bytes in use, as before")
         try session.control.send("peer", "honest")
-        try waitReadable(listener, timeout: .seconds(30), what: "the honest peer")
-        let socket = Int32(try TCPSocket.check("accept", accept(listener, nil, nil)))
+        let (connection, socket) = try Endpoints.acceptSocket(
+            on: listener, events: events, area: area, receiveBytes: 16 << 10, slotSize: 1024, wait: .seconds(30), timeout: .seconds(10))
         defer { close(socket) }
-        let connection = try Connection(socket: socket, events: events)
-        try connection.associate(area, receiveBytes: 16 << 10, slotSize: 1024, timeout: .seconds(10))
         let traffic = Traffic(events: events, area: area, size: 1024)
         let flow = traffic.add(connection, stream: 3)
         try traffic.run(until: { flow.account.received >= 50 }, timeout: .seconds(60), what: "the honest peer's messages")
@@ -102,12 +100,11 @@ enum HostileHandshake: ReliabilityCase {
             record.did("played the \(peer.rawValue) peer")
         }
         try session.control.expect("peer", timeout: .seconds(60))
-        let socket = try TCPSocket.connect(to: session.serverAddress, port: port, from: nil)
-        defer { close(socket) }
         let events = try EventChannel()
         let area = try DMAArea(size: 4 << 20)
-        let connection = try Connection(socket: socket, events: events)
-        try connection.associate(area, receiveBytes: 16 << 10, slotSize: 1024, timeout: .seconds(10))
+        let (connection, socket) = try Endpoints.connectSocket(
+            to: session.serverAddress, port: port, events: events, area: area, receiveBytes: 16 << 10, slotSize: 1024, timeout: .seconds(10))
+        defer { close(socket) }
         let traffic = Traffic(events: events, area: area, size: 1024)
         let flow = traffic.add(connection, stream: 3, budget: 50, window: 8)
         try traffic.run(until: { flow.completed + flow.failed == 50 || flow.broken }, timeout: .seconds(60), what: "the honest peer")
