@@ -223,22 +223,12 @@ public final class QueuePair: @unchecked Sendable {
         signaled: Bool = true, inline: Bool = false
     ) throws(RDMAError) {
         var sge = ibv_sge(addr: segment.address, length: segment.length, lkey: segment.localKey)
-        var request = ibv_send_wr()
-        request.wr_id = requestID
+        var request = Self.sendRequest(requestID: requestID, operation: operation, signaled: signaled)
         request.num_sge = segment.length == 0 ? 0 : 1
-        switch operation {
-        case .send:
-            request.opcode = IBV_WR_SEND
-        case .sendWithImmediate(let immediate):
-            request.opcode = IBV_WR_SEND_WITH_IMM
-            request.imm_data = immediate.bigEndian
-        }
-        var flags: UInt32 = signaled ? IBV_SEND_SIGNALED.rawValue : 0
         if inline {
             guard Int(segment.length) <= capabilities.maxInlineData else { throw inlineTooLarge(Int(segment.length)) }
-            flags |= IBV_SEND_INLINE.rawValue
+            request.send_flags |= IBV_SEND_INLINE.rawValue
         }
-        request.send_flags = flags
         var bad: UnsafeMutablePointer<ibv_send_wr>? = nil
         let result = withUnsafeMutablePointer(to: &sge) { sge in
             request.sg_list = sge
@@ -265,10 +255,25 @@ public final class QueuePair: @unchecked Sendable {
         _ sges: UnsafeMutableBufferPointer<ibv_sge>, requestID: UInt64, operation: SendOperation,
         signaled: Bool, inline: Bool
     ) throws(RDMAError) {
-        var request = ibv_send_wr()
-        request.wr_id = requestID
+        var request = Self.sendRequest(requestID: requestID, operation: operation, signaled: signaled)
         request.sg_list = sges.baseAddress
         request.num_sge = Int32(sges.count)
+        if inline {
+            let total = sges.reduce(0) { $0 + Int($1.length) }
+            guard total <= capabilities.maxInlineData else { throw inlineTooLarge(total) }
+            request.send_flags |= IBV_SEND_INLINE.rawValue
+        }
+        var bad: UnsafeMutablePointer<ibv_send_wr>? = nil
+        let result = ibv_post_send(pointer, &request, &bad)
+        if result != 0 { throw sendRefused(result) }
+    }
+
+    /// A send work request without its segments: the request id, the opcode (and immediate
+    /// data), and whether it is signalled.
+    @inlinable
+    static func sendRequest(requestID: UInt64, operation: SendOperation, signaled: Bool) -> ibv_send_wr {
+        var request = ibv_send_wr()
+        request.wr_id = requestID
         switch operation {
         case .send:
             request.opcode = IBV_WR_SEND
@@ -276,17 +281,8 @@ public final class QueuePair: @unchecked Sendable {
             request.opcode = IBV_WR_SEND_WITH_IMM
             request.imm_data = immediate.bigEndian
         }
-        var flags: UInt32 = 0
-        if signaled { flags |= IBV_SEND_SIGNALED.rawValue }
-        if inline {
-            let total = sges.reduce(0) { $0 + Int($1.length) }
-            guard total <= capabilities.maxInlineData else { throw inlineTooLarge(total) }
-            flags |= IBV_SEND_INLINE.rawValue
-        }
-        request.send_flags = flags
-        var bad: UnsafeMutablePointer<ibv_send_wr>? = nil
-        let result = ibv_post_send(pointer, &request, &bad)
-        if result != 0 { throw sendRefused(result) }
+        request.send_flags = signaled ? IBV_SEND_SIGNALED.rawValue : 0
+        return request
     }
 
     /// The error for an inline send beyond the granted inline size.
