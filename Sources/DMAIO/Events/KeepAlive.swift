@@ -3,8 +3,9 @@ import RDMAVerbs
 extension EventChannel {
     /// Probes the connections that saw no completion since the last sweep, one probe each at a
     /// time (see ``PeerTimeout``): a zero-length RDMA write that the peer's device must
-    /// acknowledge. A probe that fails ends the connection like any failed send. Runs at most
-    /// once per ``PeerTimeout/keepAliveInterval``, from the pump's rare path. Lock held.
+    /// acknowledge. A probe that fails ends the connection like any failed send. Called from
+    /// the pump's rare path and from every 16th empty ``next()``; does its work at most once per
+    /// ``PeerTimeout/keepAliveInterval``. Lock held.
     func probeQuietConnectionsLocked() {
         let now = ContinuousClock.now
         guard now >= nextKeepAliveSweep else { return }
