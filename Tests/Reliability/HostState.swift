@@ -11,12 +11,12 @@ struct HostState: Equatable {
     /// pd, cq, qp, cm_id, mr, srq on the device (every process: the VM runs this tool alone).
     var objects: [String: Int]
     var registeredBytes: Int
-    var residentBytes: Int
+    var resident: Resident
     var openDescriptors: Int
 
     static func now(device: String) throws -> HostState {
         HostState(objects: try objects(on: device), registeredBytes: try registeredBytes(),
-                  residentBytes: residentBytes(), openDescriptors: openDescriptors())
+                  resident: resident(), openDescriptors: openDescriptors())
     }
 
     /// `0: rxe0: pd 1 cq 2 qp 1 cm_id 0 mr 1 ctx 1 srq 0` → its counts, without ctx.
@@ -41,10 +41,34 @@ struct HostState: Equatable {
         return entries.filter { ($0["pid"] as? Int) == me }.reduce(0) { $0 + (($1["mrlen"] as? Int) ?? 0) }
     }
 
-    static func residentBytes() -> Int {
-        guard let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
-        let pages = statm.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
-        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    /// This process's resident memory, from /proc/self/status: all of it (VmRSS), and the part
+    /// that is anonymous memory (RssAnon: heap, stacks, the areas) rather than pages of mapped
+    /// files (RssFile: the program and its libraries, faulted in and dropped by the kernel as
+    /// it pleases). A leak grows the anonymous part.
+    static func resident() -> Resident {
+        var resident = Resident()
+        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+        for line in status.split(separator: "\n") {
+            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard words.count >= 2, let kilobytes = Int(words[1]) else { continue }
+            switch words[0] {
+            case "VmRSS:": resident.total = kilobytes << 10
+            case "RssAnon:": resident.anonymous = kilobytes << 10
+            case "RssFile:": resident.file = kilobytes << 10
+            default: break
+            }
+        }
+        return resident
+    }
+
+    struct Resident: Equatable {
+        var total = 0
+        var anonymous = 0
+        var file = 0
+
+        var description: String {
+            "\(formatBytes(total)) (anonymous \(formatBytes(anonymous)), files \(formatBytes(file)))"
+        }
     }
 
     static func openDescriptors() -> Int {
