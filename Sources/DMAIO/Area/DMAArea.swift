@@ -34,7 +34,7 @@ public final class DMAArea: @unchecked Sendable {
     /// ``releaseOldest(bytes:)``.
     let retained = Mutex(RetainedMessages())
 
-    struct RetainedMessages {
+    struct RetainedMessages: ~Copyable {
         struct Entry {
             var owner: ConnectionState
             var slot: Int
