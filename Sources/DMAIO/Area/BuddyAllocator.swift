@@ -12,9 +12,9 @@
 /// free(0), free(512) → merged again:    [        1024        ]
 /// ```
 ///
-/// It sits on the data path (every `sio_reserve`, every completed send), so each operation
-/// touches its two tables through one pair of buffer pointers (one uniqueness check per table
-/// and call, not one per element), and each order keeps one freed block aside, unmerged: a
+/// It sits on the data path (every `sio_reserve`, every completed send), so it owns its two
+/// tables outright (a non-copyable value over buffers it allocated: no copy-on-write check, a
+/// runtime call, per operation), and each order keeps one freed block aside, unmerged: a
 /// program that reserves and sends buffers of one size (an inline send frees its block at
 /// once) takes the same block back and forth without splitting and merging the tree every
 /// time. A spare block counts as free (not in ``bytesInUse``, not freeable twice); when a
@@ -22,15 +22,14 @@
 /// they never make an allocation fail.
 ///
 /// Not thread-safe: its owner serialises access.
-struct BuddyAllocator {
+struct BuddyAllocator: ~Copyable {
     let minimumBlock: Int
     let capacity: Int
     private let blockShift: Int
     private let maxOrder: Int
-    /// Per minimum block: the free-list links and the state of the block that starts there.
-    private var nodes: [Node]
-    /// Per order: the free list's head and the spare block.
-    private var orders: [Order]
+    /// Per minimum block: the free-list links and the state of the block that starts there; per
+    /// order: the free list's head and the spare block. Allocated once, freed by deinit.
+    private let tables: Tables
     /// Bytes in blocks handed out (block sizes, not requested sizes).
     private(set) var bytesInUse = 0
 
@@ -63,18 +62,24 @@ struct BuddyAllocator {
         self.capacity = blocks << blockShift
         let maxOrder = blocks > 0 ? Int.bitWidth - 1 - blocks.leadingZeroBitCount : 0
         self.maxOrder = maxOrder
-        nodes = Array(repeating: Node(), count: blocks)
-        orders = Array(repeating: Order(), count: maxOrder + 1)
+        let nodes = UnsafeMutableBufferPointer<Node>.allocate(capacity: blocks)
+        nodes.initialize(repeating: Node())
+        let orders = UnsafeMutableBufferPointer<Order>.allocate(capacity: maxOrder + 1)
+        orders.initialize(repeating: Order())
+        tables = Tables(nodes: nodes, orders: orders)
         // Seed with the largest aligned blocks that tile the capacity.
-        withTables { tables in
-            var index = 0
-            while index < blocks {
-                var o = min(maxOrder, index == 0 ? maxOrder : index.trailingZeroBitCount)
-                while index + (1 << o) > blocks { o -= 1 }
-                tables.push(index, order: o)
-                index += 1 << o
-            }
+        var index = 0
+        while index < blocks {
+            var o = min(maxOrder, index == 0 ? maxOrder : index.trailingZeroBitCount)
+            while index + (1 << o) > blocks { o -= 1 }
+            tables.push(index, order: o)
+            index += 1 << o
         }
+    }
+
+    deinit {
+        tables.nodes.deallocate()
+        tables.orders.deallocate()
     }
 
     /// The size of the block that serves a request of `bytes`, or nil if none could.
@@ -91,22 +96,23 @@ struct BuddyAllocator {
     mutating func allocate(_ bytes: Int) -> Int? {
         guard let size = blockSize(for: bytes) else { return nil }
         let wanted = (size &>> blockShift).trailingZeroBitCount
-        let maxOrder = self.maxOrder
-        let found = withTables { tables -> Int? in
-            if let index = tables.takeSpare(order: wanted) ?? tables.split(order: wanted, maxOrder: maxOrder) { return index }
-            // Nothing free that large: merge the spares back and look again.
-            guard tables.mergeSpares(maxOrder: maxOrder) else { return nil }
-            return tables.split(order: wanted, maxOrder: maxOrder)
-        }
-        guard let index = found else { return nil }
+        guard let index = take(order: wanted) else { return nil }
         bytesInUse += size
         return index &<< blockShift
+    }
+
+    @inline(__always)
+    private func take(order wanted: Int) -> Int? {
+        if let index = tables.takeSpare(order: wanted) ?? tables.split(order: wanted, maxOrder: maxOrder) { return index }
+        // Nothing free that large: merge the spares back and look again.
+        guard tables.mergeSpares(maxOrder: maxOrder) else { return nil }
+        return tables.split(order: wanted, maxOrder: maxOrder)
     }
 
     /// The size of the allocated block at `offset`, or nil if no allocated block starts there.
     func allocatedSize(at offset: Int) -> Int? {
         guard offset >= 0, offset < capacity, offset & (minimumBlock - 1) == 0 else { return nil }
-        let node = nodes[offset &>> blockShift]
+        let node = tables.nodes[offset &>> blockShift]
         guard node.order >= 0, !node.isFree, !node.isSpare else { return nil }
         return minimumBlock &<< Int(node.order)
     }
@@ -117,14 +123,12 @@ struct BuddyAllocator {
     mutating func free(_ offset: Int) -> Bool {
         guard let size = allocatedSize(at: offset) else { return false }
         bytesInUse -= size
-        let maxOrder = self.maxOrder, index = offset &>> blockShift
-        withTables { tables in
-            if !tables.keepAsSpare(index) { tables.merge(index, maxOrder: maxOrder) }
-        }
+        let index = offset &>> blockShift
+        if !tables.keepAsSpare(index) { tables.merge(index, maxOrder: maxOrder) }
         return true
     }
 
-    /// The tables, open for one operation.
+    /// The two tables; the allocator owns their memory.
     private struct Tables {
         let nodes: UnsafeMutableBufferPointer<Node>
         let orders: UnsafeMutableBufferPointer<Order>
@@ -205,13 +209,6 @@ struct BuddyAllocator {
                 merged = true
             }
             return merged
-        }
-    }
-
-    @inline(__always)
-    private mutating func withTables<R>(_ body: (Tables) -> R) -> R {
-        nodes.withUnsafeMutableBufferPointer { nodes in
-            orders.withUnsafeMutableBufferPointer { orders in body(Tables(nodes: nodes, orders: orders)) }
         }
     }
 }
