@@ -72,7 +72,7 @@ public func ecBind(_ ec: OpaquePointer?, _ socket: Int32) -> Int32 {
 
 /// EBADF for a descriptor that is not open, ENOTSOCK for one that is not a socket.
 func checkSocketDescriptor(_ socket: Int32, _ operation: String) throws(Failure) {
-    try swiftCall { () throws(RDMAError) in try Connection.checkSocket(socket, for: operation) }
+    _ = try swiftCall { () throws(RDMAError) in try Connection.checkSocket(socket, for: operation) }
 }
 
 /// `int ec_next_event(ec_t ec, struct ec_event *event)`: 1 with the event, 0 when none.
