@@ -414,8 +414,9 @@ public final class Connection: @unchecked Sendable {
         let (areaReference, offset, count) = buffer.take()
         defer { areaReference.release() }
         try events.lock.withLock { _ throws(RDMAError) in
+            let send = ConnectionState.PendingSend(offset: offset, count: count, cookie: cookie)
             do throws(RDMAError) {
-                try checkUsableLocked(for: "aio_send")
+                if state.status != .connected { try checkUsableLocked(for: "aio_send") }
                 guard state.isArea(areaReference) else {
                     throw RDMAError(.wrongArea, operation: "aio_send", errno: .invalidArgument,
                                     message: "the buffer was reserved from another area than the one \(id) is associated with")
@@ -425,7 +426,8 @@ public final class Connection: @unchecked Sendable {
                                     message: "a message of \(count) bytes exceeds the peer's receive slots of \(state.peerSlotSize) bytes: "
                                         + "send smaller messages, or have the peer associate with a larger slotSize")
                 }
-                state.pending.append(.init(offset: offset, count: count, cookie: cookie))
+                if try state.postAtOnce(send) { return }
+                state.pending.append(send)
             } catch {
                 areaReference._withUnsafeGuaranteedRef { $0.free(offset) }
                 throw error
@@ -503,6 +505,10 @@ public final class Connection: @unchecked Sendable {
             throw RDMAError(.notConnected, operation: operation, errno: .socketNotConnected,
                             message: "\(id) is not associated with an area yet: call associate (dma_assoc) first")
         case .disconnected:
+            if let failure = state.failure {
+                throw RDMAError(.disconnected, operation: operation, errno: .connectionReset,
+                                message: "\(id) ended after the device refused work (\(failure.operation): \(failure.message)): open a new connection")
+            }
             throw RDMAError(.disconnected, operation: operation, errno: .connectionReset,
                             message: "the peer of \(id) disconnected: open a new connection")
         case .closed:

@@ -100,6 +100,9 @@ final class ConnectionState: @unchecked Sendable {
     @exclusivity(unchecked) var socketWatched = false
     /// The hello the peer sent with its connection request (server side).
     @exclusivity(unchecked) var peerHello: WireProtocol.Hello?
+    /// Why this side ended the connection, when it did (the device refused a receive slot or a
+    /// send); nil when the peer went away or nothing failed.
+    @exclusivity(unchecked) var failure: RDMAError?
     /// Where the last data send was posted from (for tests of the zero-copy path).
     @exclusivity(unchecked) var lastPostedSendAddress: UnsafeRawPointer?
 
@@ -164,9 +167,21 @@ final class ConnectionState: @unchecked Sendable {
         kind.rawValue << 62 | UInt64(id.rawValue) << 32 | UInt64(UInt32(slot))
     }
 
+    /// The kind of request a work request identifier names (its top two bits).
     @inline(__always)
-    static func decode(_ requestID: UInt64) -> (kind: RequestKind, connection: UInt32, slot: Int) {
-        (RequestKind(rawValue: requestID >> 62) ?? .receive, UInt32((requestID >> 32) & 0x3FFF_FFFF), Int(requestID & 0xFFFF_FFFF))
+    static func kind(of requestID: UInt64) -> RequestKind {
+        switch requestID >> 62 {
+        case 0: .dataSend
+        case 1: .creditUpdate
+        case 2: .receive
+        default: .sharedReceive
+        }
+    }
+
+    /// The connection a work request identifier names (bits 32 to 61).
+    @inline(__always)
+    static func connection(of requestID: UInt64) -> UInt32 {
+        UInt32(truncatingIfNeeded: requestID >> 32) & 0x3FFF_FFFF
     }
 
     // MARK: - Posting (lock held)
@@ -183,10 +198,20 @@ final class ConnectionState: @unchecked Sendable {
     /// still owed in a credit update.
     @inline(__always)
     func pumpSends() throws(RDMAError) {
-        // Most calls (one per completion, one per release) find nothing queued and nothing owed:
-        // they end here, without a call.
-        guard !pending.isEmpty || creditsToReturn > 0 else { return }
+        // Most calls (one per completion, one per release) find nothing queued and no credit
+        // update due: they end here, without a call.
+        guard !pending.isEmpty || creditUpdateIsDue else { return }
         try postQueuedSends()
+    }
+
+    /// Whether credits owed to the peer call for a credit update of their own. An update costs
+    /// a message: send one when half the grant is owed, or when the peer may have run out
+    /// (everything it may send is held or owed here), never later; otherwise the credits ride
+    /// on the next data message.
+    @inline(__always)
+    private var creditUpdateIsDue: Bool {
+        let owed = Int(creditsToReturn)
+        return owed > 0 && (owed >= max(1, creditsGranted &>> 1) || owed + held + arrivals.count >= creditsGranted)
     }
 
     private func postQueuedSends() throws(RDMAError) {
@@ -200,12 +225,7 @@ final class ConnectionState: @unchecked Sendable {
         if credits > 0, sendQueueFree > 1, !pending.isEmpty, let borrowedArea {
             try borrowedArea.with { area throws(RDMAError) in try postData(on: queuePair, from: area) }
         }
-        // A credit update costs a message: send one when half the grant is owed, or when the
-        // peer may have run out (everything it may send is held or owed here), never later.
-        let owed = Int(creditsToReturn) + held + arrivals.count
-        if creditsToReturn > 0, sendQueueFree > 0,
-            Int(creditsToReturn) >= max(1, creditsGranted / 2) || owed >= creditsGranted
-        {
+        if sendQueueFree > 0, creditUpdateIsDue {
             let immediate = WireProtocol.immediate(returning: creditsToReturn, creditUpdate: true)
             try queuePair.postSend(
                 ScatterGatherElement(address: 0, length: 0, localKey: 0), requestID: requestID(.creditUpdate),
@@ -218,26 +238,46 @@ final class ConnectionState: @unchecked Sendable {
     /// Posts queued data messages while credits and send-queue room last.
     @inline(__always)
     private func postData(on queuePair: QueuePair, from area: DMAArea) throws(RDMAError) {
-        let maxInlineData = queuePair.capabilities.maxInlineData
-        while credits > 0, sendQueueFree > 1, var send = pending.front {
-            let immediate = WireProtocol.immediate(returning: creditsToReturn, creditUpdate: false)
-            let segment = area.segment(at: send.offset, count: send.count)
-            // Small payloads go inline where the device allows: the bytes travel inside the
-            // work request and the buffer is back in the area at once.
-            let inline = send.count <= maxInlineData
-            try queuePair.postSend(
-                segment, requestID: requestID(.dataSend), operation: .sendWithImmediate(immediate), inline: inline)
-            lastPostedSendAddress = UnsafeRawPointer(bitPattern: UInt(segment.address))
+        while credits > 0, sendQueueFree > 1, let send = pending.front {
+            try post(send, on: queuePair, from: area)
             _ = pending.popFirst()
-            if inline {
-                area.free(send.offset)
-                send.offset = -1
-            }
-            inFlight.append(send)
-            creditsToReturn = 0
-            credits -= 1
-            sendQueueFree -= 1
         }
+    }
+
+    /// Posts a data message at once when nothing waits ahead of it and a credit and send-queue
+    /// room are at hand — the common case, which then takes no trip through the queue; false
+    /// when it must wait in the queue. On error nothing was posted: the block is the caller's.
+    @inline(__always)
+    func postAtOnce(_ send: PendingSend) throws(RDMAError) -> Bool {
+        guard pending.isEmpty, credits > 0, sendQueueFree > 1, status == .connected,
+            let borrowedQueuePair, let borrowedArea
+        else { return false }
+        try borrowedQueuePair.with { queuePair throws(RDMAError) in
+            try borrowedArea.with { area throws(RDMAError) in try post(send, on: queuePair, from: area) }
+        }
+        return true
+    }
+
+    /// Posts one data message, spending a credit and a send-queue entry; the credits owed to
+    /// the peer ride along.
+    @inline(__always)
+    private func post(_ send: PendingSend, on queuePair: QueuePair, from area: DMAArea) throws(RDMAError) {
+        var send = send
+        let immediate = WireProtocol.immediate(returning: creditsToReturn, creditUpdate: false)
+        let segment = area.segment(at: send.offset, count: send.count)
+        // Small payloads go inline where the device allows: the bytes travel inside the work
+        // request and the buffer is back in the area at once.
+        let inline = send.count <= queuePair.capabilities.maxInlineData
+        try queuePair.postSend(segment, requestID: requestID(.dataSend), operation: .sendWithImmediate(immediate), inline: inline)
+        lastPostedSendAddress = UnsafeRawPointer(bitPattern: UInt(segment.address))
+        if inline {
+            area.free(send.offset)
+            send.offset = -1
+        }
+        inFlight.append(send)
+        creditsToReturn = 0
+        credits -= 1
+        sendQueueFree -= 1
     }
 
     /// Fails every queued send (after a disconnect): their buffers go back to the area.

@@ -334,69 +334,105 @@ public final class EventChannel: @unchecked Sendable {
 
     private func pollOnceLocked() throws(RDMAError) -> Int {
         let count = try completionQueue.poll(into: polled)
-        for index in 0..<count { try handleLocked(polled[index]) }
+        let base = UnsafePointer(polled.baseAddress!)
+        for index in 0..<count { handleLocked(base + index) }
         return count
     }
 
-    private func handleLocked(_ completion: WorkCompletion) throws(RDMAError) {
-        let (kind, raw, slot) = ConnectionState.decode(completion.requestID)
+    /// One completion. It cannot fail: what goes wrong while handling it (a receive slot or a
+    /// send the device refuses to take) ends that one connection, reported by its events, and
+    /// the other completions of the batch, already taken from the queue, are handled all the
+    /// same.
+    @inline(__always)
+    private func handleLocked(_ completion: UnsafePointer<WorkCompletion>) {
+        let requestID = completion.pointee.requestID
+        let slot = Int(truncatingIfNeeded: UInt32(truncatingIfNeeded: requestID))
+        let kind = ConnectionState.kind(of: requestID)
         if kind == .sharedReceive {
-            guard let owner = connectionsByQueuePair[completion.queuePairNumber], let state = connections[owner] else {
-                // The connection closed meanwhile: the slot still belongs to the pool.
-                try poolsByQueuePair[completion.queuePairNumber]?.repost(slot: slot)
-                return
-            }
-            try handleReceiveLocked(completion, slot: slot, state: state)
-            try state.pumpSends()
+            handleSharedReceiveLocked(completion, slot: slot)
             return
         }
         // A closed connection's flushes find none.
-        try connections.withConnection(raw) { state throws(RDMAError) in try handleLocked(completion, kind: kind, slot: slot, state: state) }
+        connections.withConnection(ConnectionState.connection(of: requestID)) { state in
+            handleLocked(completion, kind: kind, slot: slot, state: state)
+        }
     }
 
     /// A completion of one of `state`'s requests (not of a shared receive).
     @inline(__always)
-    private func handleLocked(_ completion: WorkCompletion, kind: ConnectionState.RequestKind, slot: Int, state: ConnectionState) throws(RDMAError) {
+    private func handleLocked(_ completion: UnsafePointer<WorkCompletion>, kind: ConnectionState.RequestKind, slot: Int, state: ConnectionState) {
         state.activity &+= 1
         switch kind {
         case .dataSend:
             state.sendQueueFree += 1
             guard let send = state.inFlight.popFirst() else { return }
             if send.offset >= 0 { state.area?.free(send.offset) }
-            if completion.isSuccess {
+            if completion.pointee.isSuccess {
                 events.append(.sent(connection: state.id, cookie: send.cookie))
             } else {
-                events.append(.sendFailed(connection: state.id, cookie: send.cookie, status: completion.status))
-                if completion.status != .flushed { peerWentAwayLocked(state) }  // the queue pair is in error
+                let status = completion.pointee.status
+                events.append(.sendFailed(connection: state.id, cookie: send.cookie, status: status))
+                if status != .flushed { peerWentAwayLocked(state) }  // the queue pair is in error
             }
         case .creditUpdate:
             state.sendQueueFree += 1
             if slot == ConnectionState.probeSlot { state.probeOutstanding = false }
-            if !completion.isSuccess && completion.status != .flushed { peerWentAwayLocked(state) }
+            if !completion.pointee.isSuccess && completion.pointee.status != .flushed { peerWentAwayLocked(state) }
         case .receive, .sharedReceive:
-            try handleReceiveLocked(completion, slot: slot, state: state)
+            handleReceiveLocked(completion, slot: slot, state: state)
         }
-        try state.pumpSends()
+        pumpSendsLocked(state)
     }
 
-    private func handleReceiveLocked(_ completion: WorkCompletion, slot: Int, state: ConnectionState) throws(RDMAError) {
-        guard completion.isSuccess else {
-            if completion.status != .flushed && state.status == .connected {
-                events.append(.receiveFailed(connection: state.id, status: completion.status))
-                peerWentAwayLocked(state)  // the queue pair is in error
-            }
-            if let pool = state.pool { try pool.repost(slot: slot) }  // a pool's slot outlives the connection
+    /// A shared receive names its queue pair, not its connection.
+    private func handleSharedReceiveLocked(_ completion: UnsafePointer<WorkCompletion>, slot: Int) {
+        let queuePairNumber = completion.pointee.queuePairNumber
+        guard let owner = connectionsByQueuePair[queuePairNumber], let state = connections[owner] else {
+            // The connection closed meanwhile: the slot still belongs to the pool. (A pool whose
+            // queue refuses it has failed as a whole; its connections learn it by their own.)
+            try? poolsByQueuePair[queuePairNumber]?.repost(slot: slot)
             return
         }
-        let immediate = completion.immediateData ?? 0
+        state.activity &+= 1
+        handleReceiveLocked(completion, slot: slot, state: state)
+        pumpSendsLocked(state)
+    }
+
+    @inline(__always)
+    private func handleReceiveLocked(_ completion: UnsafePointer<WorkCompletion>, slot: Int, state: ConnectionState) {
+        guard completion.pointee.isSuccess else {
+            let status = completion.pointee.status
+            if status != .flushed && state.status == .connected {
+                events.append(.receiveFailed(connection: state.id, status: status))
+                peerWentAwayLocked(state)  // the queue pair is in error
+            }
+            // A pool's slot outlives the connection.
+            if let pool = state.pool { try? pool.repost(slot: slot) }
+            return
+        }
+        let immediate = completion.pointee.immediateData ?? 0
         state.credits += Int(immediate & WireProtocol.creditMask)
         if immediate & WireProtocol.creditUpdateFlag != 0 || state.status != .connected {
-            try state.postReceive(slot: slot)  // a credit update leaves the slot untouched
+            // A credit update leaves the slot untouched.
+            do { try state.postReceive(slot: slot) } catch { endLocked(state, after: error) }
         } else {
-            state.arrivals.append(.init(slot: Int32(slot), length: Int32(completion.byteCount)))
+            state.arrivals.append(.init(slot: Int32(slot), length: Int32(completion.pointee.byteCount)))
             state.arrived += 1
             announceLocked(state)
         }
+    }
+
+    /// Posts what `state` may send now; a refusal ends the connection.
+    @inline(__always)
+    private func pumpSendsLocked(_ state: ConnectionState) {
+        do { try state.pumpSends() } catch { endLocked(state, after: error) }
+    }
+
+    /// This side could not go on with a connection (the device refused a receive slot or a
+    /// send): it ends as if the peer went away, and later calls on it say why.
+    private func endLocked(_ state: ConnectionState, after error: RDMAError) {
+        state.failure = state.failure ?? error
+        peerWentAwayLocked(state)
     }
 
     private func handleLocked(_ event: ConnectionEvent) {
@@ -524,14 +560,12 @@ public final class EventChannel: @unchecked Sendable {
                 if let pool = state.pool { try? pool.repost(slot: slot) }
                 return
             }
-            do {
+            do throws(RDMAError) {
                 try state.postReceive(slot: slot)
                 state.creditsToReturn += 1
                 try state.pumpSends()
             } catch {
-                state.status = .disconnected
-                state.failPendingSends(into: &events)
-                events.append(.disconnected(connection: state.id))
+                endLocked(state, after: error)
                 if descriptorHandedOut { updateWakeLocked() }
             }
         }
