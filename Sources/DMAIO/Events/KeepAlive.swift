@@ -7,7 +7,7 @@ extension EventChannel {
     /// the pump's rare path and from every 16th empty ``next()``; does its work at most once per
     /// ``PeerTimeout/keepAliveInterval``. Lock held.
     func probeQuietConnectionsLocked() {
-        let now = ContinuousClock.now
+        let now = MonotonicInstant.now
         guard now >= nextKeepAliveSweep else { return }
         nextKeepAliveSweep = now + PeerTimeout.keepAliveInterval
         for state in connections.states where state.status == .connected {
