@@ -6,7 +6,9 @@ import Glibc
 #endif
 
 /// The same stream over an ordinary TCP socket, for comparison: the sender writes each message
-/// from one buffer, the receiver reads each into one buffer (copies through the kernel).
+/// from one buffer, the receiver reads each into one buffer (copies through the kernel). The
+/// sender's clock runs until the receiver has read the last byte, as RDMA's runs until the last
+/// send completed.
 struct TCPTransport {
     let size: Int
     let pattern: Pattern?
@@ -34,6 +36,12 @@ struct TCPTransport {
             sent += 1
             meter.count()
         }
+        // A send returns once the bytes are in the socket's buffer: the clock stops when the
+        // receiver has read them all and closed its end (it closes at our end of stream).
+        shutdown(socket, Int32(SHUT_WR))
+        var byte: UInt8 = 0
+        while try TCPSocket.check("recv", Glibc.recv(socket, &byte, 1, 0)) > 0 {}
+        meter.finish()
     }
 
     func receive(on host: String, port: UInt16, meter: Meter, announce: (String) -> Void) throws(RDMAError) {
