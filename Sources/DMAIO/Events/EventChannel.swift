@@ -232,10 +232,13 @@ public final class EventChannel: @unchecked Sendable {
             if try prepareToSleep() { continue }
             let remaining = deadline.map { Swift.max($0 - clock.now, .zero) }
             if let remaining, remaining == .zero { return nil }
-            // Wake up for the keepalive sweep at least every interval, and look at connection
-            // events and quiet connections after every sleep.
+            // Wake up for the keepalive sweep at least every interval. Connection events are
+            // looked at when their descriptor woke the sleep, or when the nap ran out (then the
+            // quiet connections are probed too); a wake-up for completions alone costs no look
+            // (a poll() system call), and the sweep still runs from every 16th empty next().
             let nap = remaining.map { Swift.min($0, PeerTimeout.keepAliveInterval) } ?? PeerTimeout.keepAliveInterval
-            try wokeUp(try sleep(timeout: nap).union(.connections))
+            let ready = try sleep(timeout: nap)
+            try wokeUp(ready.isEmpty ? .all : ready)
         }
     }
 
