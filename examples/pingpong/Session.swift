@@ -53,10 +53,10 @@ struct Session {
     /// Only taking the arrival and posting the answer lie between a message's arrival and the
     /// reply; what the next round trip needs is done while the current message is in flight: the
     /// next send buffer is reserved (and filled), the received message released (its slot
-    /// re-posted, its credit owed) after the reply went out — as `ibv_rc_pingpong` re-posts its
-    /// receives off that path — and the events taken. The loop stamps each round trip's end into
-    /// a buffer allocated before it (a clock read, no arithmetic, no allocation); durations and
-    /// percentiles are worked out after the last round trip.
+    /// re-posted, its credit owed) after the reply went out, as `ibv_rc_pingpong` re-posts its
+    /// receives off that path. The loop stamps each round trip's end into a buffer allocated
+    /// before it (a clock read, no arithmetic, no allocation); durations and percentiles are
+    /// worked out after the last round trip.
     func run(_ connection: Connection, iterations: Int, isClient: Bool) throws(RDMAError) -> Result {
         let stamps = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: iterations + 1)
         defer { stamps.deallocate() }
