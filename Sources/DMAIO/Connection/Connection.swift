@@ -406,8 +406,10 @@ public final class Connection: @unchecked Sendable {
     /// - Throws: ``RDMAError/Code/notConnected`` before association or after ``close()``;
     ///   ``RDMAError/Code/disconnected`` after the peer went away;
     ///   ``RDMAError/Code/wrongArea`` for a buffer of another area;
-    ///   ``RDMAError/Code/messageTooLarge`` beyond ``peerSlotSize``. On error the buffer goes
-    ///   back to its area.
+    ///   ``RDMAError/Code/messageTooLarge`` beyond ``peerSlotSize``;
+    ///   ``RDMAError/Code/systemCall`` when the device refuses the work request
+    ///   (`ibv_post_send` failed). On error the message was not sent and its buffer goes back
+    ///   to its area.
     ///
     /// The corresponding C function is `ibv_post_send` (`IBV_WR_SEND_WITH_IMM`, signalled).
     public func send(_ buffer: consuming SendBuffer, cookie: UInt64 = 0) throws(RDMAError) {
@@ -426,16 +428,21 @@ public final class Connection: @unchecked Sendable {
                                     message: "a message of \(count) bytes exceeds the peer's receive slots of \(state.peerSlotSize) bytes: "
                                         + "send smaller messages, or have the peer associate with a larger slotSize")
                 }
+                // Out of credits: credit updates may be waiting in the completion queue (a poll
+                // of user-mapped memory, no system call), so a sender that only sends still moves.
+                if state.credits == 0 {
+                    try events.pumpLocked()
+                    if state.status != .connected { try checkUsableLocked(for: "aio_send") }
+                }
                 if try state.postAtOnce(send) { return }
                 state.pending.append(send)
             } catch {
                 areaReference._withUnsafeGuaranteedRef { $0.free(offset) }
                 throw error
             }
-            // Out of credits: credit updates may be waiting in the completion queue (a poll of
-            // user-mapped memory, no system call), so a sender that only sends still moves.
-            if state.credits == 0 { try events.pumpLocked() }
-            try state.pumpSends()
+            // The message is queued now: if the device refuses the queue's sends, the connection
+            // ends, and each queued message, this one included, is reported failed by its event.
+            do throws(RDMAError) { try state.pumpSends() } catch { events.endLocked(state, after: error) }
         }
     }
 

@@ -309,7 +309,7 @@ public final class EventChannel: @unchecked Sendable {
     /// (and so how late it may learn of a disconnect). Each look costs a `poll` system call, a
     /// few microseconds under emulation: every 64th pump took about 3% of a polling `pingpong`'s
     /// samples, once a millisecond about one `poll` per 7 round trips of a 64 B ping-pong and per
-    /// 4 messages of a 4 KiB stream's receiver.
+    /// 4 messages of a 4 KiB stream's receiver; every 5 ms a fifth of that.
     static let connectionLookInterval = Duration.milliseconds(5)
 
     /// Whether ``connectionLookInterval`` passed since the last unprompted look at connection
@@ -439,9 +439,10 @@ public final class EventChannel: @unchecked Sendable {
 
     /// This side could not go on with a connection (the device refused a receive slot or a
     /// send): it ends as if the peer went away, and later calls on it say why.
-    private func endLocked(_ state: ConnectionState, after error: RDMAError) {
+    func endLocked(_ state: ConnectionState, after error: RDMAError) {
         state.failure = state.failure ?? error
         peerWentAwayLocked(state)
+        if descriptorHandedOut { updateWakeLocked() }
     }
 
     private func handleLocked(_ event: ConnectionEvent) {
@@ -575,7 +576,6 @@ public final class EventChannel: @unchecked Sendable {
                 try state.pumpSends()
             } catch {
                 endLocked(state, after: error)
-                if descriptorHandedOut { updateWakeLocked() }
             }
         }
     }
