@@ -55,7 +55,23 @@ extension RxeIntegration {
                 #expect(text.contains("500 iters in "))
                 #expect(text.contains("content of all 500 messages checked: OK"))
                 #expect(text.contains("round trip usec: min "))
+                // The round trips are stamped one by one: their mean (usec/iter) lies within
+                // their spread, and none is zero.
+                let perIteration = try #require(Self.number(after: ["iters in ", "seconds = "], in: text))
+                let fastest = try #require(Self.number(after: ["round trip usec: min "], in: text))
+                let slowest = try #require(Self.number(after: ["round trip usec: ", "max "], in: text))
+                #expect(fastest > 0 && fastest <= perIteration && perIteration <= slowest, "\(text)")
             }
+        }
+
+        /// The number that follows the last of `markers`, each looked for after the one before.
+        private static func number(after markers: [String], in text: String) -> Double? {
+            var rest = text[...]
+            for marker in markers {
+                guard let range = rest.range(of: marker) else { return nil }
+                rest = rest[range.upperBound...]
+            }
+            return Double(rest.prefix { $0.isNumber || $0 == "." })
         }
     }
 }

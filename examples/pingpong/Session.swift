@@ -54,28 +54,34 @@ struct Session {
     /// reply; what the next round trip needs is done while the current message is in flight: the
     /// next send buffer is reserved (and filled), the received message released (its slot
     /// re-posted, its credit owed) after the reply went out, as `ibv_rc_pingpong` re-posts its
-    /// receives off that path. The loop stamps each round trip's end into a buffer allocated
-    /// before it (a clock read, no arithmetic, no allocation); durations and percentiles are
-    /// worked out after the last round trip.
+    /// receives off that path. The loop stamps each round trip into a buffer allocated before it
+    /// (a clock read, no arithmetic, no allocation), and not between an arrival and the reply:
+    /// the client stamps when a request's post returned, so that a round trip is the period from
+    /// one post to the next (its clock starts after the first post, as `ibv_rc_pingpong`'s
+    /// does, and stops when the last reply is taken); the server stamps after each reply's post.
+    /// Durations and percentiles are worked out after the last round trip.
     func run(_ connection: Connection, iterations: Int, isClient: Bool) throws(RDMAError) -> Result {
         let stamps = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: iterations + 1)
         defer { stamps.deallocate() }
         stamps.initialize(repeating: 0)
         var next: SendBuffer? = try reserve(sequence: 0)
         var reply: ReceivedBuffer? = nil
-        stamps[0] = MonotonicClock.nanoseconds()
+        if !isClient { stamps[0] = MonotonicClock.nanoseconds() }
         for iteration in 0..<iterations {
             let last = iteration == iterations - 1
             if isClient {
                 try send(next.take()!, on: connection, sequence: iteration)
+                stamps[iteration] = MonotonicClock.nanoseconds()
+                if iteration & 15 == 15 { try takeEvents() }
                 reply.take()?.release()
                 if !last { next = try reserve(sequence: iteration + 1) }
                 reply = try receive(on: connection, sequence: iteration)
-                stamps[iteration + 1] = MonotonicClock.nanoseconds()
+                if last { stamps[iterations] = MonotonicClock.nanoseconds() }
             } else {
                 let request = try receive(on: connection, sequence: iteration)
                 try send(next.take()!, on: connection, sequence: iteration)
                 stamps[iteration + 1] = MonotonicClock.nanoseconds()
+                if iteration & 15 == 15 { try takeEvents() }
                 request.release()
                 if !last { next = try reserve(sequence: iteration + 1) }
             }
@@ -114,9 +120,11 @@ struct Session {
         outstanding.value += 1
     }
 
-    /// Waits for the next message and checks it; the caller releases it (sio_release). Between
-    /// asks of aio_recv it takes events until one announces a message (ec_next_event, which
-    /// looks at the completion queue; with -e, ec_delay, which sleeps on the channel).
+    /// Waits for the next message and checks it; the caller releases it (sio_release). Polling,
+    /// it asks aio_recv again and again: when nothing has arrived, aio_recv looks at the
+    /// completion queue itself, so an arrival is taken and handed out in one call, with nothing
+    /// else between the completion and the reply. With -e it sleeps on the channel (ec_delay)
+    /// between asks, until an event announces a message.
     private func receive(on connection: Connection, sequence: Int) throws(RDMAError) -> ReceivedBuffer {
         while true {
             if let message = try connection.receive() {
@@ -129,8 +137,16 @@ struct Session {
                 }
                 return message
             }
-            while try !waitForEvent() {}
+            if useEvents { while try !waitForEvent() {} }
         }
+    }
+
+    /// Takes the events that are waiting (ec_next_event until none is left), off the critical
+    /// path and every 16th round trip, which keeps the channel's event queue within its first
+    /// capacity: sends completed (their buffers came back to the area by themselves), and
+    /// announcements of messages, which ``receive(on:sequence:)`` takes by itself.
+    private func takeEvents() throws(RDMAError) {
+        while let event = try events.next() { _ = try take(event) }
     }
 
     /// Waits for one event: polling (ec_next_event) until there is one, or sleeping on the
@@ -141,23 +157,28 @@ struct Session {
     private func waitForEvent(blocking: Bool = false) throws(RDMAError) -> Bool {
         let sleeps = useEvents || blocking
         while true {
-            switch sleeps ? try events.wait(timeout: .seconds(30)) : try events.next() {
-            case .received?:
-                return true
-            case .sent?:
-                outstanding.value -= 1
-                return false
-            case .disconnected?:
-                throw RDMAError(.disconnected, operation: "pingpong", message: "the peer went away")
-            case .sendFailed(_, _, let status)?:
-                throw RDMAError(.workCompletion, operation: "aio_send", message: "a send failed: \(status)")
-            case .receiveFailed(_, let status)?:
-                throw RDMAError(.workCompletion, operation: "aio_recv", message: "a receive failed: \(status)")
-            case nil where sleeps:
-                throw RDMAError(.timedOut, operation: "ec_delay", message: "no event within 30 s: did the peer stop?")
-            case nil, .connected?:
-                continue
-            }
+            if let event = sleeps ? try events.wait(timeout: .seconds(30)) : try events.next() { return try take(event) }
+            if sleeps { throw RDMAError(.timedOut, operation: "ec_delay", message: "no event within 30 s: did the peer stop?") }
+        }
+    }
+
+    /// One event: a completed send is counted, a failure thrown; true when it announced a
+    /// received message.
+    private func take(_ event: Event) throws(RDMAError) -> Bool {
+        switch event {
+        case .received:
+            return true
+        case .sent:
+            outstanding.value -= 1
+            return false
+        case .connected:
+            return false
+        case .disconnected:
+            throw RDMAError(.disconnected, operation: "pingpong", message: "the peer went away")
+        case .sendFailed(_, _, let status):
+            throw RDMAError(.workCompletion, operation: "aio_send", message: "a send failed: \(status)")
+        case .receiveFailed(_, let status):
+            throw RDMAError(.workCompletion, operation: "aio_recv", message: "a receive failed: \(status)")
         }
     }
 }
