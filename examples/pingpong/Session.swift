@@ -174,7 +174,7 @@ struct Session {
         case .connected:
             return false
         case .disconnected:
-            throw RDMAError(.disconnected, operation: "pingpong", message: "the peer went away")
+            throw RDMAError(.disconnected, operation: useEvents ? "ec_delay" : "ec_next_event", errno: .connectionReset, message: "the peer disconnected (the event channel reported it): is the other side still running?")
         case .sendFailed(_, _, let status):
             throw RDMAError(.workCompletion, operation: "aio_send", message: "a send failed: \(status)")
         case .receiveFailed(_, let status):

@@ -112,7 +112,7 @@ struct RDMATransport {
         case .sendFailed(_, let cookie, let status):
             throw RDMAError(.workCompletion, operation: "aio_send", message: "message \(cookie) failed: \(status)")
         case .disconnected:
-            throw RDMAError(.disconnected, operation: "stream", message: "the receiver went away")
+            throw RDMAError(.disconnected, operation: "ec_next_event", errno: .connectionReset, message: "the receiver disconnected (the event channel reported it): is it still running?")
         default: return 0
         }
     }
