@@ -146,7 +146,7 @@ struct Session {
     /// capacity: sends completed (their buffers came back to the area by themselves), and
     /// announcements of messages, which ``receive(on:sequence:)`` takes by itself.
     private func takeEvents() throws(RDMAError) {
-        while let event = try events.next() { _ = try take(event) }
+        while let event = try events.next() { _ = try take(event, from: "ec_next_event") }
     }
 
     /// Waits for one event: polling (ec_next_event) until there is one, or sleeping on the
@@ -157,14 +157,16 @@ struct Session {
     private func waitForEvent(blocking: Bool = false) throws(RDMAError) -> Bool {
         let sleeps = useEvents || blocking
         while true {
-            if let event = sleeps ? try events.wait(timeout: .seconds(30)) : try events.next() { return try take(event) }
+            if let event = sleeps ? try events.wait(timeout: .seconds(30)) : try events.next() {
+                return try take(event, from: sleeps ? "ec_delay" : "ec_next_event")
+            }
             if sleeps { throw RDMAError(.timedOut, operation: "ec_delay", message: "no event within 30 s: did the peer stop?") }
         }
     }
 
-    /// One event: a completed send is counted, a failure thrown; true when it announced a
-    /// received message.
-    private func take(_ event: Event) throws(RDMAError) -> Bool {
+    /// One event, taken by `operation`: a completed send is counted, a failure thrown; true when
+    /// it announced a received message.
+    private func take(_ event: Event, from operation: String) throws(RDMAError) -> Bool {
         switch event {
         case .received:
             return true
@@ -174,7 +176,7 @@ struct Session {
         case .connected:
             return false
         case .disconnected:
-            throw RDMAError(.disconnected, operation: useEvents ? "ec_delay" : "ec_next_event", errno: .connectionReset, message: "the peer disconnected (the event channel reported it): is the other side still running?")
+            throw RDMAError(.disconnected, operation: operation, errno: .connectionReset, message: "the peer disconnected (the event channel reported it): is the other side still running?")
         case .sendFailed(_, _, let status):
             throw RDMAError(.workCompletion, operation: "aio_send", message: "a send failed: \(status)")
         case .receiveFailed(_, let status):

@@ -56,7 +56,7 @@ struct RDMATransport {
             // 16th message, and when the area is full, rather than after every message (each
             // look that finds none is a poll of the queue).
             if sent & 15 == 0 {
-                while let event = try events.next() { completed += try account(event) }
+                while let event = try events.next() { completed += try account(event, from: "ec_next_event") }
             }
         }
         while completed < sent { completed += try takeEvent(blocking: true) }
@@ -103,16 +103,16 @@ struct RDMATransport {
             if blocking { throw RDMAError(.timedOut, operation: "ec_delay", message: "no event within 30 s: did the receiver stop?") }
             return 0
         }
-        return try account(event)
+        return try account(event, from: blocking ? "ec_delay" : "ec_next_event")
     }
 
-    private func account(_ event: Event) throws(RDMAError) -> Int {
+    private func account(_ event: Event, from operation: String) throws(RDMAError) -> Int {
         switch event {
         case .sent: return 1
         case .sendFailed(_, let cookie, let status):
             throw RDMAError(.workCompletion, operation: "aio_send", message: "message \(cookie) failed: \(status)")
         case .disconnected:
-            throw RDMAError(.disconnected, operation: "ec_next_event", errno: .connectionReset, message: "the receiver disconnected (the event channel reported it): is it still running?")
+            throw RDMAError(.disconnected, operation: operation, errno: .connectionReset, message: "the receiver disconnected (the event channel reported it): is it still running?")
         default: return 0
         }
     }
