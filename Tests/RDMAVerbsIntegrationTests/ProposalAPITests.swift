@@ -431,6 +431,117 @@ extension RxeIntegration {
             #expect(pool.unclaimedSlots == 64, "closing returns every claimed slot")
         }
 
+        /// aio_recv hands out a message it finds on the device before it handles the rest of what
+        /// that poll brought (the completions of earlier sends, the other connection's messages):
+        /// two connections on one server channel, each echoing 1,000 messages of varying size. Every
+        /// message and every echo arrives intact and in order, and every echo's send is reported
+        /// once, in order, by ec_next_event.
+        @Test func messagesHandedOutAheadOfTheirPollLeaveNothingBehind() throws {
+            let serverEvents = try EventChannel()
+            let serverArea = try DMAArea(size: 1 << 20)
+            let address = "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())"
+            let listener = try Listener(on: address, events: serverEvents)
+            let count = 1000, slotSize = 4096
+            let accepted = OnThread { () throws -> [Connection] in
+                try (0..<2).map { _ in
+                    let connection = try listener.accept(timeout: .seconds(10))
+                    try connection.associate(serverArea, receiveBytes: 8 * slotSize, slotSize: slotSize)
+                    return connection
+                }
+            }
+            let clients = try (0..<2).map { _ -> (Connection, DMAArea, EventChannel) in
+                let events = try EventChannel()
+                let area = try DMAArea(size: 1 << 20)
+                let connection = try Connection(to: address, events: events)
+                try connection.associate(area, receiveBytes: 8 * slotSize, slotSize: slotSize)
+                return (connection, area, events)
+            }
+            let servers = try accepted.join()
+            let deadline = ContinuousClock.now + .seconds(60)
+            func check(_ condition: Bool, _ what: @autoclosure () -> String) throws {
+                guard condition else { throw RDMAError(.workCompletion, operation: "test", message: what()) }
+                guard ContinuousClock.now < deadline else { throw RDMAError(.timedOut, operation: "test", message: "not done within 60 s: \(what())") }
+            }
+            // The server answers each message with a copy, polling its two connections in turn.
+            let server = OnThread { () throws -> (received: [Int], echoesSent: [Int]) in
+                var received = [0, 0], echoesSent = [0, 0]
+                func takeEvents() throws {
+                    while let event = try serverEvents.next() {
+                        switch event {
+                        case .sent(let connection, let cookie):
+                            let index = connection == servers[0].id ? 0 : 1
+                            try check(cookie == UInt64(echoesSent[index]), "server, connection \(index): echo \(cookie) reported sent, expected \(echoesSent[index])")
+                            echoesSent[index] += 1
+                        case .sendFailed, .receiveFailed, .disconnected:
+                            throw RDMAError(.workCompletion, operation: "test", message: "server: \(event)")
+                        case .received, .connected:
+                            break
+                        }
+                    }
+                }
+                while received != [count, count] || echoesSent != [count, count] {
+                    for (index, connection) in servers.enumerated() {
+                        while let message = try connection.receive() {
+                            let sequence = received[index]
+                            try check(message.count == StreamMessage.size(sequence, slotSize: slotSize) && StreamMessage.matches(message.bytes, sequence: sequence),
+                                      "server, connection \(index): message \(sequence) differs")
+                            var echo: SendBuffer? = nil
+                            while echo == nil {
+                                do { echo = try serverArea.reserve(message.count) } catch let error as RDMAError where error.code == .areaExhausted { try takeEvents() }
+                            }
+                            echo!.withUnsafeMutableBytes { $0.copyMemory(from: message.bytes) }
+                            try connection.send(echo.take()!, cookie: UInt64(sequence))
+                            message.release()
+                            received[index] += 1
+                        }
+                    }
+                    try takeEvents()
+                    try check(true, "server: received \(received), echoes sent \(echoesSent)")
+                }
+                return (received, echoesSent)
+            }
+            // Each client streams its messages and takes the echoes as they come.
+            let streams = clients.enumerated().map { index, client in
+                OnThread { () throws -> (echoes: Int, sent: Int) in
+                    let (connection, area, events) = client
+                    var posted = 0, echoes = 0, sent = 0
+                    while echoes < count || sent < count {
+                        if posted < count, let buffer = try? area.reserve(StreamMessage.size(posted, slotSize: slotSize)) {
+                            buffer.withUnsafeMutableBytes { StreamMessage.fill($0, sequence: posted) }
+                            try connection.send(buffer, cookie: UInt64(posted))
+                            posted += 1
+                        }
+                        while let echo = try connection.receive() {
+                            try check(echo.count == StreamMessage.size(echoes, slotSize: slotSize) && StreamMessage.matches(echo.bytes, sequence: echoes),
+                                      "client \(index): echo \(echoes) differs")
+                            echo.release()
+                            echoes += 1
+                        }
+                        while let event = try events.next() {
+                            switch event {
+                            case .sent: sent += 1
+                            case .received, .connected: break
+                            case .sendFailed, .receiveFailed, .disconnected:
+                                throw RDMAError(.workCompletion, operation: "test", message: "client \(index): \(event)")
+                            }
+                        }
+                        try check(true, "client \(index): \(posted) posted, \(sent) sent, \(echoes) echoes")
+                    }
+                    return (echoes, sent)
+                }
+            }
+            for stream in streams {
+                let (echoes, sent) = try stream.join()
+                #expect(echoes == count && sent == count)
+            }
+            let (received, echoesSent) = try server.join()
+            #expect(received == [count, count] && echoesSent == [count, count])
+            for connection in servers {
+                let counters = connection.sendCounters
+                #expect(counters.waiting == 0 && counters.posted == 0, "every echo completed: \(counters)")
+            }
+        }
+
         /// An area on 2 MiB huge pages, once some are reserved; without them, the error says how.
         @Test func hugePageAreas() throws {
             let reserve = "/proc/sys/vm/nr_hugepages"
