@@ -542,6 +542,46 @@ extension RxeIntegration {
             }
         }
 
+        /// ec_delay sleeps when nothing is pending, also right after a wake-up by a completion
+        /// (whose notification it reads later, before it arms the queue again): each of these
+        /// waits lasts its timeout and takes next to no CPU time, where a descriptor left readable
+        /// would make it spin.
+        @Test func waitSleepsAfterAWakeUp() throws {
+            let pair = try ConnectedPair()
+            func threadCPUTime() -> Duration {
+                var now = timespec()
+                clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now)
+                return .seconds(now.tv_sec) + .nanoseconds(now.tv_nsec)
+            }
+            while let event = try pair.serverEvents.next() { _ = event }
+            for round in 0..<3 {
+                let waiter = OnThread { () throws -> (idle: Duration, idleCPU: Duration) in
+                    // Sleeps until the message's completion wakes it.
+                    var received = false
+                    while !received {
+                        guard let event = try pair.serverEvents.wait(timeout: .seconds(10)) else {
+                            throw RDMAError(.timedOut, operation: "test", message: "round \(round): the message was not announced within 10 s")
+                        }
+                        if case .received = event { received = true }
+                    }
+                    let cpu = threadCPUTime(), start = ContinuousClock.now
+                    let none = try pair.serverEvents.wait(timeout: .milliseconds(300))
+                    #expect(none == nil, "round \(round): no event is pending")
+                    return (ContinuousClock.now - start, threadCPUTime() - cpu)
+                }
+                Thread.sleep(forTimeInterval: 0.1)
+                try pair.client.send(try pair.clientArea.reserve(64), cookie: UInt64(round))
+                let (idle, idleCPU) = try waiter.join()
+                guard let message = try pair.server.receive() else {
+                    Issue.record("round \(round): the announced message is not there")
+                    return
+                }
+                message.release()
+                #expect(idle >= .milliseconds(290), "round \(round): the wait lasted its timeout (\(idle))")
+                #expect(idleCPU < .milliseconds(100), "round \(round): it slept, it did not spin (\(idleCPU) of CPU in \(idle))")
+            }
+        }
+
         /// An area on 2 MiB huge pages, once some are reserved; without them, the error says how.
         @Test func hugePageAreas() throws {
             let reserve = "/proc/sys/vm/nr_hugepages"

@@ -58,6 +58,10 @@ public final class EventChannel: @unchecked Sendable {
     @exclusivity(unchecked) private var backlogCount = 0
     @exclusivity(unchecked) private var backlogTaken = 0
     @exclusivity(unchecked) private var armed = false
+    /// A sleep ended on the completion channel and its notification was not read yet: it is
+    /// read before the queue is armed again, which keeps that system call off the way from a
+    /// wake-up to the caller's answer.
+    @exclusivity(unchecked) private var notificationUnread = false
     /// Whether someone outside may sleep on the descriptor (see ``fileDescriptor``).
     @exclusivity(unchecked) private var descriptorHandedOut = false
     /// Set after a sleep on the descriptor ended: look at the rdma_cm channel on the next pump.
@@ -202,7 +206,10 @@ public final class EventChannel: @unchecked Sendable {
             if ready.contains(.connections) { lookAtConnectionEvents = true }
             // A notification waiting on the channel is taken even when the queue was not known
             // to be armed: left there, it would keep the descriptor readable (a busy loop).
-            if ready.contains(.completions), try completionChannel.nextEvent() != nil { armed = false }
+            if ready.contains(.completions) {
+                notificationUnread = false
+                if try completionChannel.nextEvent() != nil { armed = false }
+            }
         }
     }
 
@@ -244,7 +251,20 @@ public final class EventChannel: @unchecked Sendable {
             // (a poll() system call), and the sweep still runs from every 16th empty next().
             let nap = remaining.map { Swift.min($0, PeerTimeout.keepAliveInterval) } ?? PeerTimeout.keepAliveInterval
             let ready = try sleep(timeout: nap)
-            try wokeUp(ready.isEmpty ? .all : ready)
+            if ready.isEmpty { try wokeUp(.all) } else { wokeFromSleep(ready) }
+        }
+    }
+
+    /// After a sleep on the descriptor that found `ready` readable: the queue's arming fired
+    /// when the completion channel is among them; its notification is read later (see
+    /// ``notificationUnread``).
+    private func wokeFromSleep(_ ready: Readiness) {
+        lock.withLock { _ in
+            if ready.contains(.connections) { lookAtConnectionEvents = true }
+            if ready.contains(.completions) {
+                armed = false
+                notificationUnread = true
+            }
         }
     }
 
@@ -336,6 +356,11 @@ public final class EventChannel: @unchecked Sendable {
     /// descriptor readable, then poll once more, since a completion that arrived between the
     /// last poll and the arming raised no notification.
     private func armIfIdleLocked() throws(RDMAError) {
+        // Read before anyone sleeps: left there, it would keep the descriptor readable.
+        if notificationUnread {
+            notificationUnread = false
+            _ = try completionChannel.nextEvent()
+        }
         guard events.isEmpty, announcements.isEmpty, !armed else { return }
         try completionQueue.requestNotification()
         armed = true
