@@ -309,31 +309,34 @@ public final class EventChannel: @unchecked Sendable {
     /// Moves everything the device and rdma_cm have reported into the connections and the
     /// event queue. Lock held.
     func pumpLocked() throws(RDMAError) {
-        try finishPumpLocked(found: try pollAllLocked())
-    }
-
-    /// What a pump does after polling: takes the notification the completions raised, looks
-    /// at connection events when due, keeps the descriptor truthful. Lock held.
-    private func finishPumpLocked(found: Int) throws(RDMAError) {
+        let found = try pollAllLocked()
         // Completions came while armed: a notification was raised for them. Take it, so the
         // descriptor quiets; an idle, armed queue costs no system call.
         if found > 0 && armed, try completionChannel.nextEvent() != nil {
             armed = false  // one notification per arming; one not raised yet is taken on wake-up
         }
-        // Connection events are rare: look after a sleep ended, or every 64th time if
-        // ``connectionLookInterval`` passed since the last look, and only when the descriptor
-        // says one is there (rdma_get_cm_event allocates per call).
-        pumps &+= 1
-        if lookAtConnectionEvents || pumps & 63 == 0 && connectionLookIsDue() {
-            lookAtConnectionEvents = false
-            while try waitReadable(connectionEvents.fileDescriptor, timeout: .zero), let event = try connectionEvents.nextEvent() {
-                handleLocked(event)
-            }
-            if socketConnections > 0, try waitReadable(socketWatchDescriptor, timeout: .zero) { takeSocketEndsLocked() }
-            probeQuietConnectionsLocked()
-        }
+        try lookAtConnectionEventsIfDueLocked()
         // Events taken here (also from receive and send) must show on a watched descriptor.
         if descriptorHandedOut { updateWakeLocked() }
+    }
+
+    /// Counts a pump, and looks at connection events when due. They are rare: look after a
+    /// sleep ended, or every 64th pump if ``connectionLookInterval`` passed since the last look,
+    /// and only when the descriptor says one is there (rdma_get_cm_event allocates per call).
+    @inline(__always)
+    private func lookAtConnectionEventsIfDueLocked() throws(RDMAError) {
+        pumps &+= 1
+        guard lookAtConnectionEvents || pumps & 63 == 0 && connectionLookIsDue() else { return }
+        lookAtConnectionEvents = false
+        try lookAtConnectionEventsLocked()
+    }
+
+    private func lookAtConnectionEventsLocked() throws(RDMAError) {
+        while try waitReadable(connectionEvents.fileDescriptor, timeout: .zero), let event = try connectionEvents.nextEvent() {
+            handleLocked(event)
+        }
+        if socketConnections > 0, try waitReadable(socketWatchDescriptor, timeout: .zero) { takeSocketEndsLocked() }
+        probeQuietConnectionsLocked()
     }
 
     /// How often a busy loop, which never sleeps on the descriptor, looks at connection events
@@ -401,8 +404,10 @@ public final class EventChannel: @unchecked Sendable {
             try pumpLocked()
             return nil
         }
-        // What the last look left goes first; it may hold a message for `state`.
+        // What the last look left goes first (it may hold a message for `state`), and connection
+        // events when due, before the poll: so a loop that always finds a message still looks.
         handleBacklogLocked()
+        try lookAtConnectionEventsIfDueLocked()
         guard state.arrivals.isEmpty, state.status == .connected else { return nil }
         let count = try completionQueue.poll(into: polled)
         let base = UnsafePointer(polled.baseAddress!)
@@ -416,8 +421,9 @@ public final class EventChannel: @unchecked Sendable {
             if taken < 0, ConnectionState.isData(completion.pointee, of: state) { taken = index }
         }
         guard taken >= 0 else {
+            // A pump's work, but for what a sleeper needs (neither applies here).
             for index in 0..<count { handleLocked(base + index) }
-            try finishPumpLocked(found: count < polled.count ? count : count + (try pollAllLocked()))
+            if count == polled.count { _ = try pollAllLocked() }
             return nil
         }
         let completion = base + taken
