@@ -431,12 +431,12 @@ extension RxeIntegration {
             #expect(pool.unclaimedSlots == 64, "closing returns every claimed slot")
         }
 
-        /// aio_recv hands out a message it finds on the device before it handles the rest of what
-        /// that poll brought (the completions of earlier sends, the other connection's messages):
-        /// two connections on one server channel, each echoing 1,000 messages of varying size. Every
-        /// message and every echo arrives intact and in order, and every echo's send is reported
-        /// once, in order, by ec_next_event.
-        @Test func messagesHandedOutAheadOfTheirPollLeaveNothingBehind() throws {
+        /// Two connections on one server channel, each echoing 1,000 messages of varying size, the
+        /// server polling both with aio_recv: each poll brings one connection's messages mixed with
+        /// the other's and with the completions of earlier echoes. Every message and every echo
+        /// arrives intact and in order, and every echo's send is reported once, in order, by
+        /// ec_next_event.
+        @Test func twoConnectionsOnOneChannelEchoEveryMessageInOrder() throws {
             let serverEvents = try EventChannel()
             let serverArea = try DMAArea(size: 1 << 20)
             let address = "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())"

@@ -457,18 +457,8 @@ public final class Connection: @unchecked Sendable {
     /// The corresponding C function is `ibv_poll_cq`.
     public func receive() throws(RDMAError) -> ReceivedBuffer? {
         try events.lock.withLock { _ throws(RDMAError) -> ReceivedBuffer? in
-            let arrival: ConnectionState.Arrival
-            if state.arrivals.isEmpty, state.status == .connected, let found = try events.takeArrivalLocked(for: state) {
-                // Straight from the completion queue: never queued, so neither announced.
-                arrival = found
-            } else {
-                guard let queued = state.arrivals.popFirst() else {
-                    if state.status != .connected { try checkUsableLocked(for: "aio_recv") }
-                    return nil
-                }
-                arrival = queued
-                state.handedOut += 1
-            }
+            guard try nextArrivalLocked() != nil, let arrival = state.arrivals.popFirst() else { return nil }
+            state.handedOut += 1
             state.held += 1
             let start = state.area!.address(state.slotOffsets[Int(arrival.slot)])
             return ReceivedBuffer(owner: state, slot: Int(arrival.slot),

@@ -184,15 +184,6 @@ final class ConnectionState: @unchecked Sendable {
         UInt32(truncatingIfNeeded: requestID >> 32) & 0x3FFF_FFFF
     }
 
-    /// Whether `completion` is a data message received for `state` in one of its own slots (not
-    /// a credit update, not through a shared pool).
-    @inline(__always)
-    static func isData(_ completion: WorkCompletion, of state: ConnectionState) -> Bool {
-        let requestID = completion.requestID
-        return kind(of: requestID) == .receive && connection(of: requestID) == state.id.rawValue
-            && (completion.immediateData ?? 0) & WireProtocol.creditUpdateFlag == 0
-    }
-
     // MARK: - Posting (lock held)
 
     func postReceive(slot: Int) throws(RDMAError) {

@@ -52,11 +52,6 @@ public final class EventChannel: @unchecked Sendable {
     /// Where ``pollOnceLocked()`` has the device write completions: allocated once, so that
     /// a poll checks no array for uniqueness and copies nothing.
     private let polled: UnsafeMutableBufferPointer<WorkCompletion>
-    /// Completions of the last poll not handled yet: `polled[..<backlogCount]` but the one at
-    /// `backlogTaken`, which ``takeArrivalLocked(for:)`` handed out ahead of them. Handled before
-    /// the queue is polled again and before anyone sleeps.
-    @exclusivity(unchecked) private var backlogCount = 0
-    @exclusivity(unchecked) private var backlogTaken = 0
     @exclusivity(unchecked) private var armed = false
     /// A sleep ended on the completion channel and its notification was not read yet: it is
     /// read before the queue is armed again, which keeps that system call off the way from a
@@ -156,7 +151,7 @@ public final class EventChannel: @unchecked Sendable {
     /// `ibv_req_notify_cq` and `rdma_get_cm_event`.
     public func next() throws(RDMAError) -> Event? {
         try lock.withLock { _ throws(RDMAError) -> Event? in
-            if events.isEmpty && announcements.isEmpty { try pumpLocked() } else { handleBacklogLocked() }
+            if events.isEmpty && announcements.isEmpty { try pumpLocked() }
             var event = popLocked()
             // Every 16th empty look, quiet connections may be probed (a clock read; a sender that
             // drains its events after each send looks once per message).
@@ -178,7 +173,6 @@ public final class EventChannel: @unchecked Sendable {
     /// there is no need to sleep).
     private func prepareToSleep() throws(RDMAError) -> Bool {
         try lock.withLock { _ throws(RDMAError) -> Bool in
-            handleBacklogLocked()
             try armIfIdleLocked()
             return !events.isEmpty || !announcements.isEmpty
         }
@@ -315,28 +309,20 @@ public final class EventChannel: @unchecked Sendable {
         if found > 0 && armed, try completionChannel.nextEvent() != nil {
             armed = false  // one notification per arming; one not raised yet is taken on wake-up
         }
-        try lookAtConnectionEventsIfDueLocked()
+        // Connection events are rare: look after a sleep ended, or every 64th time if
+        // ``connectionLookInterval`` passed since the last look, and only when the descriptor
+        // says one is there (rdma_get_cm_event allocates per call).
+        pumps &+= 1
+        if lookAtConnectionEvents || pumps & 63 == 0 && connectionLookIsDue() {
+            lookAtConnectionEvents = false
+            while try waitReadable(connectionEvents.fileDescriptor, timeout: .zero), let event = try connectionEvents.nextEvent() {
+                handleLocked(event)
+            }
+            if socketConnections > 0, try waitReadable(socketWatchDescriptor, timeout: .zero) { takeSocketEndsLocked() }
+            probeQuietConnectionsLocked()
+        }
         // Events taken here (also from receive and send) must show on a watched descriptor.
         if descriptorHandedOut { updateWakeLocked() }
-    }
-
-    /// Counts a pump, and looks at connection events when due. They are rare: look after a
-    /// sleep ended, or every 64th pump if ``connectionLookInterval`` passed since the last look,
-    /// and only when the descriptor says one is there (rdma_get_cm_event allocates per call).
-    @inline(__always)
-    private func lookAtConnectionEventsIfDueLocked() throws(RDMAError) {
-        pumps &+= 1
-        guard lookAtConnectionEvents || pumps & 63 == 0 && connectionLookIsDue() else { return }
-        lookAtConnectionEvents = false
-        try lookAtConnectionEventsLocked()
-    }
-
-    private func lookAtConnectionEventsLocked() throws(RDMAError) {
-        while try waitReadable(connectionEvents.fileDescriptor, timeout: .zero), let event = try connectionEvents.nextEvent() {
-            handleLocked(event)
-        }
-        if socketConnections > 0, try waitReadable(socketWatchDescriptor, timeout: .zero) { takeSocketEndsLocked() }
-        probeQuietConnectionsLocked()
     }
 
     /// How often a busy loop, which never sleeps on the descriptor, looks at connection events
@@ -370,10 +356,9 @@ public final class EventChannel: @unchecked Sendable {
         _ = try pollAllLocked()
     }
 
-    /// Handles what the last poll left (see ``takeArrivalLocked(for:)``), then polls until the
-    /// completion queue is empty; returns how many completions it handled.
+    /// Polls until the completion queue is empty; returns how many completions it handled.
     private func pollAllLocked() throws(RDMAError) -> Int {
-        var found = handleBacklogLocked()
+        var found = 0
         while true {
             let count = try pollOnceLocked()
             found += count
@@ -386,71 +371,6 @@ public final class EventChannel: @unchecked Sendable {
         let base = UnsafePointer(polled.baseAddress!)
         for index in 0..<count { handleLocked(base + index) }
         return count
-    }
-
-    /// `aio_recv`'s look at the device when nothing has arrived for `state`: polls once, and when
-    /// the poll found a message for it, hands that out at once — the rest of the poll (typically
-    /// the completion of the send before, and other connections' work) is handled at the next
-    /// look, after the caller answered. Otherwise it pumps as ``pumpLocked()`` does and returns
-    /// nil (a message may then be in `state.arrivals`).
-    ///
-    /// Only for a program that polls: with the queue armed or the descriptor handed out, what
-    /// is left for later could not wake a sleeper, so it pumps. Only when every completion of
-    /// the poll succeeded: a failure is handled in order. Handled later, the rest does in the
-    /// same order what it would have done now; only its events come after the caller's answer.
-    /// Lock held; `state` is connected with nothing waiting in `arrivals`.
-    func takeArrivalLocked(for state: ConnectionState) throws(RDMAError) -> ConnectionState.Arrival? {
-        guard !armed, !descriptorHandedOut else {
-            try pumpLocked()
-            return nil
-        }
-        // What the last look left goes first (it may hold a message for `state`), and connection
-        // events when due, before the poll: so a loop that always finds a message still looks.
-        handleBacklogLocked()
-        try lookAtConnectionEventsIfDueLocked()
-        guard state.arrivals.isEmpty, state.status == .connected else { return nil }
-        let count = try completionQueue.poll(into: polled)
-        let base = UnsafePointer(polled.baseAddress!)
-        var taken = -1
-        for index in 0..<count {
-            let completion = base + index
-            guard completion.pointee.isSuccess else {
-                taken = -1
-                break
-            }
-            if taken < 0, ConnectionState.isData(completion.pointee, of: state) { taken = index }
-        }
-        guard taken >= 0 else {
-            // A pump's work, but for what a sleeper needs (neither applies here).
-            for index in 0..<count { handleLocked(base + index) }
-            if count == polled.count { _ = try pollAllLocked() }
-            return nil
-        }
-        let completion = base + taken
-        let immediate = completion.pointee.immediateData ?? 0
-        state.activity &+= 1
-        state.credits += Int(immediate & WireProtocol.creditMask)
-        state.arrived += 1
-        state.handedOut += 1
-        if count > 1 {
-            backlogCount = count
-            backlogTaken = taken
-        }
-        // Credits came back: messages waiting for one go now.
-        pumpSendsLocked(state)
-        return .init(slot: Int32(truncatingIfNeeded: UInt32(truncatingIfNeeded: completion.pointee.requestID)),
-                     length: Int32(completion.pointee.byteCount))
-    }
-
-    /// Handles what ``takeArrivalLocked(for:)`` left of its poll, in order; returns how many.
-    @discardableResult
-    private func handleBacklogLocked() -> Int {
-        let count = backlogCount, taken = backlogTaken
-        guard count > 0 else { return 0 }
-        backlogCount = 0
-        let base = UnsafePointer(polled.baseAddress!)
-        for index in 0..<count where index != taken { handleLocked(base + index) }
-        return count - 1
     }
 
     /// One completion. It cannot fail: what goes wrong while handling it (a receive slot or a
