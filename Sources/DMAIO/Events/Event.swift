@@ -8,7 +8,8 @@ public enum Event: Sendable, Hashable {
     /// A send completed; its buffer is back in the area. Carries the cookie given to
     /// ``Connection/send(_:cookie:)``.
     case sent(connection: Connection.ID, cookie: UInt64)
-    /// A message of `length` bytes arrived; ``Connection/receive()`` hands it out, in order.
+    /// A message of `length` bytes arrived; ``Connection/receive()`` hands it out, in order. A
+    /// message that `receive()` handed out before it was announced is not announced.
     case received(connection: Connection.ID, length: Int)
     /// The connection is established and associated: sends and receives can start.
     case connected(connection: Connection.ID)
