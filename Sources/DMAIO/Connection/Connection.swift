@@ -457,7 +457,7 @@ public final class Connection: @unchecked Sendable {
     /// The corresponding C function is `ibv_poll_cq`.
     public func receive() throws(RDMAError) -> ReceivedBuffer? {
         try events.lock.withLock { _ throws(RDMAError) -> ReceivedBuffer? in
-            guard try nextArrivalLocked() != nil, let arrival = state.arrivals.popFirst() else { return nil }
+            guard try nextArrivalLocked(taking: true) != nil, let arrival = state.arrivals.popFirst() else { return nil }
             state.handedOut += 1
             state.held += 1
             let start = state.area!.address(state.slotOffsets[Int(arrival.slot)])
@@ -470,15 +470,19 @@ public final class Connection: @unchecked Sendable {
     /// arrived; for a caller that must refuse messages longer than its buffer before taking them.
     package func nextMessageLength() throws(RDMAError) -> Int? {
         try events.lock.withLock { _ throws(RDMAError) -> Int? in
-            try nextArrivalLocked().map { Int($0.length) }
+            try nextArrivalLocked(taking: false).map { Int($0.length) }
         }
     }
 
     /// The message to hand out next, after taking what the device reported when none is
     /// waiting; nil when none has arrived. Throws once the connection is unusable and every
-    /// message was handed out. Lock held.
-    private func nextArrivalLocked() throws(RDMAError) -> ConnectionState.Arrival? {
-        if state.arrivals.isEmpty, state.status == .connected { try events.pumpLocked() }
+    /// message was handed out. `taking`: the caller hands the message out now (so a message
+    /// the device reports for it now needs no announcement). Lock held.
+    @inline(__always)
+    private func nextArrivalLocked(taking: Bool) throws(RDMAError) -> ConnectionState.Arrival? {
+        if state.arrivals.isEmpty, state.status == .connected {
+            if taking { try events.pumpLocked(receivingOn: state) } else { try events.pumpLocked() }
+        }
         guard let front = state.arrivals.front else {
             if state.status != .connected { try checkUsableLocked(for: "aio_recv") }
             return nil

@@ -61,6 +61,9 @@ public final class EventChannel: @unchecked Sendable {
     @exclusivity(unchecked) private var descriptorHandedOut = false
     /// Set after a sleep on the descriptor ended: look at the rdma_cm channel on the next pump.
     @exclusivity(unchecked) private var lookAtConnectionEvents = false
+    /// The connection whose ``Connection/receive()`` is polling the device (0: none): the first
+    /// message that poll finds for it is handed out by that call, so it is not announced.
+    @exclusivity(unchecked) private var receiving: UInt32 = 0
     @exclusivity(unchecked) private var pumps: UInt = 0
     /// When the pump may look at connection events again without being told to (see
     /// ``connectionLookIsDue()``).
@@ -452,7 +455,24 @@ public final class EventChannel: @unchecked Sendable {
         } else {
             state.arrivals.append(.init(slot: Int32(slot), length: Int32(completion.pointee.byteCount)))
             state.arrived += 1
-            announceLocked(state)
+            // The receive() that polled takes this message as soon as the poll is over: an
+            // announcement would only be dropped when the events are taken.
+            if state.id.rawValue != receiving || state.arrivals.count > 1 { announceLocked(state) }
+        }
+    }
+
+    /// Polls the device for `state`'s ``Connection/receive()``, which hands out the first
+    /// message found (if any arrived): that one is not announced. Should the pump fail, what
+    /// arrived is announced after all, for whoever takes events next.
+    @inline(__always)
+    func pumpLocked(receivingOn state: ConnectionState) throws(RDMAError) {
+        receiving = state.id.rawValue
+        defer { receiving = 0 }
+        do throws(RDMAError) {
+            try pumpLocked()
+        } catch {
+            if !state.arrivals.isEmpty { announceLocked(state) }
+            throw error
         }
     }
 
