@@ -59,8 +59,41 @@ extension RxeIntegration {
             #expect(receiverOutput.contains("\"role\":\"receiver\""))
         }
 
+        /// `pingpong --against-verbs`: blocks of round trips through the library alternate with
+        /// blocks through bare verbs calls on the same connection; both sides report the
+        /// comparison, and the library carries on where the baseline left off (the run ends with
+        /// a library block, and its last sends must complete for the tool to exit 0).
+        @Test(.serialized, arguments: [64, 4096])
+        func pingpongComparesTheLibraryWithBareVerbs(size: Int) throws {
+            let port = String(RxeEnvironment.freshPort())
+            // 11 blocks of 64: library, verbs, ..., library; the first pair is warm-up.
+            let common = ["-p", port, "-s", String(size), "-n", "704", "--against-verbs"]
+            let (serverOutput, client, serverStatus) = try runPair(
+                "pingpong", receiver: common + ["-b", RxeEnvironment.address], sender: common + ["--json", RxeEnvironment.address])
+            #expect(client.status == 0, "client: \(client.standardError)")
+            #expect(serverStatus == 0, "server: \(serverOutput)")
+            #expect(serverOutput.contains("704 iters in "))
+            #expect(serverOutput.contains("against verbs: "))
+            #expect(serverOutput.contains("through bare verbs calls (medians of 4 block pairs"))
+            let line = try #require(client.standardOutput.split(separator: "\n").last)
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            let comparison = try #require(object["against_verbs"] as? [String: Any])
+            #expect(comparison["pairs"] as? Int == 4)
+            #expect(comparison["block"] as? Int == 64)
+            let library = try #require(comparison["library_usec"] as? Double)
+            let verbs = try #require(comparison["verbs_usec"] as? Double)
+            let cost = try #require(comparison["cost_usec"] as? Double)
+            let low = try #require(comparison["cost_low_usec"] as? Double)
+            let high = try #require(comparison["cost_high_usec"] as? Double)
+            #expect(library > 0 && verbs > 0)
+            #expect(low <= cost && cost <= high)
+            #expect((comparison["verbs_mean_usec"] as? Double ?? 0) > 0)
+        }
+
         @Test func wrongOptionsGiveAUsageError() throws {
-            for (name, arguments) in [("stream", ["-s", "0"]), ("stream", ["--bogus"]), ("pingpong", ["-n", "-3"]), ("pingpong", ["-s", "x"])] {
+            for (name, arguments) in [("stream", ["-s", "0"]), ("stream", ["--bogus"]), ("pingpong", ["-n", "-3"]), ("pingpong", ["-s", "x"]),
+                                      ("pingpong", ["--against-verbs", "-e"]), ("pingpong", ["--against-verbs", "-c"]),
+                                      ("pingpong", ["--against-verbs", "-n", "255"])] {
                 let result = try run(tool(name), arguments)
                 #expect(result.status == 64, "\(name) \(arguments): \(result.standardError)")
                 #expect(result.standardError.contains("Usage: \(name)"))

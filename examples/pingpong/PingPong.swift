@@ -9,6 +9,10 @@
 // the peers connect as ibv_rc_pingpong does instead: over a TCP socket on the same port, whose
 // connection dma_assoc upgrades (queue-pair numbers, PSNs and GIDs exchanged over it), sending
 // from GID index GIDX.
+//
+// --against-verbs measures what the library costs: round trips alternate, in blocks of 64, between
+// the library and bare verbs calls (ibv_post_send, ibv_poll_cq, ibv_post_recv, as
+// ibv_rc_pingpong makes them) on the same connection, and the two are compared block by block.
 
 import ArgumentParser
 import DMAIO
@@ -58,6 +62,9 @@ struct PingPong: ParsableCommand {
     @Flag(name: [.short, .customLong("chk")], help: "Validate the content of every received message.")
     var check = false
 
+    @Flag(name: .customLong("against-verbs"), help: "Alternate blocks of 64 round trips between the library and bare verbs calls on the same connection, and report what the library adds to a round trip (both sides; polling, without -e and -c).")
+    var againstVerbs = false
+
     @Flag(name: .customLong("json"), help: "Print the results as one JSON object.")
     var json = false
 
@@ -69,13 +76,19 @@ struct PingPong: ParsableCommand {
         guard iterations > 0 else { throw ValidationError("-n/--iters must be positive, not \(iterations)") }
         guard timeoutSeconds > 0 else { throw ValidationError("--timeout must be positive") }
         if let gidIndex, !(0...255).contains(gidIndex) { throw ValidationError("-g/--gid-idx must be between 0 and 255, not \(gidIndex)") }
+        if againstVerbs {
+            guard !events, !check else { throw ValidationError("--against-verbs compares busy-polling round trips: leave out -e and -c") }
+            guard iterations >= 4 * Session.comparisonBlock else {
+                throw ValidationError("--against-verbs needs at least \(4 * Session.comparisonBlock) round trips (-n), to compare more than the warm-up")
+            }
+        }
     }
 
     func run() throws {
         do {
             // Without -d, the device is the one that owns the bound address.
             let deviceName = try device ?? bindAddress.map { address throws(RDMAError) in try ConnectionID.deviceName(owning: address) }
-            let session = try Session(size: size, device: deviceName, events: events, check: check)
+            let session = try Session(size: size, device: deviceName, events: events, check: check, againstVerbs: againstVerbs)
             let timeout = Duration.seconds(timeoutSeconds)
             let connection: Connection
             var socket: Int32 = -1
@@ -130,7 +143,7 @@ struct PingPong: ParsableCommand {
                 {"role":"\(server == nil ? "server" : "client")","size":\(size),"iterations":\(iterations),\
                 "events":\(events),"checked":\(check),"seconds":\(seconds),"mbit_per_sec":\(mbits),\
                 "usec_per_iter":\(usecPerIter),"rtt_usec":{"min":\(p.min),"p50":\(p.p50),"p99":\(p.p99),\
-                "p99_9":\(p.p999),"max":\(p.max)}}
+                "p99_9":\(p.p999),"max":\(p.max)}\(result.againstVerbs.map(Self.json) ?? "")}
                 """)
             return
         }
@@ -138,6 +151,22 @@ struct PingPong: ParsableCommand {
         print("\(iterations) iters in \(format(seconds)) seconds = \(format(usecPerIter)) usec/iter")
         print("round trip usec: min \(format(p.min))  p50 \(format(p.p50))  p99 \(format(p.p99))  p99.9 \(format(p.p999))  max \(format(p.max))")
         if check { print("  content of all \(iterations) messages checked: OK") }
+        if let comparison = result.againstVerbs {
+            print("against verbs: \(format(comparison.library)) usec per round trip through the library, \(format(comparison.verbs)) usec through bare verbs calls (medians of \(comparison.pairs) block pairs; means \(format(comparison.libraryMean)) and \(format(comparison.verbsMean)))")
+            print("  the library adds \(format(comparison.cost)) usec (\(format(comparison.relative * 100))%) to a round trip; \(format(comparison.coverage * 100))% interval \(format(comparison.low)) ... \(format(comparison.high)) usec")
+        } else if againstVerbs {
+            print("against verbs: too few round trips to compare")
+        }
+    }
+
+    /// The `--against-verbs` figures as a JSON member.
+    private static func json(_ comparison: VerbsComparison) -> String {
+        """
+        ,"against_verbs":{"pairs":\(comparison.pairs),"block":\(Session.comparisonBlock),"library_usec":\(comparison.library),\
+        "verbs_usec":\(comparison.verbs),"cost_usec":\(comparison.cost),"cost_low_usec":\(comparison.low),\
+        "cost_high_usec":\(comparison.high),"coverage":\(comparison.coverage),"relative":\(comparison.relative),\
+        "library_mean_usec":\(comparison.libraryMean),"verbs_mean_usec":\(comparison.verbsMean)}
+        """
     }
 
     private func format(_ value: Double) -> String {

@@ -16,6 +16,8 @@ struct Session {
     let size: Int
     let useEvents: Bool
     let check: Bool
+    /// Alternate the library with bare verbs calls on the same connection (`--against-verbs`).
+    let againstVerbs: Bool
     let pattern: Pattern
     /// Sends posted and not yet completed.
     let outstanding = Counter()
@@ -24,15 +26,18 @@ struct Session {
         var value = 0
     }
 
-    init(size: Int, device: String?, events useEvents: Bool, check: Bool) throws(RDMAError) {
+    init(size: Int, device: String?, events useEvents: Bool, check: Bool, againstVerbs: Bool = false) throws(RDMAError) {
         self.size = size
         self.useEvents = useEvents
         self.check = check
+        self.againstVerbs = againstVerbs
         slotSize = ExampleSupport.slotSize(for: size)
         events = try EventChannel(capacity: 64, device: device)
         // Receive slots (credits) and their credit-update room in one block, and two send
-        // buffers in flight (at least the area's smallest block each).
-        area = try DMAArea(size: max(2 * Self.credits * slotSize + 2 * max(slotSize, DMAArea.minimumBlock), 1 << 16), device: device)
+        // buffers in flight (at least the area's smallest block each); a third for the verbs
+        // baseline, which keeps one for its own sends.
+        let sendBuffers = againstVerbs ? 3 : 2
+        area = try DMAArea(size: max(2 * Self.credits * slotSize + sendBuffers * max(slotSize, DMAArea.minimumBlock), 1 << 16), device: device)
         pattern = Pattern(size: size)
     }
 
@@ -42,7 +47,12 @@ struct Session {
     struct Result {
         var seconds: Double
         var percentiles: Percentiles
+        /// With `--against-verbs`: the library's round trips against the baseline's.
+        var againstVerbs: VerbsComparison?
     }
+
+    /// Round trips alternate in blocks of this many between the library and the verbs baseline.
+    static let comparisonBlock = 64
 
     struct Percentiles {
         var min = 0.0, p50 = 0.0, p99 = 0.0, p999 = 0.0, max = 0.0
@@ -66,9 +76,29 @@ struct Session {
         stamps.initialize(repeating: 0)
         var next: SendBuffer? = try reserve(sequence: 0)
         var reply: ReceivedBuffer? = nil
+        let baseline = againstVerbs ? try VerbsBaseline(connection, messageSize: size) : nil
+        /// Whether round trip `n` goes through the verbs baseline: every other block.
+        func viaVerbs(_ n: Int) -> Bool { baseline != nil && n < iterations && (n / Self.comparisonBlock) & 1 == 1 }
         if !isClient { stamps[0] = MonotonicClock.nanoseconds() }
         for iteration in 0..<iterations {
             let last = iteration == iterations - 1
+            if let baseline, viaVerbs(iteration) {
+                if isClient {
+                    try baseline.send()
+                    stamps[iteration] = MonotonicClock.nanoseconds()
+                    _ = try baseline.receive()
+                    if last { stamps[iterations] = MonotonicClock.nanoseconds() }
+                } else {
+                    _ = try baseline.receive()
+                    try baseline.send()
+                    stamps[iteration + 1] = MonotonicClock.nanoseconds()
+                }
+                if !viaVerbs(iteration + 1) { try baseline.settle() }
+                continue
+            }
+            // Before the baseline takes over, no events are taken after this side's last send
+            // through the library: that could take the peer's first baseline message.
+            let switching = viaVerbs(iteration + 1)
             if isClient {
                 try send(next.take()!, on: connection, sequence: iteration)
                 stamps[iteration] = MonotonicClock.nanoseconds()
@@ -76,12 +106,13 @@ struct Session {
                 reply.take()?.release()
                 if !last { next = try reserve(sequence: iteration + 1) }
                 reply = try receive(on: connection, sequence: iteration)
+                if switching { reply.take()?.release() }
                 if last { stamps[iterations] = MonotonicClock.nanoseconds() }
             } else {
                 let request = try receive(on: connection, sequence: iteration)
                 try send(next.take()!, on: connection, sequence: iteration)
                 stamps[iteration + 1] = MonotonicClock.nanoseconds()
-                if iteration & 15 == 15 { try takeEvents() }
+                if iteration & 15 == 15 && !switching { try takeEvents() }
                 request.release()
                 if !last { next = try reserve(sequence: iteration + 1) }
             }
@@ -92,11 +123,13 @@ struct Session {
         while outstanding.value > 0 { try waitForEvent(blocking: true) }
         let seconds = Double(stamps[iterations] - stamps[0]) / 1e9
         var roundTrips = (0..<iterations).map { Double(stamps[$0 + 1] - stamps[$0]) / 1e3 }
+        let comparison = baseline == nil ? nil : VerbsComparison(roundTrips: roundTrips, block: Self.comparisonBlock)
         roundTrips.sort()
         func at(_ fraction: Double) -> Double { roundTrips[min(roundTrips.count - 1, Int(Double(roundTrips.count) * fraction))] }
         return Result(
             seconds: seconds,
-            percentiles: Percentiles(min: roundTrips[0], p50: at(0.5), p99: at(0.99), p999: at(0.999), max: roundTrips[roundTrips.count - 1]))
+            percentiles: Percentiles(min: roundTrips[0], p50: at(0.5), p99: at(0.99), p999: at(0.999), max: roundTrips[roundTrips.count - 1]),
+            againstVerbs: comparison)
     }
 
     /// sio_reserve and fill; when the area is full (the previous send's buffer is not back

@@ -476,6 +476,15 @@ public final class EventChannel: @unchecked Sendable {
         }
     }
 
+    /// A completion that someone else polled from the channel's queue (``VerbsBaseline``),
+    /// handled as if the pump had found it.
+    package func handle(polled completion: UnsafePointer<WorkCompletion>) {
+        lock.withLock { _ in
+            handleLocked(completion)
+            if descriptorHandedOut { updateWakeLocked() }
+        }
+    }
+
     /// Posts what `state` may send now; a refusal ends the connection.
     @inline(__always)
     private func pumpSendsLocked(_ state: ConnectionState) {
