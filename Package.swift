@@ -96,10 +96,14 @@ let package = Package(
         .executableTarget(
             name: "dmaio-reliability",
             dependencies: [
-                "DMAIO", "RDMAVerbs", "ExampleSupport",
+                "DMAIO", "RDMAVerbs", "ExampleSupport", "CProcessMemory",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             path: "Tests/Reliability"
+        ),
+        .target(
+            name: "CProcessMemory",
+            path: "Tests/CProcessMemory"
         ),
         .testTarget(
             name: "RDMAVerbsUnitTests",

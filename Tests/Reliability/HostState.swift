@@ -44,7 +44,8 @@ struct HostState: Equatable {
     /// This process's resident memory, from /proc/self/status: all of it (VmRSS), and the part
     /// that is anonymous memory (RssAnon: heap, stacks, the areas) rather than pages of mapped
     /// files (RssFile: the program and its libraries, faulted in and dropped by the kernel as
-    /// it pleases). A leak grows the anonymous part.
+    /// it pleases), and how much of the anonymous part sits in transparent huge pages. A leak
+    /// grows the anonymous part.
     static func resident() -> Resident {
         var resident = Resident()
         let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
@@ -58,6 +59,13 @@ struct HostState: Equatable {
             default: break
             }
         }
+        let rollup = (try? String(contentsOfFile: "/proc/self/smaps_rollup", encoding: .utf8)) ?? ""
+        for line in rollup.split(separator: "\n") {
+            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            if words.count >= 2, words[0] == "AnonHugePages:", let kilobytes = Int(words[1]) {
+                resident.hugePages = kilobytes << 10
+            }
+        }
         return resident
     }
 
@@ -65,9 +73,12 @@ struct HostState: Equatable {
         var total = 0
         var anonymous = 0
         var file = 0
+        /// Anonymous memory in transparent huge pages (AnonHugePages, /proc/self/smaps_rollup):
+        /// 0 while the suite runs with them disabled.
+        var hugePages = 0
 
         var description: String {
-            "\(formatBytes(total)) (anonymous \(formatBytes(anonymous)), files \(formatBytes(file)))"
+            "\(formatBytes(total)) (anonymous \(formatBytes(anonymous)) of which huge pages \(formatBytes(hugePages)), files \(formatBytes(file)))"
         }
     }
 

@@ -7,6 +7,7 @@
 //   dmaio-reliability child-stream ADDRESS PORT STREAM    (started by the peer-killed case)
 //   dmaio-reliability child-memlock ADDRESS PORT          (started by the memlock case)
 
+import CProcessMemory
 import Foundation
 
 #if canImport(Glibc)
@@ -64,6 +65,11 @@ enum Reliability {
         }
         if cases.isEmpty {
             throw ReliabilityError("no case named \(caseNames ?? []); the cases: \(ReliabilityCases.all.map { $0.name })")
+        }
+        // The soak judges resident memory; a huge page folded in by khugepaged would step it by
+        // up to 2 MiB with nothing allocated (see CProcessMemory.h).
+        guard process_memory_disable_transparent_huge_pages() == 0 else {
+            throw ReliabilityError("prctl(PR_SET_THP_DISABLE) failed: errno \(errno) (\(String(cString: strerror(errno))))")
         }
         let control: Control
         if host == 0 {

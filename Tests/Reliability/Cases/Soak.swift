@@ -16,7 +16,10 @@ enum Soak: ReliabilityCase {
         change; the anonymous part of resident memory (RssAnon: heap, stacks, areas, where a \
         leak would show) must grow by less than 256 KiB, which a leak of one small allocation \
         in every hundred messages would exceed. Pages of the program's files (RssFile) are \
-        reported, not judged: the kernel maps and drops them as it pleases.
+        reported, not judged: the kernel maps and drops them as it pleases. The suite runs with \
+        transparent huge pages disabled (prctl PR_SET_THP_DISABLE): where the kernel's setting \
+        is "always", as Debian's is, khugepaged may fold a 2 MiB stretch of the heap into one \
+        huge page at any moment, a 2 MiB step of RssAnon with nothing allocated.
         """
     /// The most the anonymous resident memory may grow between the warm-up and the end.
     static let anonymousGrowthBound = 256 << 10
