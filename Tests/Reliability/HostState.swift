@@ -47,26 +47,20 @@ struct HostState: Equatable {
     /// it pleases), and how much of the anonymous part sits in transparent huge pages. A leak
     /// grows the anonymous part.
     static func resident() -> Resident {
-        var resident = Resident()
-        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
-        for line in status.split(separator: "\n") {
+        let status = kilobyteFields(of: "/proc/self/status")
+        return Resident(total: status["VmRSS:"] ?? 0, anonymous: status["RssAnon:"] ?? 0, file: status["RssFile:"] ?? 0,
+                        hugePages: kilobyteFields(of: "/proc/self/smaps_rollup")["AnonHugePages:"] ?? 0)
+    }
+
+    /// The `Name:   N kB` lines of a /proc file, in bytes by name (colon included).
+    private static func kilobyteFields(of path: String) -> [Substring: Int] {
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        var fields: [Substring: Int] = [:]
+        for line in text.split(separator: "\n") {
             let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            guard words.count >= 2, let kilobytes = Int(words[1]) else { continue }
-            switch words[0] {
-            case "VmRSS:": resident.total = kilobytes << 10
-            case "RssAnon:": resident.anonymous = kilobytes << 10
-            case "RssFile:": resident.file = kilobytes << 10
-            default: break
-            }
+            if words.count >= 2, let kilobytes = Int(words[1]) { fields[words[0]] = kilobytes << 10 }
         }
-        let rollup = (try? String(contentsOfFile: "/proc/self/smaps_rollup", encoding: .utf8)) ?? ""
-        for line in rollup.split(separator: "\n") {
-            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            if words.count >= 2, words[0] == "AnonHugePages:", let kilobytes = Int(words[1]) {
-                resident.hugePages = kilobytes << 10
-            }
-        }
-        return resident
+        return fields
     }
 
     struct Resident: Equatable {
