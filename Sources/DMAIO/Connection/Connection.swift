@@ -418,32 +418,44 @@ public final class Connection: @unchecked Sendable {
         try events.lock.withLock { _ throws(RDMAError) in
             let send = ConnectionState.PendingSend(offset: offset, count: count, cookie: cookie)
             do throws(RDMAError) {
-                if state.status != .connected { try checkUsableLocked(for: "aio_send") }
-                guard state.isArea(areaReference) else {
-                    throw RDMAError(.wrongArea, operation: "aio_send", errno: .invalidArgument,
-                                    message: "the buffer was reserved from another area than the one \(id) is associated with")
-                }
-                guard count <= state.peerSlotSize else {
-                    throw RDMAError(.messageTooLarge, operation: "aio_send", errno: .messageTooLong,
-                                    message: "a message of \(count) bytes exceeds the peer's receive slots of \(state.peerSlotSize) bytes: "
-                                        + "send smaller messages, or have the peer associate with a larger slotSize")
-                }
-                // Out of credits: credit updates may be waiting in the completion queue (a poll
-                // of user-mapped memory, no system call), so a sender that only sends still moves.
-                if state.credits == 0 {
-                    try events.pumpLocked()
-                    if state.status != .connected { try checkUsableLocked(for: "aio_send") }
-                }
-                if try state.postAtOnce(send) { return }
-                state.pending.append(send)
+                // The common case, inline: a message of this connection's area that fits, with a
+                // credit and send-queue room at hand and nothing queued ahead of it.
+                if state.isArea(areaReference), count <= state.peerSlotSize, try state.postAtOnce(send) { return }
+                try sendOtherwiseLocked(send, area: areaReference)
             } catch {
                 areaReference._withUnsafeGuaranteedRef { $0.free(offset) }
                 throw error
             }
-            // The message is queued now: if the device refuses the queue's sends, the connection
-            // ends, and each queued message, this one included, is reported failed by its event.
-            do throws(RDMAError) { try state.pumpSends() } catch { events.endLocked(state, after: error) }
         }
+    }
+
+    /// Every other case of ``send(_:cookie:)``, out of line: a connection that is not usable, a
+    /// buffer of another area, a message too large, a sender out of credits (it pumps: credit
+    /// updates may be waiting), a message that must wait in the queue. Throws (and the caller
+    /// frees the buffer) only when the message was not taken.
+    @inline(never)
+    private func sendOtherwiseLocked(_ send: ConnectionState.PendingSend, area: Unmanaged<DMAArea>) throws(RDMAError) {
+        if state.status != .connected { try checkUsableLocked(for: "aio_send") }
+        guard state.isArea(area) else {
+            throw RDMAError(.wrongArea, operation: "aio_send", errno: .invalidArgument,
+                            message: "the buffer was reserved from another area than the one \(id) is associated with")
+        }
+        guard send.count <= state.peerSlotSize else {
+            throw RDMAError(.messageTooLarge, operation: "aio_send", errno: .messageTooLong,
+                            message: "a message of \(send.count) bytes exceeds the peer's receive slots of \(state.peerSlotSize) bytes: "
+                                + "send smaller messages, or have the peer associate with a larger slotSize")
+        }
+        // Out of credits: credit updates may be waiting in the completion queue (a poll of
+        // user-mapped memory, no system call), so a sender that only sends still moves.
+        if state.credits == 0 {
+            try events.pumpLocked()
+            if state.status != .connected { try checkUsableLocked(for: "aio_send") }
+        }
+        if try state.postAtOnce(send) { return }
+        state.pending.append(send)
+        // The message is queued now: if the device refuses the queue's sends, the connection
+        // ends, and each queued message, this one included, is reported failed by its event.
+        do throws(RDMAError) { try state.pumpSends() } catch { events.endLocked(state, after: error) }
     }
 
     /// The next received message, or nil when none has arrived — the proposal's `aio_recv`. The
@@ -457,7 +469,14 @@ public final class Connection: @unchecked Sendable {
     /// The corresponding C function is `ibv_poll_cq`.
     public func receive() throws(RDMAError) -> ReceivedBuffer? {
         try events.lock.withLock { _ throws(RDMAError) -> ReceivedBuffer? in
-            guard try nextArrivalLocked(taking: true) != nil, let arrival = state.arrivals.popFirst() else { return nil }
+            var next = state.arrivals.popFirst()
+            if next == nil, state.status == .connected {
+                next = try events.pumpLocked(handingOutTo: state) ?? state.arrivals.popFirst()
+            }
+            guard let arrival = next else {
+                if state.status != .connected { try checkUsableLocked(for: "aio_recv") }
+                return nil
+            }
             state.handedOut += 1
             state.held += 1
             let start = state.area!.address(state.slotOffsets[Int(arrival.slot)])
@@ -470,19 +489,16 @@ public final class Connection: @unchecked Sendable {
     /// arrived; for a caller that must refuse messages longer than its buffer before taking them.
     package func nextMessageLength() throws(RDMAError) -> Int? {
         try events.lock.withLock { _ throws(RDMAError) -> Int? in
-            try nextArrivalLocked(taking: false).map { Int($0.length) }
+            try nextArrivalLocked().map { Int($0.length) }
         }
     }
 
     /// The message to hand out next, after taking what the device reported when none is
     /// waiting; nil when none has arrived. Throws once the connection is unusable and every
-    /// message was handed out. `taking`: the caller hands the message out now (so a message
-    /// the device reports for it now needs no announcement). Lock held.
+    /// message was handed out. Lock held.
     @inline(__always)
-    private func nextArrivalLocked(taking: Bool) throws(RDMAError) -> ConnectionState.Arrival? {
-        if state.arrivals.isEmpty, state.status == .connected {
-            if taking { try events.pumpLocked(receivingOn: state) } else { try events.pumpLocked() }
-        }
+    private func nextArrivalLocked() throws(RDMAError) -> ConnectionState.Arrival? {
+        if state.arrivals.isEmpty, state.status == .connected { try events.pumpLocked() }
         guard let front = state.arrivals.front else {
             if state.status != .connected { try checkUsableLocked(for: "aio_recv") }
             return nil
@@ -509,6 +525,7 @@ public final class Connection: @unchecked Sendable {
         return bytes
     }
 
+    @inline(never)
     private func checkUsableLocked(for operation: String) throws(RDMAError) {
         switch state.status {
         case .connected: return

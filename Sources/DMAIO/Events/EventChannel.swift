@@ -52,6 +52,9 @@ public final class EventChannel: @unchecked Sendable {
     /// Where ``pollOnceLocked()`` has the device write completions: allocated once, so that
     /// a poll checks no array for uniqueness and copies nothing.
     private let polled: UnsafeMutableBufferPointer<WorkCompletion>
+    /// `polled` and the completion queue as `ibv_poll_cq` takes them, for the busy loop.
+    private let polledCompletions: UnsafeMutablePointer<ibv_wc>
+    private let completionQueuePointer: UnsafeMutablePointer<ibv_cq>
     @exclusivity(unchecked) private var armed = false
     /// A sleep ended on the completion channel and its notification was not read yet: it is
     /// read before the queue is armed again, which keeps that system call off the way from a
@@ -110,6 +113,8 @@ public final class EventChannel: @unchecked Sendable {
         // Allocated once everything that can fail without running deinit has succeeded.
         polled = .allocate(capacity: 32)
         polled.initialize(repeating: WorkCompletion())
+        polledCompletions = UnsafeMutableRawPointer(polled.baseAddress!).assumingMemoryBound(to: ibv_wc.self)
+        completionQueuePointer = completionQueue.pointer
         for fd in [completionChannel.fileDescriptor, connectionEvents.fileDescriptor, wake, sockets] {
             var event = epoll_event(events: EPOLLIN.rawValue, data: epoll_data_t(fd: fd))
             if epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) != 0 {
@@ -306,7 +311,22 @@ public final class EventChannel: @unchecked Sendable {
     /// Moves everything the device and rdma_cm have reported into the connections and the
     /// event queue. Lock held.
     func pumpLocked() throws(RDMAError) {
-        let found = try pollAllLocked()
+        try finishPumpLocked(found: try pollAllLocked())
+    }
+
+    /// The rest of a pump once the completion queue is drained: the notification of an armed
+    /// queue, a look at connection events when one is due, the wake descriptor. The checks are
+    /// inline; what they rarely call for is not, which keeps a busy loop's code short.
+    @inline(__always)
+    private func finishPumpLocked(found: Int) throws(RDMAError) {
+        pumps &+= 1
+        if found > 0 && armed || lookAtConnectionEvents || pumps & 63 == 0 || descriptorHandedOut {
+            try finishPumpSlowlyLocked(found: found)
+        }
+    }
+
+    @inline(never)
+    private func finishPumpSlowlyLocked(found: Int) throws(RDMAError) {
         // Completions came while armed: a notification was raised for them. Take it, so the
         // descriptor quiets; an idle, armed queue costs no system call.
         if found > 0 && armed, try completionChannel.nextEvent() != nil {
@@ -315,7 +335,6 @@ public final class EventChannel: @unchecked Sendable {
         // Connection events are rare: look after a sleep ended, or every 64th time if
         // ``connectionLookInterval`` passed since the last look, and only when the descriptor
         // says one is there (rdma_get_cm_event allocates per call).
-        pumps &+= 1
         if lookAtConnectionEvents || pumps & 63 == 0 && connectionLookIsDue() {
             lookAtConnectionEvents = false
             while try waitReadable(connectionEvents.fileDescriptor, timeout: .zero), let event = try connectionEvents.nextEvent() {
@@ -421,6 +440,13 @@ public final class EventChannel: @unchecked Sendable {
         pumpSendsLocked(state)
     }
 
+    /// ``handleLocked(_:)`` as a call, for the busy loop's pump: completions other than the
+    /// message it hands out are few on its way, and their handling need not lengthen it.
+    @inline(never)
+    private func handleOutOfLineLocked(_ completion: UnsafePointer<WorkCompletion>) {
+        handleLocked(completion)
+    }
+
     /// A shared receive names its queue pair, not its connection.
     private func handleSharedReceiveLocked(_ completion: UnsafePointer<WorkCompletion>, slot: Int) {
         let queuePairNumber = completion.pointee.queuePairNumber
@@ -461,19 +487,64 @@ public final class EventChannel: @unchecked Sendable {
         }
     }
 
-    /// Polls the device for `state`'s ``Connection/receive()``, which hands out the first
-    /// message found (if any arrived): that one is not announced. Should the pump fail, what
-    /// arrived is announced after all, for whoever takes events next.
+    /// Polls the device for `state`'s ``Connection/receive()``: the first message found for it,
+    /// when none waits ahead of it, is handed straight back (it never enters the connection's
+    /// queue of arrivals and is not announced); every other completion is handled as
+    /// ``pumpLocked()`` handles it. Nil when no message was taken that way: then one may still
+    /// be queued (a shared receive), unannounced if it is the first.
+    ///
+    /// Should the pump fail (a later poll of it, or the look at connection events), a message
+    /// taken goes back to the front of the connection's arrivals, what arrived is announced for
+    /// whoever takes events next, and the failure is thrown: nothing is lost.
     @inline(__always)
-    func pumpLocked(receivingOn state: ConnectionState) throws(RDMAError) {
+    func pumpLocked(handingOutTo state: ConnectionState) throws(RDMAError) -> ConnectionState.Arrival? {
+        var taken: ConnectionState.Arrival? = nil
+        var found = 0
         receiving = state.id.rawValue
-        defer { receiving = 0 }
         do throws(RDMAError) {
-            try pumpLocked()
+            while true {
+                let count = Int(ibv_poll_cq(completionQueuePointer, Int32(polled.count), polledCompletions))
+                guard count >= 0 else { throw completionQueue.pollFailed() }
+                let base = UnsafePointer(polled.baseAddress!)
+                for index in 0..<count {
+                    if taken == nil, let arrival = takeLocked(base + index, for: state) {
+                        taken = arrival
+                        receiving = 0  // later messages of the same poll are announced
+                    } else {
+                        handleOutOfLineLocked(base + index)
+                    }
+                }
+                found += count
+                if count < polled.count { break }
+            }
+            receiving = 0
+            try finishPumpLocked(found: found)
         } catch {
+            receiving = 0
+            if let taken { state.arrivals.prepend(taken) }
             if !state.arrivals.isEmpty { announceLocked(state) }
             throw error
         }
+        return taken
+    }
+
+    /// `completion` when it is a data message for `state` that can be handed out at once (it
+    /// succeeded, and nothing arrived before it waits): its credits are counted and the message
+    /// returned, as ``handleReceiveLocked(_:slot:state:)`` would queue it. Nil for anything else.
+    @inline(__always)
+    private func takeLocked(_ completion: UnsafePointer<WorkCompletion>, for state: ConnectionState) -> ConnectionState.Arrival? {
+        let requestID = completion.pointee.requestID
+        guard ConnectionState.kind(of: requestID) == .receive,
+            ConnectionState.connection(of: requestID) == state.id.rawValue,
+            completion.pointee.isSuccess, state.arrivals.isEmpty, state.status == .connected
+        else { return nil }
+        let immediate = completion.pointee.immediateData ?? 0
+        guard immediate & WireProtocol.creditUpdateFlag == 0 else { return nil }
+        state.activity &+= 1
+        state.credits += Int(immediate & WireProtocol.creditMask)
+        state.arrived += 1
+        pumpSendsLocked(state)
+        return .init(slot: Int32(truncatingIfNeeded: requestID), length: Int32(completion.pointee.byteCount))
     }
 
     /// A completion that someone else polled from the channel's queue (``VerbsBaseline``),

@@ -42,6 +42,14 @@ package struct RingBuffer<Element>: ~Copyable {
         count &+= 1
     }
 
+    /// Puts `element` in front of the others: the next ``popFirst()`` returns it.
+    package mutating func prepend(_ element: consuming Element) {
+        if count == capacity { grow() }
+        head = (head &- 1) & (capacity &- 1)
+        (storage + head).initialize(to: element)
+        count &+= 1
+    }
+
     @inline(__always)
     package mutating func popFirst() -> Element? {
         guard count > 0 else { return nil }

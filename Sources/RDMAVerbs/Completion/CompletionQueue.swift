@@ -69,7 +69,7 @@ public final class CompletionQueue: @unchecked Sendable {
     }
 
     @usableFromInline
-    func pollFailed() -> RDMAError {
+    package func pollFailed() -> RDMAError {
         RDMAError.system("ibv_poll_cq", errno: .ioError, "polling the completion queue (the device reported an error)")
     }
 
