@@ -52,8 +52,7 @@ public final class EventChannel: @unchecked Sendable {
     /// Where ``pollOnceLocked()`` has the device write completions: allocated once, so that
     /// a poll checks no array for uniqueness and copies nothing.
     private let polled: UnsafeMutableBufferPointer<WorkCompletion>
-    /// `polled` and the completion queue as `ibv_poll_cq` takes them, for the busy loop.
-    private let polledCompletions: UnsafeMutablePointer<ibv_wc>
+    /// The completion queue as `ibv_poll_cq` takes it, for the busy loop.
     private let completionQueuePointer: UnsafeMutablePointer<ibv_cq>
     @exclusivity(unchecked) private var armed = false
     /// A sleep ended on the completion channel and its notification was not read yet: it is
@@ -113,7 +112,6 @@ public final class EventChannel: @unchecked Sendable {
         // Allocated once everything that can fail without running deinit has succeeded.
         polled = .allocate(capacity: 32)
         polled.initialize(repeating: WorkCompletion())
-        polledCompletions = UnsafeMutableRawPointer(polled.baseAddress!).assumingMemoryBound(to: ibv_wc.self)
         completionQueuePointer = completionQueue.pointer
         for fd in [completionChannel.fileDescriptor, connectionEvents.fileDescriptor, wake, sockets] {
             var event = epoll_event(events: EPOLLIN.rawValue, data: epoll_data_t(fd: fd))
@@ -503,7 +501,9 @@ public final class EventChannel: @unchecked Sendable {
         receiving = state.id.rawValue
         do throws(RDMAError) {
             while true {
-                let count = Int(ibv_poll_cq(completionQueuePointer, Int32(polled.count), polledCompletions))
+                let count = polled.withMemoryRebound(to: ibv_wc.self) { completions in
+                    Int(ibv_poll_cq(completionQueuePointer, Int32(completions.count), completions.baseAddress))
+                }
                 guard count >= 0 else { throw completionQueue.pollFailed() }
                 let base = UnsafePointer(polled.baseAddress!)
                 for index in 0..<count {
