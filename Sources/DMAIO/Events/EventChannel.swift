@@ -52,8 +52,6 @@ public final class EventChannel: @unchecked Sendable {
     /// Where ``pollOnceLocked()`` has the device write completions: allocated once, so that
     /// a poll checks no array for uniqueness and copies nothing.
     private let polled: UnsafeMutableBufferPointer<WorkCompletion>
-    /// The completion queue as `ibv_poll_cq` takes it, for the busy loop.
-    private let completionQueuePointer: UnsafeMutablePointer<ibv_cq>
     @exclusivity(unchecked) private var armed = false
     /// A sleep ended on the completion channel and its notification was not read yet: it is
     /// read before the queue is armed again, which keeps that system call off the way from a
@@ -112,7 +110,6 @@ public final class EventChannel: @unchecked Sendable {
         // Allocated once everything that can fail without running deinit has succeeded.
         polled = .allocate(capacity: 32)
         polled.initialize(repeating: WorkCompletion())
-        completionQueuePointer = completionQueue.pointer
         for fd in [completionChannel.fileDescriptor, connectionEvents.fileDescriptor, wake, sockets] {
             var event = epoll_event(events: EPOLLIN.rawValue, data: epoll_data_t(fd: fd))
             if epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) != 0 {
@@ -501,10 +498,7 @@ public final class EventChannel: @unchecked Sendable {
         receiving = state.id.rawValue
         do throws(RDMAError) {
             while true {
-                let count = polled.withMemoryRebound(to: ibv_wc.self) { completions in
-                    Int(ibv_poll_cq(completionQueuePointer, Int32(completions.count), completions.baseAddress))
-                }
-                guard count >= 0 else { throw completionQueue.pollFailed() }
+                let count = try completionQueue.poll(into: polled)
                 let base = UnsafePointer(polled.baseAddress!)
                 for index in 0..<count {
                     if taken == nil, let arrival = takeLocked(base + index, for: state) {

@@ -55,11 +55,11 @@ public final class CompletionQueue: @unchecked Sendable {
     /// Moves up to `completions.count` finished work requests into `completions`, front first,
     /// and returns how many it moved (0 when none are ready).
     ///
-    /// Allocates nothing: pass a buffer you keep and reuse. Inlinable: a busy loop calls it
-    /// over and over.
+    /// Allocates nothing: pass a buffer you keep and reuse. Always inlined: a busy loop calls
+    /// it over and over, and it is a call to the provider and a check.
     ///
     /// The corresponding C function is `ibv_poll_cq`.
-    @inlinable
+    @inlinable @inline(__always)
     public func poll(into completions: UnsafeMutableBufferPointer<WorkCompletion>) throws(RDMAError) -> Int {
         let count = completions.withMemoryRebound(to: ibv_wc.self) { wcs in
             ibv_poll_cq(pointer, Int32(clamping: wcs.count), wcs.baseAddress)
@@ -69,7 +69,7 @@ public final class CompletionQueue: @unchecked Sendable {
     }
 
     @usableFromInline
-    package func pollFailed() -> RDMAError {
+    func pollFailed() -> RDMAError {
         RDMAError.system("ibv_poll_cq", errno: .ioError, "polling the completion queue (the device reported an error)")
     }
 
