@@ -32,4 +32,19 @@ import RDMAVerbs
         #expect(update & WireProtocol.creditUpdateFlag != 0)
         #expect(update & WireProtocol.creditMask == 7)
     }
+
+    @Test(arguments: [(UInt32(0), false), (1, false), (1, true), (8, false), (WireProtocol.creditMask, false), (WireProtocol.creditMask, true)])
+    func decodingGivesBackWhatWasEncoded(credits: UInt32, creditUpdate: Bool) {
+        let decoded = WireProtocol.decode(immediate: WireProtocol.immediate(returning: credits, creditUpdate: creditUpdate))
+        #expect(decoded.credits == Int(credits))
+        #expect(decoded.isCreditUpdate == creditUpdate)
+    }
+
+    @Test func decodingIgnoresTheUnusedBits() {
+        // Bits 24 to 30 are not part of the protocol: a peer's stray bits neither add credits
+        // nor make a data message an update.
+        let decoded = WireProtocol.decode(immediate: 0x7F00_0003)
+        #expect(decoded.credits == 3)
+        #expect(!decoded.isCreditUpdate)
+    }
 }

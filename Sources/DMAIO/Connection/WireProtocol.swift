@@ -68,8 +68,18 @@ enum WireProtocol {
         }
     }
 
+    /// The immediate data of a message that hands back `credits` (at most ``creditMask``), a
+    /// credit update or a data message.
     @inline(__always)
     static func immediate(returning credits: UInt32, creditUpdate: Bool) -> UInt32 {
         (credits & creditMask) | (creditUpdate ? creditUpdateFlag : 0)
+    }
+
+    /// What a received message's immediate data says — the inverse of
+    /// ``immediate(returning:creditUpdate:)``: the credits it hands back, and whether it is a
+    /// credit update (no payload, its slot goes straight back) rather than a data message.
+    @inline(__always)
+    static func decode(immediate: UInt32) -> (credits: Int, isCreditUpdate: Bool) {
+        (Int(immediate & creditMask), immediate & creditUpdateFlag != 0)
     }
 }

@@ -468,9 +468,9 @@ public final class EventChannel: @unchecked Sendable {
             if let pool = state.pool { try? pool.repost(slot: slot) }
             return
         }
-        let immediate = completion.pointee.immediateData ?? 0
-        state.credits += Int(immediate & WireProtocol.creditMask)
-        if immediate & WireProtocol.creditUpdateFlag != 0 || state.status != .connected {
+        let (credits, isCreditUpdate) = WireProtocol.decode(immediate: completion.pointee.immediateData ?? 0)
+        state.credits += credits
+        if isCreditUpdate || state.status != .connected {
             // A credit update leaves the slot untouched.
             do { try state.postReceive(slot: slot) } catch { endLocked(state, after: error) }
         } else {
@@ -532,10 +532,10 @@ public final class EventChannel: @unchecked Sendable {
             ConnectionState.connection(of: requestID) == state.id.rawValue,
             completion.pointee.isSuccess, state.arrivals.isEmpty, state.status == .connected
         else { return nil }
-        let immediate = completion.pointee.immediateData ?? 0
-        guard immediate & WireProtocol.creditUpdateFlag == 0 else { return nil }
+        let (credits, isCreditUpdate) = WireProtocol.decode(immediate: completion.pointee.immediateData ?? 0)
+        guard !isCreditUpdate else { return nil }
         state.activity &+= 1
-        state.credits += Int(immediate & WireProtocol.creditMask)
+        state.credits += credits
         state.arrived += 1
         pumpSendsLocked(state)
         return .init(slot: Int32(truncatingIfNeeded: requestID), length: Int32(completion.pointee.byteCount))
