@@ -92,7 +92,8 @@ struct BuddyAllocator: ~Copyable {
     }
 
     /// Allocates a block of at least `bytes`; returns its offset, or nil when no free block is
-    /// large enough.
+    /// large enough. Inlined into the area's data path (see `DMAArea.allocate(_:for:)`).
+    @inline(__always)
     mutating func allocate(_ bytes: Int) -> Int? {
         guard let size = blockSize(for: bytes) else { return nil }
         let wanted = (size &>> blockShift).trailingZeroBitCount
@@ -120,6 +121,7 @@ struct BuddyAllocator: ~Copyable {
     /// Frees the block at `offset`; returns false (changing nothing) when no allocated block
     /// starts there, e.g. on a double free.
     @discardableResult
+    @inline(__always)
     mutating func free(_ offset: Int) -> Bool {
         guard let size = allocatedSize(at: offset) else { return false }
         bytesInUse -= size

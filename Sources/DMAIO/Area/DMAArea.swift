@@ -133,6 +133,11 @@ public final class DMAArea: @unchecked Sendable {
     public var retainedBytes: Int { retained.withLock { $0.totalBytes - $0.consumedOfOldest } }
 
     /// Takes a block of at least `count` bytes; returns its offset.
+    ///
+    /// Inlined, with the allocator's own `allocate`, into `sio_reserve`: it runs for every
+    /// message, and under emulation a call costs as much as a few dozen instructions
+    /// (docs/benchmark/latency-64B-anatomy.md).
+    @inline(__always)
     package func allocate(_ count: Int, for operation: String) throws(RDMAError) -> Int {
         guard count > 0 else {
             throw RDMAError(.invalidArgument, operation: operation, errno: .invalidArgument,
@@ -151,7 +156,9 @@ public final class DMAArea: @unchecked Sendable {
         return offset
     }
 
-    /// Returns a block to the area.
+    /// Returns a block to the area. Inlined, as ``allocate(_:for:)`` is: `aio_send` frees an
+    /// inline message's block right after posting it.
+    @inline(__always)
     package func free(_ offset: Int) {
         let freed = allocator.withLock { $0.free(offset) }
         assert(freed, "block at offset \(offset) freed twice")

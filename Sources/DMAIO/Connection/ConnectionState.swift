@@ -186,6 +186,9 @@ final class ConnectionState: @unchecked Sendable {
 
     // MARK: - Posting (lock held)
 
+    /// Re-posts a receive slot (to the shared pool when the connection receives through one).
+    /// Inlined: `sio_release` runs it for every message.
+    @inline(__always)
     func postReceive(slot: Int) throws(RDMAError) {
         if let pool { return try pool.repost(slot: slot) }
         let segment = borrowedArea!.with { $0.segment(at: slotOffsets[slot], count: slotSize) }

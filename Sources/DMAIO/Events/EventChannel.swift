@@ -681,6 +681,11 @@ public final class EventChannel: @unchecked Sendable {
     }
 
     /// A received slot comes back: re-post it and owe the sender a credit.
+    ///
+    /// Inlined into `sio_release`, like the re-post below it: it runs for every message, and
+    /// under emulation a call costs as much as a few dozen instructions
+    /// (docs/benchmark/latency-64B-anatomy.md).
+    @inline(__always)
     func release(slot: Int, of state: ConnectionState) {
         lock.withLock { _ in
             state.held -= 1
