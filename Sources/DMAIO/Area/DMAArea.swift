@@ -136,24 +136,31 @@ public final class DMAArea: @unchecked Sendable {
     ///
     /// Inlined, with the allocator's own `allocate`, into `sio_reserve`: it runs for every
     /// message, and under emulation a call costs as much as a few dozen instructions
-    /// (docs/benchmark/latency-64B-anatomy.md).
+    /// (docs/benchmark/latency-64B-anatomy.md). Its refusals are built out of line, so that
+    /// every caller does not carry them.
     @inline(__always)
     package func allocate(_ count: Int, for operation: String) throws(RDMAError) -> Int {
-        guard count > 0 else {
-            throw RDMAError(.invalidArgument, operation: operation, errno: .invalidArgument,
-                            message: "cannot reserve 0 bytes: the size must be positive")
-        }
-        guard count <= size else {
-            throw RDMAError(.invalidArgument, operation: operation, errno: .invalidArgument,
-                            message: "cannot reserve \(count) bytes from an area of \(size) bytes: the buffer must fit in the area")
-        }
-        guard let offset = allocator.withLock({ $0.allocate(count) }) else {
-            // A full area is back-pressure, met on the data path: the message is a literal, so
-            // the error allocates nothing (bytesInUse tells how full the area is).
-            throw RDMAError(.areaExhausted, operation: operation, errno: .noMemory,
-                            message: "the area has no free block that large: in-flight sends, unsent buffers and receive slots hold it; take send completions (events) and try again, or allocate a larger area")
+        guard count > 0, count <= size, let offset = allocator.withLock({ $0.allocate(count) }) else {
+            throw allocationRefused(count, for: operation)
         }
         return offset
+    }
+
+    /// Why ``allocate(_:for:)`` could not serve `count` bytes.
+    @inline(never)
+    private func allocationRefused(_ count: Int, for operation: String) -> RDMAError {
+        guard count > 0 else {
+            return RDMAError(.invalidArgument, operation: operation, errno: .invalidArgument,
+                             message: "cannot reserve 0 bytes: the size must be positive")
+        }
+        guard count <= size else {
+            return RDMAError(.invalidArgument, operation: operation, errno: .invalidArgument,
+                             message: "cannot reserve \(count) bytes from an area of \(size) bytes: the buffer must fit in the area")
+        }
+        // A full area is back-pressure, met on the data path: the message is a literal, so the
+        // error allocates nothing (bytesInUse tells how full the area is).
+        return RDMAError(.areaExhausted, operation: operation, errno: .noMemory,
+                         message: "the area has no free block that large: in-flight sends, unsent buffers and receive slots hold it; take send completions (events) and try again, or allocate a larger area")
     }
 
     /// Returns a block to the area. Inlined, as ``allocate(_:for:)`` is: `aio_send` frees an
