@@ -79,6 +79,7 @@ extension RxeIntegration {
             let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
             let comparison = try #require(object["against_verbs"] as? [String: Any])
             #expect(comparison["pairs"] as? Int == 4)
+            #expect(object["bare_verbs_round_trips"] as? Int == 5 * 64)
             #expect(comparison["block"] as? Int == 64)
             let library = try #require(comparison["library_usec"] as? Double)
             let verbs = try #require(comparison["verbs_usec"] as? Double)
@@ -90,10 +91,31 @@ extension RxeIntegration {
             #expect((comparison["verbs_mean_usec"] as? Double ?? 0) > 0)
         }
 
+        /// `pingpong --verbs-only`: every round trip through bare verbs calls on the connection the
+        /// library made, start to end; both sides say so and report as usual.
+        @Test func pingpongRunsOnBareVerbsOnly() throws {
+            let port = String(RxeEnvironment.freshPort())
+            let common = ["-p", port, "-s", "64", "-n", "300", "--verbs-only"]
+            let (serverOutput, client, serverStatus) = try runPair(
+                "pingpong", receiver: common + ["-b", RxeEnvironment.address], sender: common + ["--json", RxeEnvironment.address])
+            #expect(client.status == 0, "client: \(client.standardError)")
+            #expect(serverStatus == 0, "server: \(serverOutput)")
+            #expect(serverOutput.contains("300 iters in "))
+            #expect(serverOutput.contains("300 of 300 round trips made with bare verbs calls (--verbs-only)"))
+            let line = try #require(client.standardOutput.split(separator: "\n").last)
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            #expect(object["verbs_only"] as? Bool == true)
+            #expect(object["bare_verbs_round_trips"] as? Int == 300)
+            #expect(object["iterations"] as? Int == 300)
+            #expect((object["usec_per_iter"] as? Double ?? 0) > 0)
+            #expect(object["against_verbs"] == nil)
+        }
+
         @Test func wrongOptionsGiveAUsageError() throws {
             for (name, arguments) in [("stream", ["-s", "0"]), ("stream", ["--bogus"]), ("pingpong", ["-n", "-3"]), ("pingpong", ["-s", "x"]),
                                       ("pingpong", ["--against-verbs", "-e"]), ("pingpong", ["--against-verbs", "-c"]),
-                                      ("pingpong", ["--against-verbs", "-n", "255"])] {
+                                      ("pingpong", ["--against-verbs", "-n", "255"]), ("pingpong", ["--verbs-only", "-e"]),
+                                      ("pingpong", ["--verbs-only", "--against-verbs"])] {
                 let result = try run(tool(name), arguments)
                 #expect(result.status == 64, "\(name) \(arguments): \(result.standardError)")
                 #expect(result.standardError.contains("Usage: \(name)"))

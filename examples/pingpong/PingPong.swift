@@ -13,6 +13,9 @@
 // --against-verbs measures what the library costs: round trips alternate, in blocks of 64, between
 // the library and bare verbs calls (ibv_post_send, ibv_poll_cq, ibv_post_recv, as
 // ibv_rc_pingpong makes them) on the same connection, and the two are compared block by block.
+// --verbs-only makes every round trip with those bare verbs calls, over the connection the library
+// made: the reference run that tells what the library's path costs from what the rest of the
+// process (its connection, its loop, its clock reads) costs next to ibv_rc_pingpong.
 
 import ArgumentParser
 import DMAIO
@@ -65,6 +68,9 @@ struct PingPong: ParsableCommand {
     @Flag(name: .customLong("against-verbs"), help: "Alternate blocks of 64 round trips between the library and bare verbs calls on the same connection, and report what the library adds to a round trip (both sides; polling, without -e and -c).")
     var againstVerbs = false
 
+    @Flag(name: .customLong("verbs-only"), help: "Make every round trip with bare verbs calls (ibv_post_send, ibv_poll_cq, ibv_post_recv) on the connection the library made, not through the library: the reference for what the rest of the process costs (both sides; polling, without -e and -c).")
+    var verbsOnly = false
+
     @Flag(name: .customLong("json"), help: "Print the results as one JSON object.")
     var json = false
 
@@ -76,6 +82,10 @@ struct PingPong: ParsableCommand {
         guard iterations > 0 else { throw ValidationError("-n/--iters must be positive, not \(iterations)") }
         guard timeoutSeconds > 0 else { throw ValidationError("--timeout must be positive") }
         if let gidIndex, !(0...255).contains(gidIndex) { throw ValidationError("-g/--gid-idx must be between 0 and 255, not \(gidIndex)") }
+        if verbsOnly {
+            guard !againstVerbs else { throw ValidationError("--verbs-only and --against-verbs exclude each other: pick one") }
+            guard !events, !check else { throw ValidationError("--verbs-only makes busy-polling round trips with bare verbs calls: leave out -e and -c") }
+        }
         if againstVerbs {
             guard !events, !check else { throw ValidationError("--against-verbs compares busy-polling round trips: leave out -e and -c") }
             guard iterations >= 4 * Session.comparisonBlock else {
@@ -88,7 +98,7 @@ struct PingPong: ParsableCommand {
         do {
             // Without -d, the device is the one that owns the bound address.
             let deviceName = try device ?? bindAddress.map { address throws(RDMAError) in try ConnectionID.deviceName(owning: address) }
-            let session = try Session(size: size, device: deviceName, events: events, check: check, againstVerbs: againstVerbs)
+            let session = try Session(size: size, device: deviceName, events: events, check: check, baseline: verbsOnly ? .only : againstVerbs ? .alternating : .none)
             let timeout = Duration.seconds(timeoutSeconds)
             let connection: Connection
             var socket: Int32 = -1
@@ -141,7 +151,7 @@ struct PingPong: ParsableCommand {
         if json {
             print("""
                 {"role":"\(server == nil ? "server" : "client")","size":\(size),"iterations":\(iterations),\
-                "events":\(events),"checked":\(check),"seconds":\(seconds),"mbit_per_sec":\(mbits),\
+                "events":\(events),"checked":\(check),"verbs_only":\(verbsOnly),"bare_verbs_round_trips":\(result.bareVerbsRoundTrips),"seconds":\(seconds),"mbit_per_sec":\(mbits),\
                 "usec_per_iter":\(usecPerIter),"rtt_usec":{"min":\(p.min),"p50":\(p.p50),"p99":\(p.p99),\
                 "p99_9":\(p.p999),"max":\(p.max)}\(result.againstVerbs.map(Self.json) ?? "")}
                 """)
@@ -151,6 +161,7 @@ struct PingPong: ParsableCommand {
         print("\(iterations) iters in \(format(seconds)) seconds = \(format(usecPerIter)) usec/iter")
         print("round trip usec: min \(format(p.min))  p50 \(format(p.p50))  p99 \(format(p.p99))  p99.9 \(format(p.p999))  max \(format(p.max))")
         if check { print("  content of all \(iterations) messages checked: OK") }
+        if verbsOnly { print("  \(result.bareVerbsRoundTrips) of \(iterations) round trips made with bare verbs calls (--verbs-only), not through the library") }
         if let comparison = result.againstVerbs {
             print("against verbs: \(format(comparison.library)) usec per round trip through the library, \(format(comparison.verbs)) usec through bare verbs calls (medians of \(comparison.pairs) block pairs; means \(format(comparison.libraryMean)) and \(format(comparison.verbsMean)))")
             print("  the library adds \(format(comparison.cost)) usec (\(format(comparison.relative * 100))%) to a round trip; \(format(comparison.coverage * 100))% interval \(format(comparison.low)) ... \(format(comparison.high)) usec")

@@ -16,8 +16,8 @@ struct Session {
     let size: Int
     let useEvents: Bool
     let check: Bool
-    /// Alternate the library with bare verbs calls on the same connection (`--against-verbs`).
-    let againstVerbs: Bool
+    /// Whether round trips go through bare verbs calls instead of the library, and which.
+    let bareVerbs: Baseline
     let pattern: Pattern
     /// Sends posted and not yet completed.
     let outstanding = Counter()
@@ -26,17 +26,29 @@ struct Session {
         var value = 0
     }
 
-    init(size: Int, device: String?, events useEvents: Bool, check: Bool, againstVerbs: Bool = false) throws(RDMAError) {
+    /// Round trips made with bare verbs calls on the connection the library made
+    /// (``VerbsBaseline``), instead of through the library.
+    enum Baseline {
+        /// None: every round trip goes through the library.
+        case none
+        /// Blocks of ``Session/comparisonBlock`` alternate between the library and bare verbs
+        /// calls (`--against-verbs`).
+        case alternating
+        /// Every round trip (`--verbs-only`).
+        case only
+    }
+
+    init(size: Int, device: String?, events useEvents: Bool, check: Bool, baseline: Baseline = .none) throws(RDMAError) {
         self.size = size
         self.useEvents = useEvents
         self.check = check
-        self.againstVerbs = againstVerbs
+        bareVerbs = baseline
         slotSize = ExampleSupport.slotSize(for: size)
         events = try EventChannel(capacity: 64, device: device)
         // Receive slots (credits) and their credit-update room in one block, and two send
         // buffers in flight (at least the area's smallest block each); a third for the verbs
         // baseline, which keeps one for its own sends.
-        let sendBuffers = againstVerbs ? 3 : 2
+        let sendBuffers = bareVerbs == .none ? 2 : 3
         area = try DMAArea(size: max(2 * Self.credits * slotSize + sendBuffers * max(slotSize, DMAArea.minimumBlock), 1 << 16), device: device)
         pattern = Pattern(size: size)
     }
@@ -49,6 +61,8 @@ struct Session {
         var percentiles: Percentiles
         /// With `--against-verbs`: the library's round trips against the baseline's.
         var againstVerbs: VerbsComparison?
+        /// Round trips made with bare verbs calls (`--against-verbs`, `--verbs-only`).
+        var bareVerbsRoundTrips: Int
     }
 
     /// Round trips alternate in blocks of this many between the library and the verbs baseline.
@@ -76,9 +90,17 @@ struct Session {
         stamps.initialize(repeating: 0)
         var next: SendBuffer? = try reserve(sequence: 0)
         var reply: ReceivedBuffer? = nil
-        let baseline = againstVerbs ? try VerbsBaseline(connection, messageSize: size) : nil
-        /// Whether round trip `n` goes through the verbs baseline: every other block.
-        func viaVerbs(_ n: Int) -> Bool { baseline != nil && n < iterations && (n / Self.comparisonBlock) & 1 == 1 }
+        var bareVerbsRoundTrips = 0
+        let mode = bareVerbs
+        let baseline = mode == .none ? nil : try VerbsBaseline(connection, messageSize: size)
+        /// Whether round trip `n` goes through the verbs baseline: every other block, or all.
+        func viaVerbs(_ n: Int) -> Bool {
+            switch mode {
+            case .none: false
+            case .alternating: n < iterations && (n / Self.comparisonBlock) & 1 == 1
+            case .only: n < iterations
+            }
+        }
         if !isClient { stamps[0] = MonotonicClock.nanoseconds() }
         for iteration in 0..<iterations {
             let last = iteration == iterations - 1
@@ -94,6 +116,7 @@ struct Session {
                     stamps[iteration + 1] = MonotonicClock.nanoseconds()
                 }
                 if !viaVerbs(iteration + 1) { try baseline.settle() }
+                bareVerbsRoundTrips += 1
                 continue
             }
             // Before the baseline takes over, no events are taken after this side's last send
@@ -123,13 +146,13 @@ struct Session {
         while outstanding.value > 0 { try waitForEvent(blocking: true) }
         let seconds = Double(stamps[iterations] - stamps[0]) / 1e9
         var roundTrips = (0..<iterations).map { Double(stamps[$0 + 1] - stamps[$0]) / 1e3 }
-        let comparison = baseline == nil ? nil : VerbsComparison(roundTrips: roundTrips, block: Self.comparisonBlock)
+        let comparison = mode != .alternating ? nil : VerbsComparison(roundTrips: roundTrips, block: Self.comparisonBlock)
         roundTrips.sort()
         func at(_ fraction: Double) -> Double { roundTrips[min(roundTrips.count - 1, Int(Double(roundTrips.count) * fraction))] }
         return Result(
             seconds: seconds,
             percentiles: Percentiles(min: roundTrips[0], p50: at(0.5), p99: at(0.99), p999: at(0.999), max: roundTrips[roundTrips.count - 1]),
-            againstVerbs: comparison)
+            againstVerbs: comparison, bareVerbsRoundTrips: bareVerbsRoundTrips)
     }
 
     /// sio_reserve and fill; when the area is full (the previous send's buffer is not back
