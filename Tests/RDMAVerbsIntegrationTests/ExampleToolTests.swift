@@ -31,6 +31,23 @@ extension RxeIntegration {
             return (String(decoding: seen, as: UTF8.self), sender, receiver.terminationStatus)
         }
 
+        /// The JSON object on the last line of `output` (with --json the tools print it last).
+        private func lastJSONObject(_ output: String) throws -> [String: Any] {
+            let line = try #require(output.split(separator: "\n").last)
+            return try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        }
+
+        /// Runs pingpong's server and client with `arguments` on a fresh port (the client with
+        /// --json), expects both to exit 0, and returns the server's output and the client's JSON.
+        private func runPingpong(_ arguments: [String]) throws -> (serverOutput: String, client: [String: Any]) {
+            let common = ["-p", String(RxeEnvironment.freshPort())] + arguments
+            let (serverOutput, client, serverStatus) = try runPair(
+                "pingpong", receiver: common + ["-b", RxeEnvironment.address], sender: common + ["--json", RxeEnvironment.address])
+            #expect(client.status == 0, "client: \(client.standardError)")
+            #expect(serverStatus == 0, "server: \(serverOutput)")
+            return (serverOutput, try lastJSONObject(client.standardOutput))
+        }
+
         @Test(.serialized, arguments: [[String](), ["-e"], ["--tcp"]])
         func streamRunsBetweenTwoProcessesWithContentChecked(mode: [String]) throws {
             let port = String(RxeEnvironment.freshPort())
@@ -51,8 +68,7 @@ extension RxeIntegration {
             let common = ["-p", port, "-s", "4096", "-n", "200", "--json"]
             let (receiverOutput, sender, _) = try runPair(
                 "stream", receiver: common + ["-b", RxeEnvironment.address], sender: common + [RxeEnvironment.address])
-            let line = try #require(sender.standardOutput.split(separator: "\n").last)
-            let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            let object = try lastJSONObject(sender.standardOutput)
             #expect(object["iterations"] as? Int == 200)
             #expect(object["transport"] as? String == "rdma")
             #expect((object["bw_average_mb_per_sec"] as? Double ?? 0) > 0)
@@ -65,18 +81,11 @@ extension RxeIntegration {
         /// a library block, and its last sends must complete for the tool to exit 0).
         @Test(.serialized, arguments: [64, 4096])
         func pingpongComparesTheLibraryWithBareVerbs(size: Int) throws {
-            let port = String(RxeEnvironment.freshPort())
             // 11 blocks of 64: library, verbs, ..., library; the first pair is warm-up.
-            let common = ["-p", port, "-s", String(size), "-n", "704", "--against-verbs"]
-            let (serverOutput, client, serverStatus) = try runPair(
-                "pingpong", receiver: common + ["-b", RxeEnvironment.address], sender: common + ["--json", RxeEnvironment.address])
-            #expect(client.status == 0, "client: \(client.standardError)")
-            #expect(serverStatus == 0, "server: \(serverOutput)")
+            let (serverOutput, object) = try runPingpong(["-s", String(size), "-n", "704", "--against-verbs"])
             #expect(serverOutput.contains("704 iters in "))
             #expect(serverOutput.contains("against verbs: "))
             #expect(serverOutput.contains("through bare verbs calls (medians of 4 block pairs"))
-            let line = try #require(client.standardOutput.split(separator: "\n").last)
-            let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
             let comparison = try #require(object["against_verbs"] as? [String: Any])
             #expect(comparison["pairs"] as? Int == 4)
             #expect(object["bare_verbs_round_trips"] as? Int == 5 * 64)
@@ -94,16 +103,9 @@ extension RxeIntegration {
         /// `pingpong --verbs-only`: every round trip through bare verbs calls on the connection the
         /// library made, start to end; both sides say so and report as usual.
         @Test func pingpongRunsOnBareVerbsOnly() throws {
-            let port = String(RxeEnvironment.freshPort())
-            let common = ["-p", port, "-s", "64", "-n", "300", "--verbs-only"]
-            let (serverOutput, client, serverStatus) = try runPair(
-                "pingpong", receiver: common + ["-b", RxeEnvironment.address], sender: common + ["--json", RxeEnvironment.address])
-            #expect(client.status == 0, "client: \(client.standardError)")
-            #expect(serverStatus == 0, "server: \(serverOutput)")
+            let (serverOutput, object) = try runPingpong(["-s", "64", "-n", "300", "--verbs-only"])
             #expect(serverOutput.contains("300 iters in "))
             #expect(serverOutput.contains("300 of 300 round trips made with bare verbs calls (--verbs-only)"))
-            let line = try #require(client.standardOutput.split(separator: "\n").last)
-            let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
             #expect(object["verbs_only"] as? Bool == true)
             #expect(object["bare_verbs_round_trips"] as? Int == 300)
             #expect(object["iterations"] as? Int == 300)
