@@ -90,6 +90,39 @@ extension RxeIntegration {
             #expect(pair.clientArea.bytesInUse == 2 * 32 * 4096, "only the client's receive slots remain reserved")
         }
 
+        /// Released slots are re-posted in batches (a quarter of the grant at a time), except when
+        /// the sender may be out of credits: a receiver that holds all 32 messages it granted and
+        /// then releases one lets the 33rd through at once, not after eight releases.
+        @Test func oneReleaseLetsASenderOutOfCreditsGoOn() throws {
+            let granted = 32, size = 64
+            let pair = try ConnectedPair(areaSize: 1 << 20, receiveBytes: granted * 4096, slotSize: 4096)
+            #expect(ConnectionState.repostBatchSize(granting: granted) == 8)
+            for sequence in 0...granted {
+                #expect(try Self.trySend(pair, sequence: sequence, size: size))
+            }
+            #expect(pair.client.sendCounters.waiting == 1, "the message after the grant waits for a credit")
+            /// Takes messages (checked, held) until `total` arrived or `deadline` passed, pumping both sides.
+            var arrived = 0
+            func take(until total: Int, deadline: ContinuousClock.Instant) throws {
+                while arrived < total, ContinuousClock.now < deadline {
+                    while try pair.clientEvents.next() != nil {}
+                    guard let bytes = try pair.server.receiveRetained() else { continue }
+                    guard bytes.count == size, StreamMessage.matches(bytes, sequence: arrived) else {
+                        throw RDMAError(.workCompletion, operation: "test", message: "message \(arrived) lost, reordered or corrupted")
+                    }
+                    arrived += 1
+                }
+            }
+            try take(until: granted, deadline: .now + .seconds(10))
+            #expect(arrived == granted)
+            try take(until: granted + 1, deadline: .now + .milliseconds(300))
+            #expect(arrived == granted, "a message came through without a credit")
+            try pair.serverArea.releaseOldest(bytes: size)
+            try take(until: granted + 1, deadline: .now + .seconds(10))
+            #expect(arrived == granted + 1, "one release did not hand a credit back to a sender that had none")
+            try pair.serverArea.releaseOldest(bytes: (arrived - 1) * size)
+        }
+
         /// Takes the message a `.received` event announced, checks it and releases it.
         static func takeAnnounced(_ pair: ConnectedPair, sequence: Int, length: Int) throws {
             guard let message = try pair.server.receive() else {

@@ -356,6 +356,7 @@ public final class Connection: @unchecked Sendable {
             state.slotBlocks = blocks
             state.slotSize = slotSize
             state.creditsGranted = granted
+            state.releasedSlots = ReceiveBatch(capacity: ConnectionState.repostBatchSize(granting: granted))
             state.sendQueueFree = sendDepth
             state.arrivals.reserveCapacity(slots)
             state.inFlight.reserveCapacity(sendDepth)

@@ -75,8 +75,11 @@ final class ConnectionState: @unchecked Sendable {
     @exclusivity(unchecked) var peerSlotSize = 0
     /// Data messages this side may still send before the peer hands credits back.
     @exclusivity(unchecked) var credits = 0
-    /// Slots released since the last message; handed back on the next one.
+    /// Slots released and re-posted since the last message; handed back on the next one.
     @exclusivity(unchecked) var creditsToReturn: UInt32 = 0
+    /// Released slots gathered for one `ibv_post_recv`; their credits are owed once posted.
+    /// Sized at association (``repostBatchSize(granting:)``).
+    @exclusivity(unchecked) var releasedSlots = ReceiveBatch(capacity: 1)
     @exclusivity(unchecked) var sendQueueFree = 0
     /// Completions seen for the connection (wrapping), and the count at the last keepalive
     /// sweep: unchanged means the connection was quiet for a whole interval.
@@ -195,6 +198,33 @@ final class ConnectionState: @unchecked Sendable {
         try borrowedQueuePair!.with { queuePair throws(RDMAError) in
             try queuePair.postReceive(segment, requestID: requestID(.receive, slot: slot))
         }
+    }
+
+    /// How many released slots are gathered before they are re-posted with one call: a quarter
+    /// of the grant, at most 16, so that the peer keeps at least three quarters of its credits
+    /// while they wait (one slot at a time for grants under 8).
+    static func repostBatchSize(granting credits: Int) -> Int { max(1, min(16, credits / 4)) }
+
+    /// A released slot of a connected connection with private slots (lock held): gathered with
+    /// others and re-posted with them in one `ibv_post_recv` call, as `ibv_rc_pingpong` re-posts
+    /// in bulk, once a batch is full — or at once when the peer may have run out of credits
+    /// (every slot it may fill is taken, held, released or owed here), so that gathering never
+    /// stalls a sender. The credits go back to the peer once the slots are posted.
+    @inline(__always)
+    func gatherReleased(slot: Int) throws(RDMAError) {
+        let segment = borrowedArea!.with { $0.segment(at: slotOffsets[slot], count: slotSize) }
+        releasedSlots.append(segment, requestID: requestID(.receive, slot: slot))
+        if releasedSlots.isFull || releasedSlots.count + Int(creditsToReturn) + held + arrivals.count >= creditsGranted {
+            try postReleased()
+        }
+    }
+
+    /// Re-posts the gathered slots with one call; their credits are owed to the peer from now.
+    @inline(never)
+    func postReleased() throws(RDMAError) {
+        let count = releasedSlots.count
+        try borrowedQueuePair!.with { queuePair throws(RDMAError) in try queuePair.post(&releasedSlots) }
+        creditsToReturn += UInt32(count)
     }
 
     /// Posts queued sends while credits and send-queue room last, then hands back any credits

@@ -680,7 +680,8 @@ public final class EventChannel: @unchecked Sendable {
         }
     }
 
-    /// A received slot comes back: re-post it and owe the sender a credit.
+    /// A received slot comes back: re-post it (gathered with others when the connection's slots
+    /// are its own) and owe the sender a credit.
     ///
     /// Inlined into `sio_release`, like the re-post below it: it runs for every message, and
     /// under emulation a call costs as much as a few dozen instructions
@@ -695,8 +696,12 @@ public final class EventChannel: @unchecked Sendable {
                 return
             }
             do throws(RDMAError) {
-                try state.postReceive(slot: slot)
-                state.creditsToReturn += 1
+                if state.pool == nil {
+                    try state.gatherReleased(slot: slot)
+                } else {
+                    try state.postReceive(slot: slot)
+                    state.creditsToReturn += 1
+                }
                 try state.pumpSends()
             } catch {
                 endLocked(state, after: error)
