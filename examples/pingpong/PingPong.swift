@@ -103,7 +103,7 @@ struct PingPong: ParsableCommand {
             let connection: Connection
             var socket: Int32 = -1
             defer { if socket >= 0 { close(socket) } }
-            let receiveBytes = session.slotSize * Session.credits
+            let receiveBytes = session.slotSize * session.credits
             if let gidIndex {
                 // ibv_rc_pingpong's way: a TCP connection first, then dma_assoc upgrades it.
                 if let server {
