@@ -123,6 +123,49 @@ extension RxeIntegration {
             try pair.serverArea.releaseOldest(bytes: (arrived - 1) * size)
         }
 
+        /// A received buffer outlives its connection: with the `Connection` gone (closed), the
+        /// bytes stay readable and the receive slots stay reserved; the buffer's release lets
+        /// the connection's state go, and the slots return to the area.
+        @Test func aReceivedBufferOutlivesItsConnection() throws {
+            let serverEvents = try EventChannel(), clientEvents = try EventChannel()
+            let serverArea = try DMAArea(size: 1 << 20), clientArea = try DMAArea(size: 1 << 20)
+            let address = "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())"
+            let listener = try Listener(on: address, events: serverEvents)
+            // The accepting thread's result goes with this function: nothing but `server` holds
+            // the server's connection.
+            func connect() throws -> (client: Connection, server: Connection) {
+                let accepted = OnThread { () throws -> Connection in
+                    let connection = try listener.accept(timeout: .seconds(10))
+                    try connection.associate(serverArea, receiveBytes: 8 * 4096, slotSize: 4096)
+                    return connection
+                }
+                let client = try Connection(to: address, events: clientEvents)
+                try client.associate(clientArea, receiveBytes: 8 * 4096, slotSize: 4096)
+                return (client, try accepted.join())
+            }
+            let client: Connection
+            var server: Connection?
+            (client, server) = try connect()
+            defer { client.close() }
+            let slotBytes = serverArea.bytesInUse
+            #expect(slotBytes > 0)
+            let buffer = try clientArea.reserve(100)
+            buffer.withUnsafeMutableBytes { StreamMessage.fill($0, sequence: 7) }
+            try client.send(buffer, cookie: 7)
+            let deadline = ContinuousClock.now + .seconds(10)
+            var received: ReceivedBuffer? = nil
+            while received == nil, ContinuousClock.now < deadline { received = try server!.receive() }
+            guard let message = received.take() else {
+                Issue.record("the message did not arrive within 10 s")
+                return
+            }
+            server = nil
+            #expect(message.count == 100 && StreamMessage.matches(message.bytes, sequence: 7), "the bytes changed after the connection went")
+            #expect(serverArea.bytesInUse == slotBytes, "the receive slots went back while a buffer was out")
+            message.release()
+            #expect(serverArea.bytesInUse == 0, "the released buffer did not let the closed connection's slots go")
+        }
+
         /// Takes the message a `.received` event announced, checks it and releases it.
         static func takeAnnounced(_ pair: ConnectedPair, sequence: Int, length: Int) throws {
             guard let message = try pair.server.receive() else {

@@ -15,13 +15,15 @@ import RDMAVerbs
 /// A buffer dropped without ``release()`` is released then. Releasing re-posts the slot as a
 /// receive and hands a credit back to the sender.
 public struct ReceivedBuffer: ~Copyable {
+    /// Unretained: the state keeps itself alive while buffers are out
+    /// (``ConnectionState/keepForBuffers()``), so that a message costs no reference counting.
     private let owner: Unmanaged<ConnectionState>
     let slot: Int
     /// The message's bytes, inside the area (zero-copy).
     public let bytes: UnsafeRawBufferPointer
 
     init(owner: ConnectionState, slot: Int, bytes: UnsafeRawBufferPointer) {
-        self.owner = .passRetained(owner)
+        self.owner = .passUnretained(owner)
         self.slot = slot
         self.bytes = bytes
     }
@@ -48,9 +50,9 @@ public struct ReceivedBuffer: ~Copyable {
         return DetachedMessage(owner: Unmanaged.passRetained(owner), slot: slot, bytes: bytes)
     }
 
-    /// Gives up the buffer without releasing its slot; the caller takes over the reference.
+    /// Gives up the buffer without releasing its slot; the caller holds the state from now.
     consuming func disown() -> (owner: ConnectionState, slot: Int) {
-        let owner = self.owner.takeRetainedValue()
+        let owner = self.owner.takeUnretainedValue()
         let slot = self.slot
         discard self
         return (owner, slot)
@@ -58,8 +60,10 @@ public struct ReceivedBuffer: ~Copyable {
 
     deinit {
         let slot = self.slot
-        owner._withUnsafeGuaranteedRef { $0.channel.release(slot: slot, of: $0) }
-        owner.release()
+        // The last buffer of a closed connection ends the state's hold on itself; the state
+        // goes once that reference is dropped, after the call.
+        let kept = owner._withUnsafeGuaranteedRef { $0.channel.release(slot: slot, of: $0) }
+        withExtendedLifetime(kept) {}
     }
 }
 

@@ -352,6 +352,7 @@ public final class Connection: @unchecked Sendable {
         try events.lock.withLock { _ throws(RDMAError) in
             state.area = area
             state.queuePair = queuePair
+            state.keepForBuffers()
             state.slotOffsets = slotOffsets
             state.slotBlocks = blocks
             state.slotSize = slotSize
@@ -578,6 +579,8 @@ public final class Connection: @unchecked Sendable {
             if let pool = state.pool {
                 while let arrival = state.arrivals.popFirst() { try? pool.repost(slot: Int(arrival.slot)) }
             }
+            // With no buffer out, the state goes with this connection (which holds it still).
+            _ = state.endKeepingIfDone()
             return true
         }
         guard wasOpen else { return }

@@ -97,6 +97,10 @@ final class ConnectionState: @unchecked Sendable {
     @exclusivity(unchecked) var inAnnouncementQueue = false
     /// Slots handed out and not yet released.
     @exclusivity(unchecked) var held = 0
+    /// The state itself, from association until it is closed with every buffer it handed out
+    /// back: ``ReceivedBuffer`` holds the state unretained (no reference counting per message),
+    /// and this keeps it alive for the buffers that outlive their ``Connection``.
+    @exclusivity(unchecked) private var keptForBuffers: ConnectionState?
     /// The GID index the caller chose for a socket connection (else the socket's address picks).
     @exclusivity(unchecked) var explicitGIDIndex: Int?
     /// Whether the channel watches the TCP socket (socket connections, while connected).
@@ -113,6 +117,18 @@ final class ConnectionState: @unchecked Sendable {
         self.id = id
         self.channel = channel
         self.endpoint = endpoint
+    }
+
+    /// Keeps the state alive for the buffers it hands out (at association). Lock held.
+    func keepForBuffers() { keptForBuffers = self }
+
+    /// Once the state is closed and every buffer it handed out is back, the reference it kept
+    /// for them; the caller drops it when it no longer uses the state (the state may go with
+    /// it). Nil otherwise. Lock held.
+    func endKeepingIfDone() -> ConnectionState? {
+        guard status == .closed, held == 0, let kept = keptForBuffers else { return nil }
+        keptForBuffers = nil
+        return kept
     }
 
     /// Whether `area` is the connection's area: an identity check that counts no references.

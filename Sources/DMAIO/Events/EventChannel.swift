@@ -686,14 +686,18 @@ public final class EventChannel: @unchecked Sendable {
     /// Inlined into `sio_release`, like the re-post below it: it runs for every message, and
     /// under emulation a call costs as much as a few dozen instructions
     /// (docs/benchmark/latency-64B-anatomy.md).
+    ///
+    /// Returns the reference a closed state kept for its buffers once this was the last one
+    /// (``ConnectionState/endKeepingIfDone()``): the caller drops it when done with the state.
     @inline(__always)
-    func release(slot: Int, of state: ConnectionState) {
-        lock.withLock { _ in
+    @discardableResult
+    func release(slot: Int, of state: ConnectionState) -> ConnectionState? {
+        lock.withLock { _ -> ConnectionState? in
             state.held -= 1
             guard state.status == .connected else {
                 // A pool's slot goes back to the pool; a private slot waits for the state to go.
                 if let pool = state.pool { try? pool.repost(slot: slot) }
-                return
+                return state.endKeepingIfDone()
             }
             do throws(RDMAError) {
                 if state.pool == nil {
@@ -706,6 +710,7 @@ public final class EventChannel: @unchecked Sendable {
             } catch {
                 endLocked(state, after: error)
             }
+            return nil
         }
     }
 
