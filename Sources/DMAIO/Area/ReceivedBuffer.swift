@@ -13,7 +13,8 @@ import RDMAVerbs
 /// ```
 ///
 /// A buffer dropped without ``release()`` is released then. Releasing re-posts the slot as a
-/// receive and hands a credit back to the sender.
+/// receive and hands a credit back to the sender. A buffer may outlive its ``Connection``:
+/// the bytes stay valid until it is released.
 public struct ReceivedBuffer: ~Copyable {
     /// Unretained: the state keeps itself alive while buffers are out
     /// (``ConnectionState/keepForBuffers()``), so that a message costs no reference counting.
@@ -35,7 +36,9 @@ public struct ReceivedBuffer: ~Copyable {
     public var count: Int { bytes.count }
 
     /// Gives the slot back (out of order is fine): re-posts it as a receive work request and
-    /// returns a credit to the sender. The proposal's `sio_release`, for one buffer.
+    /// returns a credit to the sender. The proposal's `sio_release`, for one buffer. Slots are
+    /// re-posted a few at a time, with one call (a quarter of the grant, at most 16; at once
+    /// when the sender may be out of credits).
     ///
     /// The corresponding C function is `ibv_post_recv`.
     public consuming func release() {
