@@ -50,7 +50,7 @@ public struct ReceivedBuffer: ~Copyable {
     package consuming func detach() -> DetachedMessage {
         let bytes = self.bytes
         let (owner, slot) = disown()
-        return DetachedMessage(owner: Unmanaged.passRetained(owner), slot: slot, bytes: bytes)
+        return DetachedMessage(owner: Unmanaged.passUnretained(owner), slot: slot, bytes: bytes)
     }
 
     /// Gives up the buffer without releasing its slot; the caller holds the state from now.
@@ -73,6 +73,7 @@ public struct ReceivedBuffer: ~Copyable {
 /// A received message whose release is managed by hand (the C ABI's `aio_recv` hands out a raw
 /// pointer): release it exactly once.
 package struct DetachedMessage {
+    /// Unretained, as ``ReceivedBuffer``'s: the state keeps itself alive while it is held.
     let owner: Unmanaged<ConnectionState>
     let slot: Int
     /// The message's bytes, inside the area.
@@ -81,7 +82,7 @@ package struct DetachedMessage {
     /// Re-posts the slot and returns a credit to the sender, like ``ReceivedBuffer/release()``.
     package func release() {
         let slot = self.slot
-        owner._withUnsafeGuaranteedRef { $0.channel.release(slot: slot, of: $0) }
-        owner.release()
+        let kept = owner._withUnsafeGuaranteedRef { $0.channel.release(slot: slot, of: $0) }
+        withExtendedLifetime(kept) {}
     }
 }
