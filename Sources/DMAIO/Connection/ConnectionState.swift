@@ -221,13 +221,19 @@ final class ConnectionState: @unchecked Sendable {
     /// while they wait (one slot at a time for grants under 8).
     static func repostBatchSize(granting credits: Int) -> Int { max(1, min(16, credits / 4)) }
 
-    /// A released slot of a connected connection with private slots (lock held): gathered with
-    /// others and re-posted with them in one `ibv_post_recv` call, as `ibv_rc_pingpong` re-posts
-    /// in bulk, once a batch is full — or at once when the peer may have run out of credits
-    /// (every slot it may fill is taken, held, released or owed here), so that gathering never
-    /// stalls a sender. The credits go back to the peer once the slots are posted.
+    /// A released slot of a connected connection (lock held): a pool's goes back to the pool at
+    /// once; a private one is gathered with others and re-posted with them in one
+    /// `ibv_post_recv` call, as `ibv_rc_pingpong` re-posts in bulk, once a batch is full — or at
+    /// once when the peer may have run out of credits (every slot it may fill is taken, held,
+    /// released or owed here), so that gathering never stalls a sender. The credit goes back to
+    /// the peer once the slot is posted.
     @inline(__always)
-    func gatherReleased(slot: Int) throws(RDMAError) {
+    func repostReleased(slot: Int) throws(RDMAError) {
+        if let pool {
+            try pool.repost(slot: slot)
+            creditsToReturn += 1
+            return
+        }
         let segment = borrowedArea!.with { $0.segment(at: slotOffsets[slot], count: slotSize) }
         releasedSlots.append(segment, requestID: requestID(.receive, slot: slot))
         if releasedSlots.isFull || releasedSlots.count + Int(creditsToReturn) + held + arrivals.count >= creditsGranted {

@@ -700,12 +700,7 @@ public final class EventChannel: @unchecked Sendable {
                 return state.endKeepingIfDone()
             }
             do throws(RDMAError) {
-                if state.pool == nil {
-                    try state.gatherReleased(slot: slot)
-                } else {
-                    try state.postReceive(slot: slot)
-                    state.creditsToReturn += 1
-                }
+                try state.repostReleased(slot: slot)
                 try state.pumpSends()
             } catch {
                 endLocked(state, after: error)
