@@ -62,12 +62,17 @@ public struct ReceivedBuffer: ~Copyable {
     }
 
     deinit {
-        let slot = self.slot
-        // The last buffer of a closed connection ends the state's hold on itself; the state
-        // goes once that reference is dropped, after the call.
-        let kept = owner._withUnsafeGuaranteedRef { $0.channel.release(slot: slot, of: $0) }
-        withExtendedLifetime(kept) {}
+        releaseHeld(slot: slot, of: owner)
     }
+}
+
+/// Gives a held slot back to its connection (``EventChannel/release(slot:of:)``). The last
+/// buffer of a closed connection ends the state's hold on itself; the state goes once that
+/// reference is dropped, after the call, not inside it.
+@inline(__always)
+private func releaseHeld(slot: Int, of owner: Unmanaged<ConnectionState>) {
+    let kept = owner._withUnsafeGuaranteedRef { $0.channel.release(slot: slot, of: $0) }
+    withExtendedLifetime(kept) {}
 }
 
 /// A received message whose release is managed by hand (the C ABI's `aio_recv` hands out a raw
@@ -81,8 +86,6 @@ package struct DetachedMessage {
 
     /// Re-posts the slot and returns a credit to the sender, like ``ReceivedBuffer/release()``.
     package func release() {
-        let slot = self.slot
-        let kept = owner._withUnsafeGuaranteedRef { $0.channel.release(slot: slot, of: $0) }
-        withExtendedLifetime(kept) {}
+        releaseHeld(slot: slot, of: owner)
     }
 }
