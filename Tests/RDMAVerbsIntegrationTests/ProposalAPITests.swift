@@ -129,23 +129,11 @@ extension RxeIntegration {
         @Test func aReceivedBufferOutlivesItsConnection() throws {
             let serverEvents = try EventChannel(), clientEvents = try EventChannel()
             let serverArea = try DMAArea(size: 1 << 20), clientArea = try DMAArea(size: 1 << 20)
-            let address = "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())"
-            let listener = try Listener(on: address, events: serverEvents)
-            // The accepting thread's result goes with this function: nothing but `server` holds
-            // the server's connection.
-            func connect() throws -> (client: Connection, server: Connection) {
-                let accepted = OnThread { () throws -> Connection in
-                    let connection = try listener.accept(timeout: .seconds(10))
-                    try connection.associate(serverArea, receiveBytes: 8 * 4096, slotSize: 4096)
-                    return connection
-                }
-                let client = try Connection(to: address, events: clientEvents)
-                try client.associate(clientArea, receiveBytes: 8 * 4096, slotSize: 4096)
-                return (client, try accepted.join())
-            }
+            // Nothing but `server` holds the server's connection.
             let client: Connection
             var server: Connection?
-            (client, server) = try connect()
+            (client, server) = try ConnectedPair.connect(
+                client: (clientEvents, clientArea), server: (serverEvents, serverArea), receiveBytes: 8 * 4096, slotSize: 4096)
             defer { client.close() }
             let slotBytes = serverArea.bytesInUse
             #expect(slotBytes > 0)

@@ -32,16 +32,8 @@ final class ConnectedPair: @unchecked Sendable {
         clientArea = try DMAArea(size: areaSize)
         switch transport {
         case .connectionManager:
-            let address = "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())"
-            let listener = try Listener(on: address, events: serverEvents)
-            let accepted = OnThread { [serverArea] () throws -> Connection in
-                let connection = try listener.accept(timeout: .seconds(10))
-                try connection.associate(serverArea, receiveBytes: receiveBytes, slotSize: slotSize)
-                return connection
-            }
-            client = try Connection(to: address, events: clientEvents)
-            try client.associate(clientArea, receiveBytes: receiveBytes, slotSize: slotSize)
-            server = try accepted.join()
+            (client, server) = try Self.connect(
+                client: (clientEvents, clientArea), server: (serverEvents, serverArea), receiveBytes: receiveBytes, slotSize: slotSize)
             sockets = nil
         case .tcpSocket:
             let pair = try TCPSockets.pair()
@@ -56,6 +48,24 @@ final class ConnectedPair: @unchecked Sendable {
             try client.associate(clientArea, receiveBytes: receiveBytes, slotSize: slotSize)
             server = try upgraded.join()
         }
+    }
+
+    /// Connects a client to a fresh listener through rdma_cm and associates both ends; for a
+    /// test that must own the two connections itself (drop one while the other lives on).
+    /// Nothing else keeps a reference to either connection.
+    static func connect(client: (events: EventChannel, area: DMAArea), server: (events: EventChannel, area: DMAArea),
+                        receiveBytes: Int, slotSize: Int) throws -> (client: Connection, server: Connection) {
+        let address = "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())"
+        let listener = try Listener(on: address, events: server.events)
+        let serverArea = server.area
+        let accepted = OnThread { () throws -> Connection in
+            let connection = try listener.accept(timeout: .seconds(10))
+            try connection.associate(serverArea, receiveBytes: receiveBytes, slotSize: slotSize)
+            return connection
+        }
+        let connection = try Connection(to: address, events: client.events)
+        try connection.associate(client.area, receiveBytes: receiveBytes, slotSize: slotSize)
+        return (connection, try accepted.join())
     }
 
     deinit {
