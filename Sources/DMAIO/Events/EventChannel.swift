@@ -174,8 +174,16 @@ public final class EventChannel: @unchecked Sendable {
 
     /// Arms the queue before a sleep on the descriptor; true when that found an event (then
     /// there is no need to sleep).
+    ///
+    /// A sleeper on the descriptor needs it truthful as much as a caller of ``fileDescriptor``
+    /// does: events that another thread takes from the device meanwhile (its `receive()` or
+    /// `send()` pumps the channel) must wake it.
     private func prepareToSleep() throws(RDMAError) -> Bool {
         try lock.withLock { _ throws(RDMAError) -> Bool in
+            if !descriptorHandedOut {
+                descriptorHandedOut = true
+                updateWakeLocked()
+            }
             try armIfIdleLocked()
             return !events.isEmpty || !announcements.isEmpty
         }
