@@ -256,7 +256,8 @@ public final class Connection: @unchecked Sendable {
         }
         try queuePair.setRemoteAccess(.keepAliveOnly)
         events.lock.withLock { _ in
-            state.credits = Int(peer.credits)
+            // Added: a message that arrived meanwhile may have handed credits back already.
+            state.credits += Int(peer.credits)
             state.peerSlotSize = Int(peer.slotSize)
         }
     }
@@ -309,7 +310,7 @@ public final class Connection: @unchecked Sendable {
                             message: "the peer sent \(ready[0]) instead of the handshake's ready byte: is it a DMAIO peer?")
         }
         events.lock.withLock { _ in
-            state.credits = room
+            state.credits += room
             state.peerSlotSize = Int(peer.slotSize)
         }
     }

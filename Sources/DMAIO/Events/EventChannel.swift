@@ -478,15 +478,19 @@ public final class EventChannel: @unchecked Sendable {
         }
         let (credits, isCreditUpdate) = WireProtocol.decode(immediate: completion.pointee.immediateData ?? 0)
         state.credits += credits
-        if isCreditUpdate || state.status != .connected {
+        if isCreditUpdate || state.status == .closed {
             // A credit update leaves the slot untouched.
             do { try state.postReceive(slot: slot) } catch { endLocked(state, after: error) }
         } else {
+            // Kept also before the connection is marked connected (the peer may send the moment
+            // its side is established, while this side's association is still returning) and
+            // after it ended (what arrived before the peer left is handed out, then the end).
             state.arrivals.append(.init(slot: Int32(slot), length: Int32(completion.pointee.byteCount)))
             state.arrived += 1
             // The receive() that polled takes this message as soon as the poll is over: an
-            // announcement would only be dropped when the events are taken.
-            if state.id.rawValue != receiving || state.arrivals.count > 1 { announceLocked(state) }
+            // announcement would only be dropped when the events are taken. Before the
+            // connection is marked connected, ``connected(_:)`` announces what arrived.
+            if state.status != .unassociated, state.id.rawValue != receiving || state.arrivals.count > 1 { announceLocked(state) }
         }
     }
 
@@ -664,6 +668,8 @@ public final class EventChannel: @unchecked Sendable {
             }
             state.status = .connected
             events.append(.connected(connection: state.id))
+            // Messages that arrived while the association was completing follow its event.
+            if !state.arrivals.isEmpty { announceLocked(state) }
             if descriptorHandedOut { updateWakeLocked() }
         }
     }
