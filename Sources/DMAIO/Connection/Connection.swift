@@ -473,7 +473,8 @@ public final class Connection: @unchecked Sendable {
     public func receive() throws(RDMAError) -> ReceivedBuffer? {
         try events.lock.withLock { _ throws(RDMAError) -> ReceivedBuffer? in
             var next = state.arrivals.popFirst()
-            if next == nil, state.status == .connected {
+            // After the peer left, too: what it sent before may still be in the queue.
+            if next == nil, state.status == .connected || state.status == .disconnected {
                 next = try events.pumpLocked(handingOutTo: state) ?? state.arrivals.popFirst()
             }
             guard let arrival = next else {
@@ -501,7 +502,7 @@ public final class Connection: @unchecked Sendable {
     /// message was handed out. Lock held.
     @inline(__always)
     private func nextArrivalLocked() throws(RDMAError) -> ConnectionState.Arrival? {
-        if state.arrivals.isEmpty, state.status == .connected { try events.pumpLocked() }
+        if state.arrivals.isEmpty, state.status == .connected || state.status == .disconnected { try events.pumpLocked() }
         guard let front = state.arrivals.front else {
             if state.status != .connected { try checkUsableLocked(for: "aio_recv") }
             return nil

@@ -95,6 +95,9 @@ final class ConnectionState: @unchecked Sendable {
     @exclusivity(unchecked) var announced = 0
     @exclusivity(unchecked) var handedOut = 0
     @exclusivity(unchecked) var inAnnouncementQueue = false
+    /// The connection ended while messages were not announced yet: `.disconnected` follows
+    /// their announcements.
+    @exclusivity(unchecked) var disconnectUnreported = false
     /// Slots handed out and not yet released.
     @exclusivity(unchecked) var held = 0
     /// The state itself, from association until it is closed with every buffer it handed out

@@ -280,10 +280,17 @@ public final class EventChannel: @unchecked Sendable {
             connections.withConnection(raw) { state in
                 state.inAnnouncementQueue = false
                 state.announced = Swift.max(state.announced, state.handedOut)
-                guard state.announced < state.arrived else { return }
+                guard state.announced < state.arrived else {
+                    // Every message is announced: the end of the connection may be reported.
+                    if state.disconnectUnreported {
+                        state.disconnectUnreported = false
+                        event = .disconnected(connection: state.id)
+                    }
+                    return
+                }
                 let length = Int(state.arrivals[state.announced - state.handedOut].length)
                 state.announced += 1
-                if state.announced < state.arrived { announceLocked(state) }
+                if state.announced < state.arrived || state.disconnectUnreported { announceLocked(state) }
                 event = .received(connection: state.id, length: length)
             }
             if let event { return event }
@@ -341,9 +348,15 @@ public final class EventChannel: @unchecked Sendable {
         if lookAtConnectionEvents || pumps & 63 == 0 && connectionLookIsDue() {
             lookAtConnectionEvents = false
             while try waitReadable(connectionEvents.fileDescriptor, timeout: .zero), let event = try connectionEvents.nextEvent() {
+                // What the peer sent before it left completed before its end was reported: take
+                // it from the queue first, so that it is kept (and reported) ahead of the end.
+                if event.kind == .disconnected { _ = try pollAllLocked() }
                 handleLocked(event)
             }
-            if socketConnections > 0, try waitReadable(socketWatchDescriptor, timeout: .zero) { takeSocketEndsLocked() }
+            if socketConnections > 0, try waitReadable(socketWatchDescriptor, timeout: .zero) {
+                _ = try pollAllLocked()  // as above, for a socket's end
+                takeSocketEndsLocked()
+            }
             probeQuietConnectionsLocked()
         }
         // Events taken here (also from receive and send) must show on a watched descriptor.
@@ -594,7 +607,14 @@ public final class EventChannel: @unchecked Sendable {
         state.disconnectTransport()
         stopWatchingSocketLocked(state)
         state.failPendingSends(into: &events)
-        events.append(.disconnected(connection: state.id))
+        // Messages that arrived before the end are announced first: a program that closes the
+        // connection on `.disconnected` has had every one of them.
+        if Swift.max(state.announced, state.handedOut) < state.arrived {
+            state.disconnectUnreported = true
+            announceLocked(state)
+        } else {
+            events.append(.disconnected(connection: state.id))
+        }
     }
 
     /// Some watched TCP socket became readable: after the handshake a peer sends nothing more on
