@@ -49,7 +49,10 @@ let package = Package(
                 "RDMAVerbs", "CRDMA",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
-            path: "Sources/DMAIO"
+            path: "Sources/DMAIO",
+            // `ReceivedBuffer.bytes` is a `RawSpan` tied to the buffer's lifetime, as
+            // swift-system's `IORing` buffers are.
+            swiftSettings: [.enableExperimentalFeature("Lifetimes")]
         ),
         .target(
             name: "CDMAIO",

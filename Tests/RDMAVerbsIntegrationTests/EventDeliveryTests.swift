@@ -68,7 +68,7 @@ extension RxeIntegration {
                     for connection in accepted.withLock({ $0 }) where connection.isConnected {
                         while let message = try? connection.receive() {
                             let reply = try serverArea.reserve(message.count)
-                            reply.withUnsafeMutableBytes { $0.copyMemory(from: message.bytes) }
+                            reply.withUnsafeMutableBytes { destination in message.withUnsafeBytes { destination.copyMemory(from: $0) } }
                             message.release()
                             try connection.send(reply, cookie: 0)
                             echoed += 1
@@ -89,7 +89,7 @@ extension RxeIntegration {
                     let deadline = ContinuousClock.now + .seconds(15)
                     while ContinuousClock.now < deadline {
                         if let reply = try connection.receive() {
-                            let matches = reply.count == 100 + index && StreamMessage.matches(reply.bytes, sequence: index)
+                            let matches = reply.count == 100 + index && StreamMessage.matches(reply, sequence: index)
                             reply.release()
                             return matches
                         }
@@ -133,7 +133,7 @@ extension RxeIntegration {
                 switch event {
                 case .received:
                     guard let message = try pair.server.receive() else { continue }
-                    guard message.count == 64, StreamMessage.matches(message.bytes, sequence: received) else {
+                    guard message.count == 64, StreamMessage.matches(message, sequence: received) else {
                         throw RDMAError(.workCompletion, operation: "test", message: "message \(received) lost, reordered or corrupted")
                     }
                     message.release()

@@ -13,8 +13,8 @@ extension RxeIntegration {
         /// nothing in flight: a disconnect within the documented 2 × 2 s + 1.9 s.
         @Test func keepaliveFindsASilentPeer() throws {
             let pair = try ConnectedPair(transport: .tcpSocket)  // no rdma_cm: nothing but silence
-            try #require(pair.server.state.queuePair != nil)
-            try pair.server.state.queuePair!.moveToError()
+            try #require(pair.server.queuePair != nil)
+            try pair.server.queuePair!.moveToError()
             let start = ContinuousClock.now
             var seen: Duration? = nil
             while seen == nil, ContinuousClock.now - start < .seconds(20) {

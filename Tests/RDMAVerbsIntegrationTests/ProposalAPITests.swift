@@ -67,7 +67,7 @@ extension RxeIntegration {
                     continue
                 }
                 guard message.count == StreamMessage.size(sequence, slotSize: slotSize),
-                      StreamMessage.matches(message.bytes, sequence: sequence)
+                      StreamMessage.matches(message, sequence: sequence)
                 else {
                     throw RDMAError(.workCompletion, operation: "test",
                                     message: "message \(sequence) lost, duplicated, reordered or corrupted (\(message.count) bytes)")
@@ -96,7 +96,7 @@ extension RxeIntegration {
         @Test func oneReleaseLetsASenderOutOfCreditsGoOn() throws {
             let granted = 32, size = 64
             let pair = try ConnectedPair(areaSize: 1 << 20, receiveBytes: granted * 4096, slotSize: 4096)
-            #expect(ConnectionState.repostBatchSize(granting: granted) == 8)
+            #expect(ConnectionCore.repostBatchSize(granting: granted) == 8)
             for sequence in 0...granted {
                 #expect(try Self.trySend(pair, sequence: sequence, size: size))
             }
@@ -148,7 +148,8 @@ extension RxeIntegration {
                 return
             }
             server = nil
-            #expect(message.count == 100 && StreamMessage.matches(message.bytes, sequence: 7), "the bytes changed after the connection went")
+            let intact = message.count == 100 && StreamMessage.matches(message, sequence: 7)
+            #expect(intact, "the bytes changed after the connection went")
             #expect(serverArea.bytesInUse == slotBytes, "the receive slots went back while a buffer was out")
             message.release()
             #expect(serverArea.bytesInUse == 0, "the released buffer did not let the closed connection's slots go")
@@ -159,7 +160,7 @@ extension RxeIntegration {
             guard let message = try pair.server.receive() else {
                 throw RDMAError(.workCompletion, operation: "test", message: "a received event without a message")
             }
-            guard message.count == length, StreamMessage.matches(message.bytes, sequence: sequence) else {
+            guard message.count == length, StreamMessage.matches(message, sequence: sequence) else {
                 throw RDMAError(.workCompletion, operation: "test", message: "message \(sequence) corrupted (\(message.count) bytes, \(length) announced)")
             }
             message.release()
@@ -228,8 +229,9 @@ extension RxeIntegration {
                 }
             }
             let received = try receiveOne()
-            #expect(pair.serverArea.contains(received.bytes.baseAddress!, count: received.count))
-            #expect(received.count == 1000 && StreamMessage.matches(received.bytes, sequence: 7))
+            #expect(received.withUnsafeBytes { pair.serverArea.contains($0.baseAddress!, count: $0.count) })
+            let intact = received.count == 1000 && StreamMessage.matches(received, sequence: 7)
+            #expect(intact)
             received.release()
             var sentCookie: UInt64? = nil
             while sentCookie == nil, let event = try pair.clientEvents.wait(timeout: .seconds(10)) {
@@ -251,7 +253,8 @@ extension RxeIntegration {
             var received = false
             while !received {
                 if let message = try pair.server.receive() {
-                    #expect(message.count == Connection.inlineLimit && StreamMessage.matches(message.bytes, sequence: 3))
+                    let intact = message.count == Connection.inlineLimit && StreamMessage.matches(message, sequence: 3)
+                    #expect(intact)
                     message.release()
                     received = true
                 } else {
@@ -283,7 +286,7 @@ extension RxeIntegration {
                         _ = try pair.serverEvents.wait(timeout: .seconds(30))
                         continue
                     }
-                    if !StreamMessage.matches(message.bytes, sequence: sequence) { return (sequence, 0) }
+                    if !StreamMessage.matches(message, sequence: sequence) { return (sequence, 0) }
                     message.release()
                     sequence += 1
                 }
@@ -336,16 +339,16 @@ extension RxeIntegration {
             #expect(c == .areaExhausted && m.contains("in-flight sends, unsent buffers and receive slots hold it"))
             for offset in held { area.free(offset) }
             // Too large for the peer's slots; a buffer of another area.
-            (c, m) = code { try pair.client.send(try area.reserve(4097)) }
+            (c, m) = code { try pair.client.send(try area.reserve(4097), cookie: 0) }
             #expect(c == .messageTooLarge && m.contains("exceeds the peer's receive slots of 4096 bytes"))
-            (c, m) = code { try pair.client.send(try pair.serverArea.reserve(16)) }
+            (c, m) = code { try pair.client.send(try pair.serverArea.reserve(16), cookie: 0) }
             #expect(c == .wrongArea)
             // Association twice.
             (c, m) = code { try pair.client.associate(area, receiveBytes: 8192, slotSize: 4096) }
             #expect(c == .alreadyAssociated && m.contains("already associated"))
             // Send on a connection that is resolved but not associated.
             let other = try Connection(to: "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())", events: pair.clientEvents)
-            (c, m) = code { try other.send(try area.reserve(16)) }
+            (c, m) = code { try other.send(try area.reserve(16), cookie: 0) }
             #expect(c == .notConnected && m.contains("not associated with an area yet"))
             (c, m) = code { _ = try other.receive() }
             #expect(c == .notConnected)
@@ -358,13 +361,13 @@ extension RxeIntegration {
                 if case .disconnected(let id) = event { sawDisconnect = id == pair.client.id }
             }
             #expect(sawDisconnect)
-            (c, m) = code { try pair.client.send(try area.reserve(16)) }
+            (c, m) = code { try pair.client.send(try area.reserve(16), cookie: 0) }
             #expect(c == .disconnected && m.contains("disconnected"))
             (c, m) = code { _ = try pair.client.receive() }
             #expect(c == .disconnected)
             #expect(area.bytesInUse == inUseBefore, "a refused send returns its buffer to the area")
             pair.client.close()
-            (c, m) = code { try pair.client.send(try area.reserve(16)) }
+            (c, m) = code { try pair.client.send(try area.reserve(16), cookie: 0) }
             #expect(c == .notConnected && m.contains("was closed"))
         }
 
@@ -453,7 +456,7 @@ extension RxeIntegration {
                     for (index, connection) in servers.enumerated() {
                         while let message = try connection.receive() {
                             guard message.count == StreamMessage.size(next[index], slotSize: 4096),
-                                  StreamMessage.matches(message.bytes, sequence: next[index]) else {
+                                  StreamMessage.matches(message, sequence: next[index]) else {
                                 throw RDMAError(.workCompletion, operation: "test", message: "connection \(index) message \(next[index]) corrupted")
                             }
                             message.release()
@@ -547,13 +550,13 @@ extension RxeIntegration {
                     for (index, connection) in servers.enumerated() {
                         while let message = try connection.receive() {
                             let sequence = received[index]
-                            try check(message.count == StreamMessage.size(sequence, slotSize: slotSize) && StreamMessage.matches(message.bytes, sequence: sequence),
+                            try check(message.count == StreamMessage.size(sequence, slotSize: slotSize) && StreamMessage.matches(message, sequence: sequence),
                                       "server, connection \(index): message \(sequence) differs")
                             var echo: SendBuffer? = nil
                             while echo == nil {
                                 do { echo = try serverArea.reserve(message.count) } catch let error as RDMAError where error.code == .areaExhausted { try takeEvents() }
                             }
-                            echo!.withUnsafeMutableBytes { $0.copyMemory(from: message.bytes) }
+                            echo!.withUnsafeMutableBytes { destination in message.withUnsafeBytes { destination.copyMemory(from: $0) } }
                             try connection.send(echo.take()!, cookie: UInt64(sequence))
                             message.release()
                             received[index] += 1
@@ -576,7 +579,7 @@ extension RxeIntegration {
                             posted += 1
                         }
                         while let echo = try connection.receive() {
-                            try check(echo.count == StreamMessage.size(echoes, slotSize: slotSize) && StreamMessage.matches(echo.bytes, sequence: echoes),
+                            try check(echo.count == StreamMessage.size(echoes, slotSize: slotSize) && StreamMessage.matches(echo, sequence: echoes),
                                       "client \(index): echo \(echoes) differs")
                             echo.release()
                             echoes += 1
@@ -669,7 +672,7 @@ extension RxeIntegration {
             let first = try ConnectedPair()
             let second = try ConnectedPair()
             first.server.close()
-            _ = try? first.client.send(try first.clientArea.reserve(8))
+            _ = try? first.client.send(try first.clientArea.reserve(8), cookie: 0)
             let receiver = OnThread { try Self.receiveStream(second, count: 1000, slotSize: 4096) }
             _ = try Self.sendStream(second, count: 1000, slotSize: 4096)
             #expect(try receiver.join() == 1000)

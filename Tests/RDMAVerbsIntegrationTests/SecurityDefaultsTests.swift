@@ -35,12 +35,13 @@ extension RxeIntegration {
             // The connection still carries data with remote access taken back.
             let buffer = try pair.clientArea.reserve(64)
             buffer.withUnsafeMutableBytes { StreamMessage.fill($0, sequence: 64) }
-            try pair.client.send(buffer)
+            try pair.client.send(buffer, cookie: 0)
             guard let message = try Self.receive(on: pair) else {
                 Issue.record("the message did not arrive within 10 s")
                 return
             }
-            #expect(StreamMessage.matches(message.bytes, sequence: 64))
+            let intact = StreamMessage.matches(message, sequence: 64)
+            #expect(intact)
             message.release()
         }
 

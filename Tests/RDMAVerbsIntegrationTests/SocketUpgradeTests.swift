@@ -38,7 +38,8 @@ extension RxeIntegration {
                     }
                     guard let received = message else { return }
                     #expect(received.count == size)
-                    #expect(StreamMessage.matches(received.bytes, sequence: sequence), "message \(sequence) differs")
+                    let intact = StreamMessage.matches(received, sequence: sequence)
+                    #expect(intact, "message \(sequence) differs")
                     received.release()
                 }
             }
@@ -59,7 +60,7 @@ extension RxeIntegration {
             #expect(sawDisconnect, "no disconnected event within 10 s")
             print("disconnect seen after \(clock.now - start)")
             do {
-                try pair.client.send(try pair.clientArea.reserve(64))
+                try pair.client.send(try pair.clientArea.reserve(64), cookie: 0)
                 Issue.record("a send after the peer's end did not fail")
             } catch {
                 #expect(error.code == .disconnected)

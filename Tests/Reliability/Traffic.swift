@@ -93,7 +93,7 @@ final class Traffic {
         for flow in flows where flow.receiving {
             do {
                 while let message = try flow.connection.receive() {
-                    flow.account.take(message.bytes)
+                    message.withUnsafeBytes { flow.account.take($0) }
                     message.release()
                     moved = true
                 }

@@ -124,7 +124,7 @@ struct PingPong: ParsableCommand {
                 let address = bindAddress ?? "0.0.0.0"
                 let listener = try Listener(on: "\(address.contains(":") ? "[\(address)]" : address):\(port)", events: session.events, backlog: 1)
                 say("  listening on \(address):\(port)")
-                connection = try listener.accept()
+                connection = try listener.accept(timeout: nil)
                 try connection.associate(session.area, receiveBytes: receiveBytes, slotSize: session.slotSize, timeout: timeout)
                 say("  accepted a client over \(session.events.deviceName)")
             }

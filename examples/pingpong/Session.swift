@@ -197,7 +197,7 @@ struct Session {
                     throw RDMAError(.invalidArgument, operation: "aio_recv",
                                     message: "received \(message.count) bytes, expected \(size): do both sides use the same -s?")
                 }
-                if check, !pattern.matches(message.bytes, sequence: UInt64(sequence)) {
+                if check, !message.withUnsafeBytes({ pattern.matches($0, sequence: UInt64(sequence)) }) {
                     throw RDMAError(.workCompletion, operation: "pingpong -c", message: "message \(sequence) differs from what was sent")
                 }
                 return message

@@ -69,7 +69,7 @@ struct RDMATransport {
     func receive(on address: String, port: UInt16, meter: Meter, announce: (String) -> Void) throws(RDMAError) {
         let listener = try Listener(on: "\(address):\(port)", events: events, backlog: 1)
         announce("  listening on \(address):\(port)")
-        let connection = try listener.accept()
+        let connection = try listener.accept(timeout: nil)
         try connection.associate(area, receiveBytes: window * slotSize, slotSize: slotSize)
         announce("  accepted a sender over \(events.deviceName)")
         var sequence: UInt64 = 0
@@ -88,7 +88,7 @@ struct RDMATransport {
             guard message.count == size else {
                 throw RDMAError(.invalidArgument, operation: "aio_recv", message: "received \(message.count) bytes, expected \(size): do both sides use the same -s?")
             }
-            if let pattern, !pattern.matches(message.bytes, sequence: sequence) {
+            if let pattern, !message.withUnsafeBytes({ pattern.matches($0, sequence: sequence) }) {
                 throw RDMAError(.workCompletion, operation: "stream --verify", message: "message \(sequence) differs from what was sent")
             }
             message.release()

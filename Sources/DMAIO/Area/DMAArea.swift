@@ -29,16 +29,17 @@ public final class DMAArea: @unchecked Sendable {
     /// The region's first byte and local key, kept beside it for the data path.
     private let baseAddress: UnsafeMutableRawPointer
     private let localKey: UInt32
-    private let allocator: Mutex<BuddyAllocator>
+    private let allocator: Locked<BuddyAllocator>
     /// Messages handed out by ``Connection/receiveRetained()``, oldest first, for
     /// ``releaseOldest(bytes:)``.
-    let retained = Mutex(RetainedMessages())
+    let retained = Locked(RetainedMessages())
 
     struct RetainedMessages: ~Copyable {
         struct Entry {
-            var owner: ConnectionState
-            var slot: Int
-            var length: Int
+            var message: DetachedMessage
+            /// Keeps the message's channel alive while the message is held here.
+            var channel: EventChannel
+            var length: Int { message.bytes.count }
         }
         var entries = RingBuffer<Entry>()
         /// Bytes of the oldest entry already released.
@@ -72,7 +73,7 @@ public final class DMAArea: @unchecked Sendable {
         self.size = region.bytes.count
         baseAddress = region.bytes.baseAddress!
         localKey = region.localKey
-        allocator = Mutex(BuddyAllocator(capacity: region.bytes.count, minimumBlock: Self.minimumBlock))
+        allocator = Locked(BuddyAllocator(capacity: region.bytes.count, minimumBlock: Self.minimumBlock))
     }
 
     /// The name of the device the area is registered with.
@@ -123,7 +124,7 @@ public final class DMAArea: @unchecked Sendable {
                     _ = retained.entries.popFirst()
                     retained.totalBytes -= oldest.length
                     retained.consumedOfOldest = 0
-                    oldest.owner.channel.release(slot: oldest.slot, of: oldest.owner)
+                    oldest.message.release()
                 }
             }
         }

@@ -17,7 +17,7 @@ public final class SharedReceivePool: @unchecked Sendable {
     public var slotCount: Int { slotOffsets.count }
     let queue: SharedReceiveQueue
     let slotOffsets: [Int]
-    private let claimed = Mutex(0)
+    private let claimed = Locked(0)
 
     /// Carves `receiveBytes / slotSize` slots out of `area` and posts them all on a new shared
     /// receive queue.
@@ -71,7 +71,7 @@ public final class SharedReceivePool: @unchecked Sendable {
     /// Posts slot `slot` on the shared receive queue.
     func repost(slot: Int) throws(RDMAError) {
         let segment = try area.region.segment(offset: slotOffsets[slot], length: slotSize)
-        try queue.postReceive(segment, requestID: ConnectionState.RequestKind.sharedReceive.rawValue << 62 | UInt64(slot))
+        try queue.postReceive(segment, requestID: ConnectionCore.RequestKind.sharedReceive.rawValue << 62 | UInt64(slot))
     }
 
     static func checkSlotSize(_ slotSize: Int) throws(RDMAError) {

@@ -5,20 +5,25 @@ import RDMAVerbs
 import Glibc
 #endif
 
-/// A reliable connection to one peer, over rdma_cm — the proposal's socket, after `dma_assoc`
-/// turned it into a zero-copy RDMA endpoint.
+/// A reliable connection to one peer — the proposal's socket, after `dma_assoc` turned it into
+/// a zero-copy RDMA endpoint.
 ///
-/// A client makes one with ``init(to:events:timeout:)`` (which resolves the address to a
-/// device and route); a server takes one from ``Listener/accept(timeout:)``. Either way,
-/// ``associate(_:receiveBytes:slotSize:timeout:)`` (`dma_assoc`) completes it: the queue pair
-/// is created on the area's protection domain, receive slots are carved out of the area and
-/// posted, the peers exchange their credits, and ``Event/connected(connection:)`` follows.
-/// Then ``send(_:cookie:)`` (`aio_send`) and ``receive()`` (`aio_recv`) move data without
-/// copying it.
+/// A client makes one with ``connect(to:from:events:timeout:)`` (or, blocking,
+/// ``init(to:from:events:timeout:)``), which resolves the address to a device and route; a
+/// server takes one from ``Listener/accept()``; or an ordinary connected TCP socket is upgraded
+/// with ``init(socket:events:gidIndex:)``. Either way, ``associate(_:receiveBytes:slotSize:timeout:)``
+/// (`dma_assoc`) completes it: the queue pair is created on the area's protection domain,
+/// receive slots are carved out of the area and posted, the peers exchange their credits, and
+/// ``Event/connected(connection:)`` follows. Then ``send(_:cookie:)`` (`aio_send`) and
+/// ``receive()`` (`aio_recv`) move data without copying it — or, in a task,
+/// ``send(_:)`` and ``nextMessage()``, which wait without holding a thread.
 ///
 /// Messages are at most one receive slot of the peer (``peerSlotSize``); larger ones are
 /// refused with ``RDMAError/Code/messageTooLarge``, never split.
-public final class Connection: @unchecked Sendable {
+///
+/// The connection's state lives in its ``EventChannel``, behind the channel's lock: a
+/// connection may be used from any thread or task.
+public final class Connection: Sendable {
     /// A connection's identity in events.
     public struct ID: Hashable, Sendable, CustomStringConvertible {
         public let rawValue: UInt32
@@ -30,14 +35,20 @@ public final class Connection: @unchecked Sendable {
     /// provider) where the device grants it; the device may grant more.
     static let inlineLimit = 64
 
-    let state: ConnectionState
     /// The event channel this connection reports to.
     public let events: EventChannel
     /// The connection's identity in ``Event``s.
-    public var id: ID { state.id }
+    public let id: ID
+    let endpoint: ConnectionCore.Endpoint
+    /// The hello the peer sent with its connection request (server side).
+    let peerHello: WireProtocol.Hello?
+    /// The GID index the caller chose for a socket connection (else the socket's address picks).
+    let explicitGIDIndex: Int?
 
     /// Resolves `address` (`HOST:PORT`) to an RDMA device and route — the first half of a
-    /// connect; ``associate(_:receiveBytes:slotSize:timeout:)`` finishes it.
+    /// connect; ``associate(_:receiveBytes:slotSize:timeout:)`` finishes it. Blocks the calling
+    /// thread while rdma_cm resolves; ``connect(to:from:events:timeout:)`` is the same without
+    /// blocking.
     ///
     /// `source` (a local IP address, no port) picks the local interface, and so the device,
     /// the connection leaves from; by default the routing table picks it.
@@ -47,11 +58,22 @@ public final class Connection: @unchecked Sendable {
     ///
     /// The corresponding C functions are `rdma_resolve_addr` and `rdma_resolve_route`.
     public convenience init(to address: String, from source: String? = nil, events: EventChannel, timeout: Duration = .seconds(5)) throws(RDMAError) {
-        let destination = try SocketAddress(parsing: address)
-        let origin = try source.map { host throws(RDMAError) in try SocketAddress(host: host, port: 0) }
-        let id = try ConnectionID(channel: try ConnectionEventChannel())
-        try id.resolve(to: destination, from: origin, timeout: timeout)
-        try self.init(cmID: id, events: events)
+        var resolution = try Resolution(to: address, from: source, timeout: timeout)
+        try resolution.runBlocking()
+        try self.init(cmID: resolution.id, events: events)
+    }
+
+    /// Resolves `address` (`HOST:PORT`) to an RDMA device and route without holding a thread —
+    /// the first half of a connect; ``associate(_:receiveBytes:slotSize:timeout:)`` finishes it.
+    ///
+    /// - Throws: as ``init(to:from:events:timeout:)``, and `CancellationError` when the task is
+    ///   cancelled.
+    ///
+    /// The corresponding C functions are `rdma_resolve_addr` and `rdma_resolve_route`.
+    public static func connect(to address: String, from source: String? = nil, events: EventChannel, timeout: Duration = .seconds(5)) async throws -> Connection {
+        var resolution = try Resolution(to: address, from: source, timeout: timeout)
+        try await resolution.run()
+        return try Connection(cmID: resolution.id, events: events)
     }
 
     init(cmID: ConnectionID, events: EventChannel, peerHello: WireProtocol.Hello? = nil) throws(RDMAError) {
@@ -63,8 +85,10 @@ public final class Connection: @unchecked Sendable {
                             message: "the connection runs over \(context.deviceName) but the event channel is on \(events.deviceName): create the EventChannel with device: \"\(context.deviceName)\"")
         }
         self.events = events
-        state = events.register(.connectionManager(cmID))
-        state.peerHello = peerHello
+        endpoint = .connectionManager(cmID)
+        self.peerHello = peerHello
+        explicitGIDIndex = nil
+        id = events.register(endpoint)
     }
 
     /// Upgrades a connected TCP socket: ``associate(_:receiveBytes:slotSize:timeout:)`` then
@@ -86,9 +110,23 @@ public final class Connection: @unchecked Sendable {
     public init(socket: Int32, events: EventChannel, gidIndex: Int? = nil) throws(RDMAError) {
         try Self.checkConnectedStreamSocket(socket)
         self.events = events
-        state = events.register(.socket(socket))
-        state.explicitGIDIndex = gidIndex
+        endpoint = .socket(socket)
+        peerHello = nil
+        explicitGIDIndex = gidIndex
+        id = events.register(endpoint)
     }
+
+    deinit {
+        close()
+    }
+
+    /// The rdma_cm id, for a connection made through rdma_cm.
+    var cmID: ConnectionID? {
+        if case .connectionManager(let id) = endpoint { return id }
+        return nil
+    }
+
+    // MARK: - Sockets
 
     /// Checks that `socket` is an open socket (`EBADF`, `ENOTSOCK` otherwise); returns its type.
     ///
@@ -125,255 +163,9 @@ public final class Connection: @unchecked Sendable {
         }
     }
 
-    deinit {
-        close()
-    }
-
-    /// The largest message the peer accepts (its receive slot size); 0 before association.
-    public var peerSlotSize: Int { events.lock.withLock { _ in state.peerSlotSize } }
-
-    /// Whether the connection is associated and established.
-    public var isConnected: Bool { events.lock.withLock { _ in state.status == .connected } }
-
-    /// Associates the connection with `area` — the proposal's `dma_assoc` — and completes the
-    /// connection.
-    ///
-    /// `receiveBytes` of the area become `receiveBytes / slotSize` receive slots of `slotSize`
-    /// bytes, posted as receive work requests; each is a credit granted to the peer (a server
-    /// grants at most as many as the client has slots). Slots of the same size are added to
-    /// absorb the peer's credit updates, as many as credits the peer grants (see
-    /// ``WireProtocol``), so an association takes up to twice `receiveBytes` of the area — in
-    /// one contiguous block, rounded up to a power of two by the area's allocator.
-    ///
-    /// - Throws: ``RDMAError/Code/alreadyAssociated`` the second time;
-    ///   ``RDMAError/Code/invalidArgument`` for a slot size that is not a power of two from 64 B
-    ///   to 1 GiB, or fewer receive bytes than one slot;
-    ///   ``RDMAError/Code/wrongArea`` when the area is on another device;
-    ///   ``RDMAError/Code/areaExhausted`` when the area cannot hold the slots;
-    ///   connection errors from rdma_cm (refused, unreachable, timed out).
-    ///
-    /// The corresponding C functions are `rdma_create_qp`, `ibv_post_recv` and `rdma_connect`
-    /// or `rdma_accept`.
-    public func associate(_ area: DMAArea, receiveBytes: Int, slotSize: Int = 64 << 10, timeout: Duration = .seconds(10)) throws(RDMAError) {
-        try SharedReceivePool.checkSlotSize(slotSize)
-        let dataSlots = receiveBytes / slotSize
-        guard dataSlots >= 1, dataSlots <= Int(WireProtocol.creditMask) else {
-            throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .invalidArgument,
-                            message: "\(receiveBytes) receive bytes make \(dataSlots) slots of \(slotSize) bytes; at least one is needed")
-        }
-        try establish(area: area, slotSize: slotSize, credits: dataSlots, pool: nil, timeout: timeout)
-    }
-
-    /// Associates the connection with a pool of receive slots that several connections share
-    /// through one shared receive queue — `dma_assoc` where one area serves many connections.
-    ///
-    /// The connection grants its peer `credits` (a server at most the client's room) and claims
-    /// that many slots of the pool, plus room for the peer's credit updates; the association
-    /// fails with ``RDMAError/Code/areaExhausted`` when the pool has not that many unclaimed.
-    /// Slots a connection's messages occupy return to the pool when released, also after the
-    /// connection closed.
-    ///
-    /// The corresponding C functions are `rdma_create_qp` (with the pool's `ibv_srq`) and
-    /// `rdma_connect` or `rdma_accept`.
-    public func associate(_ pool: SharedReceivePool, credits: Int, timeout: Duration = .seconds(10)) throws(RDMAError) {
-        guard credits >= 1, credits <= Int(WireProtocol.creditMask) else {
-            throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .invalidArgument,
-                            message: "a connection needs at least 1 credit, not \(credits)")
-        }
-        try establish(area: pool.area, slotSize: pool.slotSize, credits: credits, pool: pool, timeout: timeout)
-    }
-
-    private func establish(area: DMAArea, slotSize: Int, credits: Int, pool: SharedReceivePool?, timeout: Duration) throws(RDMAError) {
-        let status = events.lock.withLock { _ in state.status }
-        guard status == .unassociated, state.queuePair == nil else {
-            throw RDMAError(.alreadyAssociated, operation: "dma_assoc", errno: status == .unassociated || status == .connected ? .socketIsConnected : .alreadyInProcess,
-                            message: status == .unassociated || status == .connected
-                                ? "\(id) is already associated with an area: associate each connection once"
-                                : "\(id) is closed or disconnected: open a new connection")
-        }
-        guard area.context.pointer == events.context.pointer else {
-            throw RDMAError(.wrongArea, operation: "dma_assoc", errno: .improperLink,
-                            message: "the area is registered on \(area.deviceName) but the connection runs over \(events.deviceName)")
-        }
-        // Slot blocks taken from the area, returned if the association fails.
-        var blocks: [Int] = []
-        do throws(RDMAError) {
-            switch state.endpoint {
-            case .connectionManager(let cmID):
-                try establish(over: cmID, area: area, slotSize: slotSize, credits: credits, pool: pool, blocks: &blocks, timeout: timeout)
-            case .socket(let socket):
-                try establish(over: socket, area: area, slotSize: slotSize, credits: credits, pool: pool, blocks: &blocks, timeout: timeout)
-            }
-            try events.connected(state)
-        } catch {
-            for block in blocks { area.free(block) }
-            close()
-            throw error
-        }
-    }
-
-    /// The rdma_cm way: the hello rides in the connect request's private data and its accept.
-    private func establish(
-        over cmID: ConnectionID, area: DMAArea, slotSize: Int, credits: Int, pool: SharedReceivePool?,
-        blocks: inout [Int], timeout: Duration
-    ) throws(RDMAError) {
-        // A client grants all its credits and makes room for as many credit updates; a server
-        // grants no more than the client's room, and makes room for the client's grant.
-        let granted: Int, room: Int
-        if let request = state.peerHello {
-            granted = min(credits, Int(request.room))
-            room = Int(request.credits)
-        } else {
-            granted = credits
-            room = credits
-        }
-        let sendDepth = Self.sendDepth(granting: granted)
-        try reserveCapacity(sendDepth + granted + room)
-        let offsets = try claimSlots(granted + room, area: area, slotSize: slotSize, pool: pool, blocks: &blocks)
-        let queuePair = try cmID.createQueuePair(
-            protectionDomain: area.protectionDomain, sendQueue: events.completionQueue, receiveQueue: events.completionQueue,
-            capabilities: Self.capabilities(sendDepth: sendDepth, receives: granted + room, pool: pool),
-            sharedReceiveQueue: pool?.queue)
-        try install(queuePair, area: area, slotSize: slotSize, granted: granted, slotOffsets: offsets, sendDepth: sendDepth, pool: pool, blocks: &blocks)
-        let hello = WireProtocol.Hello(credits: UInt32(granted), room: UInt32(room), slotSize: UInt32(slotSize))
-        let peer: WireProtocol.Hello
-        // No RDMA reads or atomics are offered (the API only sends). The queue pair keeps remote
-        // write for the zero-length keepalive writes (see PeerTimeout); no memory region allows
-        // remote access, so no remote write can touch memory.
-        let parameters = ConnectionParameters(
-            privateData: hello.bytes, responderResources: 0, initiatorDepth: 0, retryCount: PeerTimeout.retryCount)
-        try cmID.setAckTimeout(PeerTimeout.ackTimeout)
-        if let request = state.peerHello {
-            _ = try cmID.accept(parameters, timeout: timeout)
-            peer = request
-        } else {
-            let established = try cmID.connect(parameters, timeout: timeout)
-            peer = try WireProtocol.Hello(parsing: established.privateData)
-            guard Int(peer.credits) <= room else {
-                throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
-                                message: "the peer granted \(peer.credits) credits, more than the \(room) this side can absorb: protocol error")
-            }
-        }
-        try queuePair.setRemoteAccess(.keepAliveOnly)
-        events.lock.withLock { _ in
-            // Added: a message that arrived meanwhile may have handed credits back already.
-            state.credits += Int(peer.credits)
-            state.peerSlotSize = Int(peer.slotSize)
-        }
-    }
-
-    /// The TCP socket way (see ``SocketHandshake``): the queue pair is created and moved through
-    /// INIT, RTR and RTS here, with the peer's numbers read from the socket.
-    private func establish(
-        over socket: Int32, area: DMAArea, slotSize: Int, credits: Int, pool: SharedReceivePool?,
-        blocks: inout [Int], timeout: Duration
-    ) throws(RDMAError) {
-        let context = events.context
-        // What this side grants must fit in the area at all: refused before the peer is involved.
-        guard credits * slotSize <= area.size else {
-            throw RDMAError(.areaExhausted, operation: "dma_assoc", errno: .noBufferSpace,
-                            message: "\(credits) receive slots of \(slotSize) bytes do not fit in an area of \(area.size) bytes: associate fewer receive bytes, or allocate a larger area")
-        }
-        let gidIndex: Int
-        if let explicit = state.explicitGIDIndex { gidIndex = explicit } else { gidIndex = try Self.gidIndex(of: socket, on: context) }
-        let port = try context.requireActivePort(1)
-        let local = try context.gid(port: 1, index: gidIndex)
-        let psn = UInt32.random(in: 0...0xFF_FFFF)
-        let hello = SocketHandshake.Hello(
-            mtu: UInt8(port.activeMTU.rawValue),
-            endpoint: QueuePairEndpoint(queuePairNumber: 0, packetSequenceNumber: psn, gid: local.gid),
-            credits: UInt32(credits), slotSize: UInt32(slotSize))
-        try SocketHandshake.send(hello.bytes, over: socket, timeout: timeout)
-        let peer = try SocketHandshake.Hello(parsing: try SocketHandshake.receive(SocketHandshake.helloSize, over: socket, timeout: timeout))
-        // This side's grant, and room for the peer's credit updates: one slot per peer credit.
-        let room = Int(peer.credits)
-        let sendDepth = Self.sendDepth(granting: credits)
-        try reserveCapacity(sendDepth + credits + room)
-        let offsets = try claimSlots(credits + room, area: area, slotSize: slotSize, pool: pool, blocks: &blocks)
-        let queuePair = try QueuePair(
-            protectionDomain: area.protectionDomain, sendQueue: events.completionQueue, receiveQueue: events.completionQueue,
-            capabilities: Self.capabilities(sendDepth: sendDepth, receives: credits + room, pool: pool),
-            sharedReceiveQueue: pool?.queue)
-        try queuePair.moveToInit(port: 1, access: .keepAliveOnly)
-        try SocketHandshake.send(SocketHandshake.queuePairNumberBytes(queuePair.number), over: socket, timeout: timeout)
-        let peerQueuePair = try SocketHandshake.queuePairNumber(parsing: try SocketHandshake.receive(4, over: socket, timeout: timeout))
-        try install(queuePair, area: area, slotSize: slotSize, granted: credits, slotOffsets: offsets, sendDepth: sendDepth, pool: pool, blocks: &blocks)
-        var remote = peer.endpoint
-        remote.queuePairNumber = peerQueuePair
-        try queuePair.moveToReadyToReceive(remote: remote, port: 1, gidIndex: gidIndex, mtu: ibv_mtu(rawValue: min(UInt32(hello.mtu), UInt32(peer.mtu))))
-        try queuePair.moveToReadyToSend(packetSequenceNumber: psn, timeout: PeerTimeout.ackTimeout, retryCount: PeerTimeout.retryCount)
-        // Both sides have posted their receives: data may flow once the peer says so.
-        try SocketHandshake.send([SocketHandshake.readyByte], over: socket, timeout: timeout)
-        let ready = try SocketHandshake.receive(1, over: socket, timeout: timeout)
-        guard ready == [SocketHandshake.readyByte] else {
-            throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
-                            message: "the peer sent \(ready[0]) instead of the handshake's ready byte: is it a DMAIO peer?")
-        }
-        events.lock.withLock { _ in
-            state.credits += room
-            state.peerSlotSize = Int(peer.slotSize)
-        }
-    }
-
-    /// Send-queue depth: data sends for every credit, credit updates, and spare.
-    private static func sendDepth(granting credits: Int) -> Int { max(8, 2 * credits + 2) }
-
-    private static func capabilities(sendDepth: Int, receives: Int, pool: SharedReceivePool?) -> QueuePairCapabilities {
-        QueuePairCapabilities(maxSendRequests: sendDepth, maxReceiveRequests: pool == nil ? receives : 0, maxInlineData: inlineLimit)
-    }
-
-    private func reserveCapacity(_ entries: Int) throws(RDMAError) {
-        try events.reserveCapacity(entries)
-        events.lock.withLock { _ in state.capacityTaken = entries }
-    }
-
-    /// Takes `count` receive slots and returns their offsets: the pool's, or slots side by
-    /// side in one block of the area (added to `blocks`), so that small slots do not each take
-    /// a whole allocator block.
-    private func claimSlots(_ count: Int, area: DMAArea, slotSize: Int, pool: SharedReceivePool?, blocks: inout [Int]) throws(RDMAError) -> [Int] {
-        if let pool {
-            try pool.claim(count)
-            events.lock.withLock { _ in
-                state.pool = pool
-                state.poolSlotsClaimed = count
-            }
-            return pool.slotOffsets
-        }
-        let block = try area.allocate(count * slotSize, for: "dma_assoc")
-        blocks.append(block)
-        return (0..<count).map { block + $0 * slotSize }
-    }
-
-    /// Hands the queue pair and the slots to the state and posts the receives.
-    private func install(
-        _ queuePair: QueuePair, area: DMAArea, slotSize: Int, granted: Int, slotOffsets: [Int], sendDepth: Int,
-        pool: SharedReceivePool?, blocks: inout [Int]
-    ) throws(RDMAError) {
-        let slots = slotOffsets.count
-        try events.lock.withLock { _ throws(RDMAError) in
-            state.area = area
-            state.queuePair = queuePair
-            state.keepForBuffers()
-            state.slotOffsets = slotOffsets
-            state.slotBlocks = blocks
-            state.slotSize = slotSize
-            state.creditsGranted = granted
-            state.releasedSlots = ReceiveBatch(capacity: ConnectionState.repostBatchSize(granting: granted))
-            state.sendQueueFree = sendDepth
-            state.arrivals.reserveCapacity(slots)
-            state.inFlight.reserveCapacity(sendDepth)
-            state.pending.reserveCapacity(sendDepth)
-            blocks = []  // the state owns them now
-            if pool == nil {
-                for slot in 0..<slots { try state.postReceive(slot: slot) }
-            }
-        }
-        if let pool { events.attach(state, queuePairNumber: queuePair.number, pool: pool) }
-    }
-
     /// The index of the RoCE GID that carries the socket's local IP address on `context`: the
     /// address the peer reaches this side at.
-    private static func gidIndex(of socket: Int32, on context: Context) throws(RDMAError) -> Int {
+    static func gidIndex(of socket: Int32, on context: Context) throws(RDMAError) -> Int {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let named = withUnsafeMutablePointer(to: &storage) {
@@ -399,12 +191,168 @@ public final class Connection: @unchecked Sendable {
         return index
     }
 
+    // MARK: - State
+
+    /// The largest message the peer accepts (its receive slot size); 0 before association.
+    public var peerSlotSize: Int { events.state.withLock { $0.connections.core(id.rawValue)?.pointee.peerSlotSize ?? 0 } }
+
+    /// Whether the connection is associated and established.
+    public var isConnected: Bool { events.state.withLock { $0.connections.core(id.rawValue)?.pointee.status == .connected } }
+
+    /// The send side's bookkeeping, for diagnostics: credits held, messages waiting for a
+    /// credit, and messages posted to the queue pair and not yet completed.
+    package var sendCounters: (credits: Int, waiting: Int, posted: Int) {
+        events.state.withLock { state in
+            guard let core = state.connections.core(id.rawValue) else { return (0, 0, 0) }
+            return (core.pointee.credits, core.pointee.pending.count, core.pointee.inFlight.count)
+        }
+    }
+
+    /// The connection's queue pair; for tests that break it on purpose.
+    var queuePair: QueuePair? { events.state.withLock { $0.connections.core(id.rawValue)?.pointee.queuePair } }
+
+    /// Where the last data send was posted from; for tests of the zero-copy path.
+    var lastPostedSendAddress: UnsafeRawPointer? {
+        events.state.withLock { $0.connections.core(id.rawValue)?.pointee.lastPostedSendAddress }
+    }
+
+    /// The queue pair's attributes as the device reports them — what a remote peer may do (remote
+    /// write alone, for the zero-length keepalive writes: no memory region allows any remote
+    /// access), the ACK timeout and retry count; nil before association and after ``close()``.
+    ///
+    /// The corresponding C function is `ibv_query_qp`.
+    public func queuePairAttributes() throws(RDMAError) -> QueuePairAttributes? {
+        let queuePair = events.state.withLock { state -> QueuePair? in
+            guard let core = state.connections.core(id.rawValue), core.pointee.status != .closed else { return nil }
+            return core.pointee.queuePair
+        }
+        return try queuePair?.attributes()
+    }
+
+    // MARK: - Association
+
+    /// Associates the connection with `area` — the proposal's `dma_assoc` — and completes the
+    /// connection. Blocks the calling thread until the peer answered (at most `timeout`);
+    /// ``associate(_:receiveBytes:slotSize:timeout:)-async`` is the same without blocking.
+    ///
+    /// `receiveBytes` of the area become `receiveBytes / slotSize` receive slots of `slotSize`
+    /// bytes, posted as receive work requests; each is a credit granted to the peer (a server
+    /// grants at most as many as the client has slots). Slots of the same size are added to
+    /// absorb the peer's credit updates, as many as credits the peer grants (see
+    /// ``WireProtocol``), so an association takes up to twice `receiveBytes` of the area — in
+    /// one contiguous block, rounded up to a power of two by the area's allocator.
+    ///
+    /// - Throws: ``RDMAError/Code/alreadyAssociated`` the second time;
+    ///   ``RDMAError/Code/invalidArgument`` for a slot size that is not a power of two from 64 B
+    ///   to 1 GiB, or fewer receive bytes than one slot;
+    ///   ``RDMAError/Code/wrongArea`` when the area is on another device;
+    ///   ``RDMAError/Code/areaExhausted`` when the area cannot hold the slots;
+    ///   connection errors from rdma_cm (refused, unreachable, timed out). A failed association
+    ///   closes the connection.
+    ///
+    /// The corresponding C functions are `rdma_create_qp`, `ibv_post_recv` and `rdma_connect`
+    /// or `rdma_accept`.
+    public func associate(_ area: DMAArea, receiveBytes: Int, slotSize: Int = 64 << 10, timeout: Duration = .seconds(10)) throws(RDMAError) {
+        var association = try association(area, receiveBytes: receiveBytes, slotSize: slotSize, timeout: timeout)
+        do { try association.runBlocking() } catch {
+            association.abandon()
+            throw error
+        }
+    }
+
+    /// Associates the connection with `area` — `dma_assoc` — without holding a thread: the task
+    /// is suspended while the peer answers. As the blocking
+    /// ``associate(_:receiveBytes:slotSize:timeout:)``, and throws `CancellationError` when the
+    /// task is cancelled (the connection is then closed).
+    public func associate(_ area: DMAArea, receiveBytes: Int, slotSize: Int = 64 << 10, timeout: Duration = .seconds(10)) async throws {
+        var association = try association(area, receiveBytes: receiveBytes, slotSize: slotSize, timeout: timeout)
+        do { try await association.run() } catch {
+            association.abandon()
+            throw error
+        }
+    }
+
+    /// Associates the connection with a pool of receive slots that several connections share
+    /// through one shared receive queue — `dma_assoc` where one area serves many connections.
+    ///
+    /// The connection grants its peer `credits` (a server at most the client's room) and claims
+    /// that many slots of the pool, plus room for the peer's credit updates; the association
+    /// fails with ``RDMAError/Code/areaExhausted`` when the pool has not that many unclaimed.
+    /// Slots a connection's messages occupy return to the pool when released, also after the
+    /// connection closed.
+    ///
+    /// The corresponding C functions are `rdma_create_qp` (with the pool's `ibv_srq`) and
+    /// `rdma_connect` or `rdma_accept`.
+    public func associate(_ pool: SharedReceivePool, credits: Int, timeout: Duration = .seconds(10)) throws(RDMAError) {
+        var association = try association(pool, credits: credits, timeout: timeout)
+        do { try association.runBlocking() } catch {
+            association.abandon()
+            throw error
+        }
+    }
+
+    /// Associates the connection with a shared pool without holding a thread; as the blocking
+    /// ``associate(_:credits:timeout:)``, and throws `CancellationError` when the task is
+    /// cancelled.
+    public func associate(_ pool: SharedReceivePool, credits: Int, timeout: Duration = .seconds(10)) async throws {
+        var association = try association(pool, credits: credits, timeout: timeout)
+        do { try await association.run() } catch {
+            association.abandon()
+            throw error
+        }
+    }
+
+    private func association(_ area: DMAArea, receiveBytes: Int, slotSize: Int, timeout: Duration) throws(RDMAError) -> Association {
+        try SharedReceivePool.checkSlotSize(slotSize)
+        let dataSlots = receiveBytes / slotSize
+        guard dataSlots >= 1, dataSlots <= Int(WireProtocol.creditMask) else {
+            throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .invalidArgument,
+                            message: "\(receiveBytes) receive bytes make \(dataSlots) slots of \(slotSize) bytes; at least one is needed")
+        }
+        try checkAssociable(area)
+        return Association(self, area: area, slotSize: slotSize, credits: dataSlots, pool: nil, timeout: timeout)
+    }
+
+    private func association(_ pool: SharedReceivePool, credits: Int, timeout: Duration) throws(RDMAError) -> Association {
+        guard credits >= 1, credits <= Int(WireProtocol.creditMask) else {
+            throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .invalidArgument,
+                            message: "a connection needs at least 1 credit, not \(credits)")
+        }
+        try checkAssociable(pool.area)
+        return Association(self, area: pool.area, slotSize: pool.slotSize, credits: credits, pool: pool, timeout: timeout)
+    }
+
+    /// The connection may be associated once, with an area on its device; from here on it is
+    /// being associated.
+    private func checkAssociable(_ area: DMAArea) throws(RDMAError) {
+        guard area.context.pointer == events.context.pointer else {
+            throw RDMAError(.wrongArea, operation: "dma_assoc", errno: .improperLink,
+                            message: "the area is registered on \(area.deviceName) but the connection runs over \(events.deviceName)")
+        }
+        let status = events.state.withLock { state -> ConnectionCore.Status? in
+            guard let core = state.connections.core(id.rawValue) else { return nil }
+            guard core.pointee.status == .unassociated, !core.pointee.associating else { return .connected }
+            core.pointee.associating = true
+            return .unassociated
+        }
+        guard status == .unassociated else {
+            let open = status == .connected
+            throw RDMAError(.alreadyAssociated, operation: "dma_assoc", errno: open ? .socketIsConnected : .alreadyInProcess,
+                            message: open
+                                ? "\(id) is already associated with an area: associate each connection once"
+                                : "\(id) is closed or disconnected: open a new connection")
+        }
+    }
+
+    // MARK: - Sending
+
     /// Starts sending `buffer` — the proposal's `aio_send`. Consumes the buffer: the device
     /// reads it where it is (no copy); it returns to the area when the send completes, announced
     /// by ``Event/sent(connection:cookie:)`` with `cookie`.
     ///
     /// When the peer has no free receive slot (no credit), the message waits in order and goes
-    /// out as soon as the peer releases one: a slow receiver throttles the sender, never fails it.
+    /// out as soon as the peer releases one: a slow receiver throttles the sender, never fails
+    /// it. What may wait is bounded by the area: every waiting message holds its buffer.
     ///
     /// - Throws: ``RDMAError/Code/notConnected`` before association or after ``close()``;
     ///   ``RDMAError/Code/disconnected`` after the peer went away;
@@ -415,51 +363,52 @@ public final class Connection: @unchecked Sendable {
     ///   to its area.
     ///
     /// The corresponding C function is `ibv_post_send` (`IBV_WR_SEND_WITH_IMM`, signalled).
-    public func send(_ buffer: consuming SendBuffer, cookie: UInt64 = 0) throws(RDMAError) {
+    public func send(_ buffer: consuming SendBuffer, cookie: UInt64) throws(RDMAError) {
         let (areaReference, offset, count) = buffer.take()
         defer { areaReference.release() }
-        try events.lock.withLock { _ throws(RDMAError) in
-            let send = ConnectionState.PendingSend(offset: offset, count: count, cookie: cookie)
-            do throws(RDMAError) {
-                // The common case, inline: a message of this connection's area that fits, with a
-                // credit and send-queue room at hand and nothing queued ahead of it.
-                if state.isArea(areaReference), count <= state.peerSlotSize, try state.postAtOnce(send) { return }
-                try sendOtherwiseLocked(send, area: areaReference)
-            } catch {
-                areaReference._withUnsafeGuaranteedRef { $0.free(offset) }
-                throw error
-            }
+        let send = ConnectionCore.PendingSend(offset: offset, count: count, cookie: cookie, reportsEvent: true)
+        let id = self.id
+        do {
+            try events.state.withLock { state throws(RDMAError) in try state.send(send, on: id, area: areaReference) }
+        } catch {
+            areaReference._withUnsafeGuaranteedRef { $0.free(offset) }
+            throw error
         }
     }
 
-    /// Every other case of ``send(_:cookie:)``, out of line: a connection that is not usable, a
-    /// buffer of another area, a message too large, a sender out of credits (it pumps: credit
-    /// updates may be waiting), a message that must wait in the queue. Throws (and the caller
-    /// frees the buffer) only when the message was not taken.
-    @inline(never)
-    private func sendOtherwiseLocked(_ send: ConnectionState.PendingSend, area: Unmanaged<DMAArea>) throws(RDMAError) {
-        if state.status != .connected { try checkUsableLocked(for: "aio_send") }
-        guard state.isArea(area) else {
-            throw RDMAError(.wrongArea, operation: "aio_send", errno: .invalidArgument,
-                            message: "the buffer was reserved from another area than the one \(id) is associated with")
+    /// Sends `buffer` once the peer has room for it, suspending the task (not a thread) while
+    /// it has none — `aio_send` for a task. Consumes the buffer; returns once the message is
+    /// posted to the device.
+    ///
+    /// Its completion is not reported on the event channel: the buffer returns to the area when
+    /// the device is done with it. Should the connection break afterwards, ``nextMessage()``
+    /// and later sends say so. (``send(_:cookie:)`` reports each send's completion as an event.)
+    ///
+    /// - Throws: as ``send(_:cookie:)``; `CancellationError` when the task is cancelled while it
+    ///   waits (the buffer then goes back to the area, unsent, and the connection stays usable).
+    ///
+    /// The corresponding C function is `ibv_post_send` (`IBV_WR_SEND_WITH_IMM`, signalled).
+    public func send(_ buffer: consuming SendBuffer) async throws {
+        let (areaReference, offset, count) = buffer.take()
+        defer { areaReference.release() }
+        let send = ConnectionCore.PendingSend(offset: offset, count: count, cookie: 0, reportsEvent: false)
+        let id = self.id
+        do {
+            while true {
+                try Task.checkCancellation()
+                let posted = try events.state.withLock { state throws(RDMAError) -> Bool in
+                    try state.sendIfCredited(send, on: id, area: areaReference)
+                }
+                if posted { return }
+                try await events.suspend(until: .credit(id.rawValue))
+            }
+        } catch {
+            areaReference._withUnsafeGuaranteedRef { $0.free(offset) }
+            throw error
         }
-        guard send.count <= state.peerSlotSize else {
-            throw RDMAError(.messageTooLarge, operation: "aio_send", errno: .messageTooLong,
-                            message: "a message of \(send.count) bytes exceeds the peer's receive slots of \(state.peerSlotSize) bytes: "
-                                + "send smaller messages, or have the peer associate with a larger slotSize")
-        }
-        // Out of credits: credit updates may be waiting in the completion queue (a poll of
-        // user-mapped memory, no system call), so a sender that only sends still moves.
-        if state.credits == 0 {
-            try events.pumpLocked()
-            if state.status != .connected { try checkUsableLocked(for: "aio_send") }
-        }
-        if try state.postAtOnce(send) { return }
-        state.pending.append(send)
-        // The message is queued now: if the device refuses the queue's sends, the connection
-        // ends, and each queued message, this one included, is reported failed by its event.
-        do throws(RDMAError) { try state.pumpSends() } catch { events.endLocked(state, after: error) }
     }
+
+    // MARK: - Receiving
 
     /// The next received message, or nil when none has arrived — the proposal's `aio_recv`. The
     /// buffer is where the device wrote the data inside the area (no copy); give it back with
@@ -471,43 +420,63 @@ public final class Connection: @unchecked Sendable {
     ///
     /// The corresponding C function is `ibv_poll_cq`.
     public func receive() throws(RDMAError) -> ReceivedBuffer? {
-        try events.lock.withLock { _ throws(RDMAError) -> ReceivedBuffer? in
-            var next = state.arrivals.popFirst()
-            // After the peer left, too: what it sent before may still be in the queue.
-            if next == nil, state.status == .connected || state.status == .disconnected {
-                next = try events.pumpLocked(handingOutTo: state) ?? state.arrivals.popFirst()
-            }
-            guard let arrival = next else {
-                if state.status != .connected { try checkUsableLocked(for: "aio_recv") }
-                return nil
-            }
-            state.handedOut += 1
-            state.held += 1
-            let start = state.area!.address(state.slotOffsets[Int(arrival.slot)])
-            return ReceivedBuffer(owner: state, slot: Int(arrival.slot),
-                                  bytes: UnsafeRawBufferPointer(start: start, count: Int(arrival.length)))
+        let id = self.id
+        return try events.state.withLock { state throws(RDMAError) -> ReceivedBuffer? in
+            guard let arrival = try state.receive(id) else { return nil }
+            return buffer(for: arrival, in: &state)
         }
+    }
+
+    /// The next message, suspending the task (not a thread) until one arrives — `aio_recv` for
+    /// a task, so that one task can serve each connection of a channel:
+    ///
+    /// ```swift
+    /// while let request = try await connection.nextMessage() {
+    ///     handle(request.bytes)
+    ///     request.release()
+    /// }
+    /// ```
+    ///
+    /// (A `ReceivedBuffer` is non-copyable, which an `AsyncSequence`'s elements cannot be: so a
+    /// loop over `nextMessage()` stands where a `for try await` would.)
+    ///
+    /// - Returns: nil once the peer closed the connection and every message it sent was handed
+    ///   out.
+    /// - Throws: ``RDMAError/Code/disconnected`` when the connection broke (the peer stopped
+    ///   answering, or this side's device refused work) and every message was handed out;
+    ///   ``RDMAError/Code/notConnected`` before association or after ``close()``;
+    ///   `CancellationError` when the task is cancelled (the connection stays usable).
+    ///
+    /// The corresponding C function is `ibv_poll_cq`.
+    public func nextMessage() async throws -> ReceivedBuffer? {
+        let id = self.id
+        while true {
+            try Task.checkCancellation()
+            let look = try events.state.withLock { state throws(RDMAError) -> ChannelState.MessageLook in try state.lookForMessage(id) }
+            switch look {
+            case .message(let arrival):
+                return events.state.withLock { state in buffer(for: arrival, in: &state) }
+            case .end:
+                return nil
+            case .nothing:
+                try await events.suspend(until: .message(id.rawValue))
+            }
+        }
+    }
+
+    /// The buffer of a message just handed out.
+    private func buffer(for arrival: ConnectionCore.Arrival, in state: inout ChannelState) -> ReceivedBuffer {
+        let core = state.connections.core(id.rawValue)!
+        let start = state.address(ofSlot: arrival.slot, in: core)
+        return ReceivedBuffer(channel: events, connection: id.rawValue, slot: Int(arrival.slot),
+                              bytes: UnsafeRawBufferPointer(start: start, count: Int(arrival.length)))
     }
 
     /// The length of the message ``receive()`` would hand out next, or nil when none has
     /// arrived; for a caller that must refuse messages longer than its buffer before taking them.
     package func nextMessageLength() throws(RDMAError) -> Int? {
-        try events.lock.withLock { _ throws(RDMAError) -> Int? in
-            try nextArrivalLocked().map { Int($0.length) }
-        }
-    }
-
-    /// The message to hand out next, after taking what the device reported when none is
-    /// waiting; nil when none has arrived. Throws once the connection is unusable and every
-    /// message was handed out. Lock held.
-    @inline(__always)
-    private func nextArrivalLocked() throws(RDMAError) -> ConnectionState.Arrival? {
-        if state.arrivals.isEmpty, state.status == .connected || state.status == .disconnected { try events.pumpLocked() }
-        guard let front = state.arrivals.front else {
-            if state.status != .connected { try checkUsableLocked(for: "aio_recv") }
-            return nil
-        }
-        return front
+        let id = self.id
+        return try events.state.withLock { state throws(RDMAError) -> Int? in try state.nextArrival(id).map { Int($0.length) } }
     }
 
     /// The next received message in the proposal's own form: a view of the bytes where the
@@ -520,77 +489,25 @@ public final class Connection: @unchecked Sendable {
     /// - Throws: as ``receive()``.
     public func receiveRetained() throws(RDMAError) -> UnsafeRawBufferPointer? {
         guard let message = try receive() else { return nil }
-        let bytes = message.bytes
-        let (owner, slot) = message.disown()
-        owner.area!.retained.withLock {
-            $0.entries.append(.init(owner: owner, slot: slot, length: bytes.count))
+        let bytes = message.unsafeBytes
+        let detached = message.detach()
+        let area = events.state.withLock { $0.connections.core(id.rawValue)?.pointee.area }
+        area!.retained.withLock {
+            $0.entries.append(.init(message: detached, channel: events))
             $0.totalBytes += bytes.count
         }
         return bytes
     }
 
-    @inline(never)
-    private func checkUsableLocked(for operation: String) throws(RDMAError) {
-        switch state.status {
-        case .connected: return
-        case .unassociated:
-            throw RDMAError(.notConnected, operation: operation, errno: .socketNotConnected,
-                            message: "\(id) is not associated with an area yet: call associate (dma_assoc) first")
-        case .disconnected:
-            if let failure = state.failure {
-                throw RDMAError(.disconnected, operation: operation, errno: .connectionReset,
-                                message: "\(id) ended after the device refused work (\(failure.operation): \(failure.message)): open a new connection")
-            }
-            throw RDMAError(.disconnected, operation: operation, errno: .connectionReset,
-                            message: "the peer of \(id) disconnected: open a new connection")
-        case .closed:
-            throw RDMAError(.notConnected, operation: operation, errno: .badFileDescriptor,
-                            message: "\(id) was closed")
-        }
-    }
+    // MARK: - Closing
 
-    /// The queue pair's attributes as the device reports them — what a remote peer may do (remote
-    /// write alone, for the zero-length keepalive writes: no memory region allows any remote
-    /// access), the ACK timeout and retry count; nil before association and after ``close()``.
-    ///
-    /// The corresponding C function is `ibv_query_qp`.
-    public func queuePairAttributes() throws(RDMAError) -> QueuePairAttributes? {
-        guard let queuePair = events.lock.withLock({ _ in state.status == .closed ? nil : state.queuePair }) else { return nil }
-        return try queuePair.attributes()
-    }
-
-    /// The send side's bookkeeping, for diagnostics: credits held, messages waiting for a
-    /// credit, and messages posted to the queue pair and not yet completed.
-    package var sendCounters: (credits: Int, waiting: Int, posted: Int) {
-        events.lock.withLock { _ in (state.credits, state.pending.count, state.inFlight.count) }
-    }
-
-    /// Closes the connection: disconnects, fails unsent messages, and returns its receive
-    /// slots to the area once every received buffer is released. Idempotent. Its queue pair
-    /// and rdma_cm id are destroyed when the last reference to the connection (and to its
-    /// received buffers) goes away.
+    /// Closes the connection: disconnects, fails unsent messages, ends the waits of its tasks,
+    /// and returns its receive slots to the area once every received buffer is released.
+    /// Idempotent. Its queue pair and rdma_cm id are destroyed once every buffer is back and
+    /// every posted send completed.
     ///
     /// The corresponding C functions are `rdma_disconnect` and `rdma_destroy_qp`.
     public func close() {
-        let wasOpen = events.lock.withLock { _ -> Bool in
-            guard state.status != .closed else { return false }
-            let wasConnected = state.status == .connected
-            state.status = .closed
-            if wasConnected { state.disconnectTransport() }
-            // Messages that arrived and were never handed out go back to a shared pool now.
-            if let pool = state.pool {
-                while let arrival = state.arrivals.popFirst() { try? pool.repost(slot: Int(arrival.slot)) }
-            }
-            // With no buffer out, the state goes with this connection (which holds it still).
-            _ = state.endKeepingIfDone()
-            return true
-        }
-        guard wasOpen else { return }
-        events.unregister(state)
-        events.returnCapacity(events.lock.withLock { _ in state.capacityTaken })
-        if let pool = state.pool { pool.unclaim(state.poolSlotsClaimed) }
+        events.close(id)
     }
-
-    /// Where the last data send was posted from; for tests of the zero-copy path.
-    var lastPostedSendAddress: UnsafeRawPointer? { events.lock.withLock { _ in state.lastPostedSendAddress } }
 }

@@ -3,10 +3,23 @@ import RDMAVerbs
 /// Accepts connections on one address — the server side of ``Connection``.
 ///
 /// The listener binds exactly the address it is given (a wildcard address listens on every
-/// RDMA device).
+/// RDMA device). A server in a task takes connections as they come:
+///
+/// ```swift
+/// let listener = try Listener(on: "10.99.0.1:7471", events: events)
+/// try await withThrowingDiscardingTaskGroup { group in
+///     for try await connection in listener.connections {
+///         group.addTask { try await serve(connection) }   // associate, then nextMessage/send
+///     }
+/// }
+/// ```
+///
+/// Taking a request does not wait for the peer to finish connecting: that happens in
+/// ``Connection/associate(_:receiveBytes:slotSize:timeout:)-async``, in the connection's own
+/// task, so a peer that never completes its connect holds up only its own.
 ///
 /// The corresponding C functions are `rdma_bind_addr` and `rdma_listen`.
-public final class Listener: @unchecked Sendable {
+public final class Listener: Sendable {
     private let id: ConnectionID
     /// The event channel accepted connections report to.
     public let events: EventChannel
@@ -22,20 +35,75 @@ public final class Listener: @unchecked Sendable {
         self.events = events
     }
 
-    /// The address listened on.
+    /// The address listened on (with the port chosen, when port 0 was asked for).
     public var address: SocketAddress? { id.localAddress }
 
-    /// Waits up to `timeout` (forever when nil) for a connection request and takes it. The
-    /// connection is complete once it is associated
+    /// Waits up to `timeout` (forever when nil) for a connection request and takes it, blocking
+    /// the calling thread. The connection is complete once it is associated
     /// (``Connection/associate(_:receiveBytes:slotSize:timeout:)``).
     ///
     /// Requests from peers that do not speak this library's protocol are rejected.
     ///
     /// The corresponding C function is `rdma_get_cm_event`.
-    public func accept(timeout: Duration? = nil) throws(RDMAError) -> Connection {
+    public func accept(timeout: Duration?) throws(RDMAError) -> Connection {
+        let clock = ContinuousClock()
+        let deadline = timeout.map { clock.now + $0 }
         while true {
-            let event = try id.channel.expectEvent(.connectRequest, timeout: timeout, while: "waiting for a connection")
-            guard let request = event.request else { continue }
+            if let connection = try takeRequest() { return connection }
+            let left = deadline.map { Swift.max($0 - clock.now, .zero) }
+            if let left, left == .zero {
+                throw RDMAError(.timedOut, operation: "rdma_get_cm_event", errno: .timedOut,
+                                message: "no connection request within \(timeout!): is a client connecting to \(address.map(String.init(describing:)) ?? "this address")?")
+            }
+            _ = try waitReadable(id.channel.fileDescriptor, timeout: left)
+        }
+    }
+
+    /// The next connection request, suspending the task (not a thread) until one comes. The
+    /// connection is complete once it is associated
+    /// (``Connection/associate(_:receiveBytes:slotSize:timeout:)-async``).
+    ///
+    /// - Throws: `CancellationError` when the task is cancelled.
+    ///
+    /// The corresponding C function is `rdma_get_cm_event`.
+    public func accept() async throws -> Connection {
+        while true {
+            try Task.checkCancellation()
+            if let connection = try takeRequest() { return connection }
+            _ = try await ChannelWatcher.shared.readable(id.channel.fileDescriptor, deadline: nil)
+        }
+    }
+
+    /// Connection requests as they come: `for try await connection in listener.connections`.
+    /// The loop ends when its task is cancelled.
+    public var connections: Connections { Connections(listener: self) }
+
+    /// The connection requests of a ``Listener``, as an `AsyncSequence`.
+    public struct Connections: AsyncSequence, Sendable {
+        public typealias Element = Connection
+        let listener: Listener
+
+        public struct AsyncIterator: AsyncIteratorProtocol {
+            let listener: Listener
+
+            /// The next connection; nil once the task is cancelled.
+            public mutating func next() async throws -> Connection? {
+                do {
+                    return try await listener.accept()
+                } catch is CancellationError {
+                    return nil
+                }
+            }
+        }
+
+        public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(listener: listener) }
+    }
+
+    /// Takes a pending connection request, if there is one; rejects those that are not from a
+    /// DMAIO peer.
+    private func takeRequest() throws(RDMAError) -> Connection? {
+        while let event = try id.channel.nextEvent() {
+            guard event.kind == .connectRequest, let request = event.request else { continue }
             let hello: WireProtocol.Hello
             do {
                 hello = try WireProtocol.Hello(parsing: event.privateData)
@@ -46,5 +114,6 @@ public final class Listener: @unchecked Sendable {
             try request.migrate(to: try ConnectionEventChannel())
             return try Connection(cmID: request, events: events, peerHello: hello)
         }
+        return nil
     }
 }

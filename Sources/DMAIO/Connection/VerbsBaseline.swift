@@ -51,10 +51,12 @@ package final class VerbsBaseline {
     /// Prepares `connection` (associated, with receive slots of its own) for baseline messages of
     /// `messageSize` bytes, at most the peer's slot size.
     package init(_ connection: Connection, messageSize: Int) throws(RDMAError) {
-        let state = connection.state
-        let setup = connection.events.lock.withLock { _ -> (QueuePair, DMAArea, [Int], Int)? in
-            guard state.status == .connected, state.pool == nil, let queuePair = state.queuePair, let area = state.area else { return nil }
-            return (queuePair, area, state.slotOffsets, state.slotSize)
+        let id = connection.id
+        let setup = connection.events.state.withLock { state -> (QueuePair, DMAArea, [Int], Int)? in
+            guard let core = state.connections.core(id.rawValue), core.pointee.status == .connected, core.pointee.pool == nil,
+                  let queuePair = core.pointee.queuePair, let area = core.pointee.area
+            else { return nil }
+            return (queuePair, area, core.pointee.slotOffsets, core.pointee.slotSize)
         }
         guard let (queuePair, area, slotOffsets, slotSize) = setup else {
             throw RDMAError(.notConnected, operation: "verbs baseline", errno: .socketNotConnected,
@@ -123,7 +125,7 @@ package final class VerbsBaseline {
                 try checkSuccess("a baseline send")
                 sendsInFlight -= 1
             } else if length < 0, completion.isReceive, completion.isSuccess, completion.immediateData == 0,
-                      ConnectionState.kind(of: completion.requestID) == .receive {
+                      ConnectionCore.kind(of: completion.requestID) == .receive {
                 length = completion.byteCount
                 try repost()
             } else {

@@ -1,25 +1,27 @@
 import RDMAVerbs
 
-extension EventChannel {
+extension ChannelState {
     /// Probes the connections that saw no completion since the last sweep, one probe each at a
     /// time (see ``PeerTimeout``): a zero-length RDMA write that the peer's device must
-    /// acknowledge. A probe that fails ends the connection like any failed send. Called from
-    /// the pump's rare path and from every 16th empty ``next()``; does its work at most once per
-    /// ``PeerTimeout/keepAliveInterval``. Lock held.
-    func probeQuietConnectionsLocked() {
+    /// acknowledge. A probe that fails ends the connection like any failed send. The watcher
+    /// thread calls it every ``PeerTimeout/keepAliveInterval``; it does its work at most that
+    /// often.
+    mutating func probeQuietConnections() {
         let now = MonotonicInstant.now
         guard now >= nextKeepAliveSweep else { return }
-        nextKeepAliveSweep = now + PeerTimeout.keepAliveInterval
-        for state in connections.states where state.status == .connected {
-            guard state.activity == state.activitySeen else {
-                state.activitySeen = state.activity
+        nextKeepAliveSweep = now + (PeerTimeout.keepAliveInterval - .milliseconds(100))
+        for raw in connections.identifiers {
+            guard let core = connections.core(raw), core.pointee.status == .connected else { continue }
+            guard core.pointee.activity == core.pointee.activitySeen else {
+                core.pointee.activitySeen = core.pointee.activity
                 continue
             }
-            guard !state.probeOutstanding, state.sendQueueFree > 0, let queuePair = state.queuePair else { continue }
+            guard !core.pointee.probeOutstanding, core.pointee.sendQueueFree > 0, let queuePair = core.pointee.borrowedQueuePair else { continue }
+            let request = core.pointee.requestID(.creditUpdate, slot: ConnectionCore.probeSlot)
             do {
-                try queuePair.postZeroLengthWrite(requestID: state.requestID(.creditUpdate, slot: ConnectionState.probeSlot))
-                state.sendQueueFree -= 1
-                state.probeOutstanding = true
+                try queuePair.with { queuePair throws(RDMAError) in try queuePair.postZeroLengthWrite(requestID: request) }
+                core.pointee.sendQueueFree -= 1
+                core.pointee.probeOutstanding = true
             } catch {
                 // A queue pair that takes no more work is in error: its failures are on the way.
             }

@@ -90,7 +90,7 @@ public final class ConnectionEventChannel: @unchecked Sendable {
 
 extension RDMAError {
     /// An error for an rdma_cm event that reports a failure (or was not the one expected).
-    init(connectionEvent event: ConnectionEvent, expected: ConnectionEvent.Kind, while what: String) {
+    package init(connectionEvent event: ConnectionEvent, expected: ConnectionEvent.Kind, while what: String) {
         let errno = event.status < 0 ? Errno(rawValue: -event.status) : nil
         switch event.kind {
         case .addressError, .routeError:

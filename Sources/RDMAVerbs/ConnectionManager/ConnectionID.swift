@@ -29,7 +29,7 @@ public final class ConnectionID: @unchecked Sendable {
 
     /// The underlying `struct rdma_cm_id *`.
     public let pointer: UnsafeMutablePointer<rdma_cm_id>
-    private let state: Mutex<State>
+    private let state: Locked<State>
 
     private struct State {
         var channel: ConnectionEventChannel
@@ -47,13 +47,13 @@ public final class ConnectionID: @unchecked Sendable {
             rdma_create_id(channel.pointer, &id, nil, RDMA_PS_TCP)
         }
         pointer = id!
-        state = Mutex(State(channel: channel, awaitingAnswer: false, context: nil))
+        state = Locked(State(channel: channel, awaitingAnswer: false, context: nil))
     }
 
     /// Wraps the id of an incoming connection request.
     init(incoming pointer: UnsafeMutablePointer<rdma_cm_id>, channel: ConnectionEventChannel) {
         self.pointer = pointer
-        state = Mutex(State(channel: channel, awaitingAnswer: true, context: nil))
+        state = Locked(State(channel: channel, awaitingAnswer: true, context: nil))
     }
 
     deinit {
@@ -234,12 +234,21 @@ public final class ConnectionID: @unchecked Sendable {
     ///
     /// The corresponding C function is `rdma_connect`.
     public func connect(_ parameters: ConnectionParameters = ConnectionParameters(), timeout: Duration) throws(RDMAError) -> ConnectionEvent {
+        try startConnecting(parameters)
+        return try channel.expectEvent(.established, timeout: timeout, while: "connecting to \(peerAddress.map(String.init(describing:)) ?? "the peer")")
+    }
+
+    /// Sends the connect request (after ``resolve(to:from:timeout:)`` and creating the queue
+    /// pair) without waiting: ``ConnectionEvent/Kind/established`` (or a failure) follows on the
+    /// id's channel.
+    ///
+    /// The corresponding C function is `rdma_connect`.
+    public func startConnecting(_ parameters: ConnectionParameters = ConnectionParameters()) throws(RDMAError) {
         try parameters.withRaw(limit: ConnectionParameters.maxConnectPrivateData, "rdma_connect") { raw throws(RDMAError) in
             try minusOneOrErrno("rdma_connect", "connecting to \(peerAddress.map(String.init(describing:)) ?? "the peer")") {
                 rdma_connect(pointer, &raw)
             }
         }
-        return try channel.expectEvent(.established, timeout: timeout, while: "connecting to \(peerAddress.map(String.init(describing:)) ?? "the peer")")
     }
 
     /// Accepts an incoming connection (after creating its queue pair) and waits for it to be
@@ -247,13 +256,21 @@ public final class ConnectionID: @unchecked Sendable {
     ///
     /// The corresponding C function is `rdma_accept`.
     public func accept(_ parameters: ConnectionParameters = ConnectionParameters(), timeout: Duration) throws(RDMAError) -> ConnectionEvent {
+        try startAccepting(parameters)
+        return try channel.expectEvent(.established, timeout: timeout, while: "accepting a connection")
+    }
+
+    /// Accepts an incoming connection (after creating its queue pair) without waiting:
+    /// ``ConnectionEvent/Kind/established`` (or a failure) follows on the id's channel.
+    ///
+    /// The corresponding C function is `rdma_accept`.
+    public func startAccepting(_ parameters: ConnectionParameters = ConnectionParameters()) throws(RDMAError) {
         state.withLock { $0.awaitingAnswer = false }
         try parameters.withRaw(limit: ConnectionParameters.maxAcceptPrivateData, "rdma_accept") { raw throws(RDMAError) in
             try minusOneOrErrno("rdma_accept", "accepting a connection from \(peerAddress.map(String.init(describing:)) ?? "the peer")") {
                 rdma_accept(pointer, &raw)
             }
         }
-        return try channel.expectEvent(.established, timeout: timeout, while: "accepting a connection")
     }
 
     /// Rejects an incoming connection request.

@@ -111,4 +111,9 @@ enum StreamMessage {
     static func matches(_ bytes: UnsafeRawBufferPointer, sequence: Int) -> Bool {
         messageMatches(bytes.baseAddress!, sequence: sequence, size: bytes.count)
     }
+
+    /// Whether `message` is message `sequence` (its length included).
+    static func matches(_ message: borrowing ReceivedBuffer, sequence: Int) -> Bool {
+        message.withUnsafeBytes { matches($0, sequence: sequence) }
+    }
 }

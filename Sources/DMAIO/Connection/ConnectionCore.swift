@@ -4,15 +4,16 @@ import RDMAVerbs
 import Glibc
 #endif
 
-/// The data-path state of one associated connection. Every field is guarded by the lock of the
-/// connection's ``EventChannel`` (hence `@unchecked Sendable`).
+/// The data-path state of one connection: its status, credits, queued and posted sends, the
+/// messages it received and the tasks waiting on it.
 ///
-/// The stored properties are `@exclusivity(unchecked)`: the lock already serialises every
-/// access, and the runtime's dynamic exclusivity checks (`swift_beginAccess`, a thread-local
-/// lookup each) were half of the CPU time of the data path in a profile of `pingpong`.
-final class ConnectionState: @unchecked Sendable {
+/// It lives inside its event channel's ``ChannelState`` (in the ``ConnectionRegistry``), which
+/// only the channel's lock gives access to: a ``Connection``, and the buffers it hands out, name
+/// it by identifier and reach it through that lock. Non-copyable: its queues own their storage,
+/// and ``tearDown()`` gives the area back what the connection held.
+struct ConnectionCore: ~Copyable {
     enum Status: Equatable {
-        /// Resolved or requested, not yet associated.
+        /// Resolved or requested, not yet associated (or being associated).
         case unassociated
         /// Associated and established: data flows.
         case connected
@@ -28,6 +29,9 @@ final class ConnectionState: @unchecked Sendable {
         var offset: Int
         var count: Int
         var cookie: UInt64
+        /// Whether its completion is reported on the event channel (`send(_:cookie:)`) or only
+        /// returns the buffer (the async `send(_:)`, whose caller learned of it when it returned).
+        var reportsEvent: Bool
     }
 
     struct Arrival {
@@ -36,7 +40,7 @@ final class ConnectionState: @unchecked Sendable {
     }
 
     /// How the connection was made, and so how it is torn down and how its end is noticed.
-    enum Endpoint {
+    enum Endpoint: Sendable {
         /// Through rdma_cm: the id moves the queue pair through its states; disconnects arrive
         /// as rdma_cm events.
         case connectionManager(ConnectionID)
@@ -46,92 +50,91 @@ final class ConnectionState: @unchecked Sendable {
     }
 
     let id: Connection.ID
-    let channel: EventChannel
     let endpoint: Endpoint
-    @exclusivity(unchecked) var status = Status.unassociated
-    @exclusivity(unchecked) var queuePair: QueuePair? {
+    var status = Status.unassociated
+    /// An association (``Association``) is under way: a second one is refused.
+    var associating = false
+    var queuePair: QueuePair? {
         didSet { borrowedQueuePair = queuePair.map(Borrowed.init) }
     }
-    @exclusivity(unchecked) var area: DMAArea? {
+    var area: DMAArea? {
         didSet { borrowedArea = area.map(Borrowed.init) }
     }
     /// `queuePair` and `area` for the data path, which runs with the channel's lock held: no
     /// reference counting per message. Owned by the two above.
-    @exclusivity(unchecked) private var borrowedQueuePair: Borrowed<QueuePair>?
-    @exclusivity(unchecked) private var borrowedArea: Borrowed<DMAArea>?
+    private(set) var borrowedQueuePair: Borrowed<QueuePair>?
+    private(set) var borrowedArea: Borrowed<DMAArea>?
     /// The shared pool the connection receives through, if any (then `slotOffsets` are the
     /// pool's and its slots go back to the pool).
-    @exclusivity(unchecked) var pool: SharedReceivePool?
-    @exclusivity(unchecked) var poolSlotsClaimed = 0
+    var pool: SharedReceivePool?
+    var poolSlotsClaimed = 0
     /// Completion-queue entries claimed from the event channel.
-    @exclusivity(unchecked) var capacityTaken = 0
+    var capacityTaken = 0
     /// Offsets of the receive slots in the area: the granted data slots, then room for the
     /// peer's credit updates.
-    @exclusivity(unchecked) var slotOffsets: [Int] = []
+    var slotOffsets: [Int] = []
     /// The area blocks the slots lie in (none for a pool's slots).
-    @exclusivity(unchecked) var slotBlocks: [Int] = []
-    @exclusivity(unchecked) var slotSize = 0
-    @exclusivity(unchecked) var creditsGranted = 0
-    @exclusivity(unchecked) var peerSlotSize = 0
+    var slotBlocks: [Int] = []
+    var slotSize = 0
+    var creditsGranted = 0
+    var peerSlotSize = 0
     /// Data messages this side may still send before the peer hands credits back.
-    @exclusivity(unchecked) var credits = 0
+    var credits = 0
     /// Slots released and re-posted since the last message; handed back on the next one.
-    @exclusivity(unchecked) var creditsToReturn: UInt32 = 0
+    var creditsToReturn: UInt32 = 0
     /// Released slots gathered for one `ibv_post_recv`; their credits are owed once posted.
     /// Sized at association (``repostBatchSize(granting:)``).
-    @exclusivity(unchecked) var releasedSlots = ReceiveBatch(capacity: 1)
-    @exclusivity(unchecked) var sendQueueFree = 0
+    var releasedSlots = ReceiveBatch(capacity: 1)
+    var sendQueueFree = 0
     /// Completions seen for the connection (wrapping), and the count at the last keepalive
     /// sweep: unchanged means the connection was quiet for a whole interval.
-    @exclusivity(unchecked) var activity: UInt32 = 0
-    @exclusivity(unchecked) var activitySeen: UInt32 = 0
+    var activity: UInt32 = 0
+    var activitySeen: UInt32 = 0
     /// A keepalive probe is posted and not completed.
-    @exclusivity(unchecked) var probeOutstanding = false
-    @exclusivity(unchecked) var pending: RingBuffer<PendingSend> = RingBuffer()
-    @exclusivity(unchecked) var inFlight: RingBuffer<PendingSend> = RingBuffer()
+    var probeOutstanding = false
+    var pending = RingBuffer<PendingSend>()
+    var inFlight = RingBuffer<PendingSend>()
     /// Received data messages not yet handed out.
-    @exclusivity(unchecked) var arrivals: RingBuffer<Arrival> = RingBuffer()
-    @exclusivity(unchecked) var arrived = 0
-    @exclusivity(unchecked) var announced = 0
-    @exclusivity(unchecked) var handedOut = 0
-    @exclusivity(unchecked) var inAnnouncementQueue = false
+    var arrivals = RingBuffer<Arrival>()
+    var arrived = 0
+    var announced = 0
+    var handedOut = 0
+    var inAnnouncementQueue = false
     /// The connection ended while messages were not announced yet: `.disconnected` follows
     /// their announcements.
-    @exclusivity(unchecked) var disconnectUnreported = false
+    var disconnectUnreported = false
     /// Slots handed out and not yet released.
-    @exclusivity(unchecked) var held = 0
-    /// The state itself, from association until it is closed with every buffer it handed out
-    /// back: ``ReceivedBuffer`` holds the state unretained (no reference counting per message),
-    /// and this keeps it alive for the buffers that outlive their ``Connection``.
-    @exclusivity(unchecked) private var keptForBuffers: ConnectionState?
-    /// The GID index the caller chose for a socket connection (else the socket's address picks).
-    @exclusivity(unchecked) var explicitGIDIndex: Int?
+    var held = 0
     /// Whether the channel watches the TCP socket (socket connections, while connected).
-    @exclusivity(unchecked) var socketWatched = false
-    /// The hello the peer sent with its connection request (server side).
-    @exclusivity(unchecked) var peerHello: WireProtocol.Hello?
-    /// Why this side ended the connection, when it did (the device refused a receive slot or a
-    /// send); nil when the peer went away or nothing failed.
-    @exclusivity(unchecked) var failure: RDMAError?
+    var socketWatched = false
+    /// Why the connection ended, when it did not end by the peer's close: this side's device
+    /// refused work, or a request failed (the peer stopped answering); nil otherwise.
+    var failure: RDMAError?
+    /// Tasks waiting for a message (``Connection/nextMessage()``) and for a credit
+    /// (``Connection/send(_:)``).
+    var messageWaiters = WaiterList()
+    var creditWaiters = WaiterList()
     /// Where the last data send was posted from (for tests of the zero-copy path).
-    @exclusivity(unchecked) var lastPostedSendAddress: UnsafeRawPointer?
+    var lastPostedSendAddress: UnsafeRawPointer?
 
-    init(id: Connection.ID, channel: EventChannel, endpoint: Endpoint) {
+    init(id: Connection.ID, endpoint: Endpoint) {
         self.id = id
-        self.channel = channel
         self.endpoint = endpoint
     }
 
-    /// Keeps the state alive for the buffers it hands out (at association). Lock held.
-    func keepForBuffers() { keptForBuffers = self }
-
-    /// Once the state is closed and every buffer it handed out is back, the reference it kept
-    /// for them; the caller drops it when it no longer uses the state (the state may go with
-    /// it). Nil otherwise. Lock held.
-    func endKeepingIfDone() -> ConnectionState? {
-        guard status == .closed, held == 0, let kept = keptForBuffers else { return nil }
-        keptForBuffers = nil
-        return kept
+    /// Destroys the queue pair, then gives the area its blocks back: the slots, and the buffers
+    /// of sends that never completed. The ``ConnectionRegistry`` calls it for every core it lets
+    /// go (it is the only owner of cores).
+    consuming func tearDown() {
+        // The queue pair goes first: it may still own posted receives.
+        queuePair = nil
+        if let area {
+            for block in slotBlocks { area.free(block) }
+            while let send = pending.popFirst() { area.free(send.offset) }
+            while let send = inFlight.popFirst() {
+                if send.offset >= 0 { area.free(send.offset) }
+            }
+        }
     }
 
     /// Whether `area` is the connection's area: an identity check that counts no references.
@@ -150,9 +153,17 @@ final class ConnectionState: @unchecked Sendable {
         return nil
     }
 
+    /// Whether the connection can carry no more data: the peer went away, it broke, or it was
+    /// closed.
+    var hasEnded: Bool { status == .disconnected || status == .closed }
+
+    /// Whether the connection may be forgotten: closed, every buffer it handed out back, every
+    /// posted send completed (so each has had its event).
+    var isFinished: Bool { status == .closed && held == 0 && inFlight.isEmpty }
+
     /// Ends the connection at the transport: rdma_cm's disconnect (which also flushes the queue
     /// pair), or for a socket connection, flushing the queue pair and shutting the socket's
-    /// sending side so that the peer sees the end. Lock held.
+    /// sending side so that the peer sees the end.
     func disconnectTransport() {
         switch endpoint {
         case .connectionManager(let id):
@@ -160,18 +171,6 @@ final class ConnectionState: @unchecked Sendable {
         case .socket(let descriptor):
             try? queuePair?.moveToError()
             _ = shutdown(descriptor, Int32(SHUT_WR))
-        }
-    }
-
-    deinit {
-        // The queue pair goes first (it may still own posted receives), then the slots return.
-        queuePair = nil
-        if let area {
-            for block in slotBlocks { area.free(block) }
-            while let send = pending.popFirst() { area.free(send.offset) }
-            while let send = inFlight.popFirst() {
-                if send.offset >= 0 { area.free(send.offset) }
-            }
         }
     }
 
@@ -186,7 +185,7 @@ final class ConnectionState: @unchecked Sendable {
 
     @inline(__always)
     func requestID(_ kind: RequestKind, slot: Int = 0) -> UInt64 {
-        kind.rawValue << 62 | UInt64(id.rawValue) << 32 | UInt64(UInt32(slot))
+        kind.rawValue << 62 | UInt64(id.rawValue) << 32 | UInt64(UInt32(truncatingIfNeeded: slot))
     }
 
     /// The kind of request a work request identifier names (its top two bits).
@@ -206,7 +205,7 @@ final class ConnectionState: @unchecked Sendable {
         UInt32(truncatingIfNeeded: requestID >> 32) & 0x3FFF_FFFF
     }
 
-    // MARK: - Posting (lock held)
+    // MARK: - Receive slots
 
     /// Re-posts a receive slot (to the shared pool when the connection receives through one).
     /// Inlined: `sio_release` runs it for every message.
@@ -224,14 +223,14 @@ final class ConnectionState: @unchecked Sendable {
     /// while they wait (one slot at a time for grants under 8).
     static func repostBatchSize(granting credits: Int) -> Int { max(1, min(16, credits / 4)) }
 
-    /// A released slot of a connected connection (lock held): a pool's goes back to the pool at
-    /// once; a private one is gathered with others and re-posted with them in one
-    /// `ibv_post_recv` call, as `ibv_rc_pingpong` re-posts in bulk, once a batch is full — or at
-    /// once when the peer may have run out of credits (every slot it may fill is taken, held,
-    /// released or owed here), so that gathering never stalls a sender. The credit goes back to
-    /// the peer once the slot is posted.
+    /// A released slot of a connected connection: a pool's goes back to the pool at once; a
+    /// private one is gathered with others and re-posted with them in one `ibv_post_recv` call,
+    /// as `ibv_rc_pingpong` re-posts in bulk, once a batch is full — or at once when the peer
+    /// may have run out of credits (every slot it may fill is taken, held, released or owed
+    /// here), so that gathering never stalls a sender. The credit goes back to the peer once the
+    /// slot is posted.
     @inline(__always)
-    func repostReleased(slot: Int) throws(RDMAError) {
+    mutating func repostReleased(slot: Int) throws(RDMAError) {
         if let pool {
             try pool.repost(slot: slot)
             creditsToReturn += 1
@@ -246,16 +245,18 @@ final class ConnectionState: @unchecked Sendable {
 
     /// Re-posts the gathered slots with one call; their credits are owed to the peer from now.
     @inline(never)
-    func postReleased() throws(RDMAError) {
+    mutating func postReleased() throws(RDMAError) {
         let count = releasedSlots.count
         try borrowedQueuePair!.with { queuePair throws(RDMAError) in try queuePair.post(&releasedSlots) }
         creditsToReturn += UInt32(count)
     }
 
+    // MARK: - Sending
+
     /// Posts queued sends while credits and send-queue room last, then hands back any credits
     /// still owed in a credit update.
     @inline(__always)
-    func pumpSends() throws(RDMAError) {
+    mutating func pumpSends() throws(RDMAError) {
         // Most calls (one per completion, one per release) find nothing queued and no credit
         // update due: they end here, without a call.
         guard !pending.isEmpty || creditUpdateIsDue else { return }
@@ -272,64 +273,61 @@ final class ConnectionState: @unchecked Sendable {
         return owed > 0 && (owed >= max(1, creditsGranted &>> 1) || owed + held + arrivals.count >= creditsGranted)
     }
 
-    private func postQueuedSends() throws(RDMAError) {
+    private mutating func postQueuedSends() throws(RDMAError) {
         guard status == .connected, let borrowedQueuePair else { return }
-        try borrowedQueuePair.with { queuePair throws(RDMAError) in try postQueuedSends(on: queuePair) }
-    }
-
-    @inline(__always)
-    private func postQueuedSends(on queuePair: QueuePair) throws(RDMAError) {
         // One send-queue entry stays free for a credit update.
         if credits > 0, sendQueueFree > 1, !pending.isEmpty, let borrowedArea {
-            try borrowedArea.with { area throws(RDMAError) in try postData(on: queuePair, from: area) }
+            while credits > 0, sendQueueFree > 1, let send = pending.front {
+                try post(send, on: borrowedQueuePair, from: borrowedArea)
+                _ = pending.popFirst()
+            }
         }
         if sendQueueFree > 0, creditUpdateIsDue {
             let immediate = WireProtocol.immediate(returning: creditsToReturn, creditUpdate: true)
-            try queuePair.postSend(
-                ScatterGatherElement(address: 0, length: 0, localKey: 0), requestID: requestID(.creditUpdate),
-                operation: .sendWithImmediate(immediate))
+            let request = requestID(.creditUpdate)
+            try borrowedQueuePair.with { queuePair throws(RDMAError) in
+                try queuePair.postSend(
+                    ScatterGatherElement(address: 0, length: 0, localKey: 0), requestID: request,
+                    operation: .sendWithImmediate(immediate))
+            }
             creditsToReturn = 0
             sendQueueFree -= 1
         }
     }
 
-    /// Posts queued data messages while credits and send-queue room last.
+    /// Whether a data message could be posted at once: a credit and send-queue room at hand,
+    /// nothing queued ahead of it.
     @inline(__always)
-    private func postData(on queuePair: QueuePair, from area: DMAArea) throws(RDMAError) {
-        while credits > 0, sendQueueFree > 1, let send = pending.front {
-            try post(send, on: queuePair, from: area)
-            _ = pending.popFirst()
-        }
-    }
+    var canPostAtOnce: Bool { pending.isEmpty && credits > 0 && sendQueueFree > 1 && status == .connected }
 
     /// Posts a data message at once when nothing waits ahead of it and a credit and send-queue
     /// room are at hand — the common case, which then takes no trip through the queue; false
     /// when it must wait in the queue. On error nothing was posted: the block is the caller's.
     @inline(__always)
-    func postAtOnce(_ send: PendingSend) throws(RDMAError) -> Bool {
-        guard pending.isEmpty, credits > 0, sendQueueFree > 1, status == .connected,
-            let borrowedQueuePair, let borrowedArea
-        else { return false }
-        try borrowedQueuePair.with { queuePair throws(RDMAError) in
-            try borrowedArea.with { area throws(RDMAError) in try post(send, on: queuePair, from: area) }
-        }
+    mutating func postAtOnce(_ send: PendingSend) throws(RDMAError) -> Bool {
+        guard canPostAtOnce, let borrowedQueuePair, let borrowedArea else { return false }
+        try post(send, on: borrowedQueuePair, from: borrowedArea)
         return true
     }
 
     /// Posts one data message, spending a credit and a send-queue entry; the credits owed to
     /// the peer ride along.
     @inline(__always)
-    private func post(_ send: PendingSend, on queuePair: QueuePair, from area: DMAArea) throws(RDMAError) {
+    private mutating func post(_ send: PendingSend, on queuePair: Borrowed<QueuePair>, from area: Borrowed<DMAArea>) throws(RDMAError) {
         var send = send
         let immediate = WireProtocol.immediate(returning: creditsToReturn, creditUpdate: false)
-        let segment = area.segment(at: send.offset, count: send.count)
+        let segment = area.with { $0.segment(at: send.offset, count: send.count) }
+        let request = requestID(.dataSend)
         // Small payloads go inline where the device allows: the bytes travel inside the work
         // request and the buffer is back in the area at once.
-        let inline = send.count <= queuePair.capabilities.maxInlineData
-        try queuePair.postSend(segment, requestID: requestID(.dataSend), operation: .sendWithImmediate(immediate), inline: inline)
+        let inline = try queuePair.with { queuePair throws(RDMAError) -> Bool in
+            let inline = send.count <= queuePair.capabilities.maxInlineData
+            try queuePair.postSend(segment, requestID: request, operation: .sendWithImmediate(immediate), inline: inline)
+            return inline
+        }
         lastPostedSendAddress = UnsafeRawPointer(bitPattern: UInt(segment.address))
         if inline {
-            area.free(send.offset)
+            area.with { $0.free(send.offset) }
             send.offset = -1
         }
         inFlight.append(send)
@@ -338,11 +336,12 @@ final class ConnectionState: @unchecked Sendable {
         sendQueueFree -= 1
     }
 
-    /// Fails every queued send (after a disconnect): their buffers go back to the area.
-    func failPendingSends(into events: inout RingBuffer<Event>) {
+    /// Fails every queued send (after a disconnect or a close): their buffers go back to the
+    /// area, and each that reports on the channel gets its `.sendFailed`.
+    mutating func failPendingSends(into events: inout RingBuffer<Event>) {
         while let send = pending.popFirst() {
             area?.free(send.offset)
-            events.append(.sendFailed(connection: id, cookie: send.cookie, status: .flushed))
+            if send.reportsEvent { events.append(.sendFailed(connection: id, cookie: send.cookie, status: .flushed)) }
         }
     }
 }

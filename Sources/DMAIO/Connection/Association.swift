@@ -1,0 +1,287 @@
+import CRDMA
+import RDMAVerbs
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One association in progress — the proposal's `dma_assoc`: the queue pair is created on the
+/// area's protection domain, receive slots are carved out of the area (or claimed from a shared
+/// pool) and posted, the peers exchange their credits, and the connection is marked connected
+/// (``Event/connected(connection:)``).
+///
+/// Over rdma_cm the hello rides in the connect request's private data and its accept
+/// (``WireProtocol``); over a TCP socket the peers run ``SocketHandshake`` and bring the queue
+/// pair up by hand. Either way as steps that never block (``Handshake``): ``Connection``'s
+/// blocking and asynchronous `associate` drive the same steps.
+///
+/// A set-up that fails or is abandoned gives back what it took (``abandon()``).
+struct Association: Handshake, ~Copyable {
+    let connection: Connection
+    let area: DMAArea
+    let slotSize: Int
+    /// The credits this side offers (a server grants at most the client's room).
+    let credits: Int
+    let pool: SharedReceivePool?
+    let deadline: ContinuousClock.Instant
+    /// Slot blocks taken from the area and not yet handed to the connection.
+    private var blocks: [Int] = []
+    private var step = Step.start
+    private var exchange = SocketExchange()
+
+    private enum Step {
+        case start
+        /// rdma_cm: the connect request (or accept) is out; waiting for ESTABLISHED.
+        case awaitingEstablished(QueuePair, room: Int)
+        /// Socket: hellos are being exchanged.
+        case exchangingHellos(SocketHandshake.Hello, gidIndex: Int)
+        /// Socket: queue pair numbers are being exchanged.
+        case exchangingQueuePairs(QueuePair, SocketHandshake.Hello, peer: SocketHandshake.Hello, gidIndex: Int, offsets: [Int], sendDepth: Int)
+        /// Socket: ready bytes are being exchanged.
+        case exchangingReady(room: Int, peerSlotSize: Int)
+        case done
+    }
+
+    init(_ connection: Connection, area: DMAArea, slotSize: Int, credits: Int, pool: SharedReceivePool?, timeout: Duration) {
+        self.connection = connection
+        self.area = area
+        self.slotSize = slotSize
+        self.credits = credits
+        self.pool = pool
+        deadline = .now + timeout
+    }
+
+    private var events: EventChannel { connection.events }
+    private var id: Connection.ID { connection.id }
+
+    func timedOut() -> RDMAError {
+        switch connection.endpoint {
+        case .connectionManager:
+            RDMAError(.timedOut, operation: "rdma_get_cm_event", errno: .timedOut,
+                      message: "no ESTABLISHED within the association's time limit while \(connection.peerHello == nil ? "connecting" : "accepting a connection"): is the peer up and reachable over RDMA?")
+        case .socket:
+            RDMAError(.timedOut, operation: "dma_assoc", errno: .timedOut,
+                      message: "the peer did not complete the handshake within the association's time limit: does it call dma_assoc on its end of the socket?")
+        }
+    }
+
+    /// Gives back what the set-up took and closes the connection: after a failure, a timeout or
+    /// a cancellation.
+    mutating func abandon() {
+        for block in blocks { area.free(block) }
+        blocks = []
+        connection.close()
+    }
+
+    mutating func advance() throws(RDMAError) -> HandshakeProgress {
+        switch connection.endpoint {
+        case .connectionManager(let cmID): try advance(over: cmID)
+        case .socket(let socket): try advance(over: socket)
+        }
+    }
+
+    // MARK: - rdma_cm
+
+    /// A client grants all its credits and makes room for as many credit updates; a server
+    /// grants no more than the client's room, and makes room for the client's grant.
+    private mutating func advance(over cmID: ConnectionID) throws(RDMAError) -> HandshakeProgress {
+        switch step {
+        case .start:
+            let granted: Int, room: Int
+            if let request = connection.peerHello {
+                granted = min(credits, Int(request.room))
+                room = Int(request.credits)
+            } else {
+                granted = credits
+                room = credits
+            }
+            let sendDepth = Self.sendDepth(granting: granted)
+            try events.reserveCapacity(sendDepth + granted + room, for: id)
+            let offsets = try claimSlots(granted + room)
+            let queuePair = try cmID.createQueuePair(
+                protectionDomain: area.protectionDomain, sendQueue: events.completionQueue, receiveQueue: events.completionQueue,
+                capabilities: Self.capabilities(sendDepth: sendDepth, receives: granted + room, pool: pool),
+                sharedReceiveQueue: pool?.queue)
+            try install(queuePair, granted: granted, slotOffsets: offsets, sendDepth: sendDepth)
+            let hello = WireProtocol.Hello(credits: UInt32(granted), room: UInt32(room), slotSize: UInt32(slotSize))
+            // No RDMA reads or atomics are offered (the API only sends). The queue pair keeps
+            // remote write for the zero-length keepalive writes (see PeerTimeout); no memory
+            // region allows remote access, so no remote write can touch memory.
+            let parameters = ConnectionParameters(
+                privateData: hello.bytes, responderResources: 0, initiatorDepth: 0, retryCount: PeerTimeout.retryCount)
+            try cmID.setAckTimeout(PeerTimeout.ackTimeout)
+            if connection.peerHello != nil {
+                try cmID.startAccepting(parameters)
+            } else {
+                try cmID.startConnecting(parameters)
+            }
+            step = .awaitingEstablished(queuePair, room: room)
+            return try advance(over: cmID)
+        case .awaitingEstablished(let queuePair, let room):
+            var progress = HandshakeProgress.done
+            guard let event = try cmID.channel.nextEvent(orWait: &progress) else { return progress }
+            guard event.kind == .established else {
+                throw RDMAError(connectionEvent: event, expected: .established,
+                                while: connection.peerHello == nil ? "connecting to \(cmID.peerAddress.map(String.init(describing:)) ?? "the peer")" : "accepting a connection")
+            }
+            let peer: WireProtocol.Hello
+            if let request = connection.peerHello {
+                peer = request
+            } else {
+                peer = try WireProtocol.Hello(parsing: event.privateData)
+                guard Int(peer.credits) <= room else {
+                    throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
+                                    message: "the peer granted \(peer.credits) credits, more than the \(room) this side can absorb: protocol error")
+                }
+            }
+            try queuePair.setRemoteAccess(.keepAliveOnly)
+            try finish(credits: Int(peer.credits), peerSlotSize: Int(peer.slotSize))
+            return .done
+        case .done:
+            return .done
+        default:
+            preconditionFailure("an rdma_cm association in a socket step")
+        }
+    }
+
+    // MARK: - TCP socket
+
+    /// The queue pair is created and moved through INIT, RTR and RTS here, with the peer's
+    /// numbers read from the socket (see ``SocketHandshake``).
+    private mutating func advance(over socket: Int32) throws(RDMAError) -> HandshakeProgress {
+        let context = events.context
+        switch step {
+        case .start:
+            // What this side grants must fit in the area at all: refused before the peer is
+            // involved.
+            guard credits * slotSize <= area.size else {
+                throw RDMAError(.areaExhausted, operation: "dma_assoc", errno: .noBufferSpace,
+                                message: "\(credits) receive slots of \(slotSize) bytes do not fit in an area of \(area.size) bytes: associate fewer receive bytes, or allocate a larger area")
+            }
+            let gidIndex: Int
+            if let explicit = connection.explicitGIDIndex { gidIndex = explicit } else { gidIndex = try Connection.gidIndex(of: socket, on: context) }
+            let port = try context.requireActivePort(1)
+            let local = try context.gid(port: 1, index: gidIndex)
+            let hello = SocketHandshake.Hello(
+                mtu: UInt8(port.activeMTU.rawValue),
+                endpoint: QueuePairEndpoint(queuePairNumber: 0, packetSequenceNumber: UInt32.random(in: 0...0xFF_FFFF), gid: local.gid),
+                credits: UInt32(credits), slotSize: UInt32(slotSize))
+            exchange.start(sending: hello.bytes, receiving: SocketHandshake.helloSize)
+            step = .exchangingHellos(hello, gidIndex: gidIndex)
+            return try advance(over: socket)
+        case .exchangingHellos(let hello, let gidIndex):
+            if case let progress = try exchange.advance(on: socket), !progress.isDone { return progress }
+            let peer = try SocketHandshake.Hello(parsing: exchange.incoming)
+            // This side's grant, and room for the peer's credit updates: one slot per peer credit.
+            let room = Int(peer.credits)
+            let sendDepth = Self.sendDepth(granting: credits)
+            try events.reserveCapacity(sendDepth + credits + room, for: id)
+            let offsets = try claimSlots(credits + room)
+            let queuePair = try QueuePair(
+                protectionDomain: area.protectionDomain, sendQueue: events.completionQueue, receiveQueue: events.completionQueue,
+                capabilities: Self.capabilities(sendDepth: sendDepth, receives: credits + room, pool: pool),
+                sharedReceiveQueue: pool?.queue)
+            try queuePair.moveToInit(port: 1, access: .keepAliveOnly)
+            exchange.start(sending: SocketHandshake.queuePairNumberBytes(queuePair.number), receiving: 4)
+            step = .exchangingQueuePairs(queuePair, hello, peer: peer, gidIndex: gidIndex, offsets: offsets, sendDepth: sendDepth)
+            return try advance(over: socket)
+        case .exchangingQueuePairs(let queuePair, let hello, let peer, let gidIndex, let offsets, let sendDepth):
+            if case let progress = try exchange.advance(on: socket), !progress.isDone { return progress }
+            let peerQueuePair = try SocketHandshake.queuePairNumber(parsing: exchange.incoming)
+            try install(queuePair, granted: credits, slotOffsets: offsets, sendDepth: sendDepth)
+            var remote = peer.endpoint
+            remote.queuePairNumber = peerQueuePair
+            try queuePair.moveToReadyToReceive(remote: remote, port: 1, gidIndex: gidIndex, mtu: ibv_mtu(rawValue: min(UInt32(hello.mtu), UInt32(peer.mtu))))
+            try queuePair.moveToReadyToSend(packetSequenceNumber: hello.endpoint.packetSequenceNumber, timeout: PeerTimeout.ackTimeout, retryCount: PeerTimeout.retryCount)
+            // Both sides have posted their receives: data may flow once the peer says so.
+            exchange.start(sending: [SocketHandshake.readyByte], receiving: 1)
+            step = .exchangingReady(room: Int(peer.credits), peerSlotSize: Int(peer.slotSize))
+            return try advance(over: socket)
+        case .exchangingReady(let room, let peerSlotSize):
+            if case let progress = try exchange.advance(on: socket), !progress.isDone { return progress }
+            guard exchange.incoming == [SocketHandshake.readyByte] else {
+                throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
+                                message: "the peer sent \(exchange.incoming[0]) instead of the handshake's ready byte: is it a DMAIO peer?")
+            }
+            try finish(credits: room, peerSlotSize: peerSlotSize)
+            return .done
+        case .done:
+            return .done
+        case .awaitingEstablished:
+            preconditionFailure("a socket association in an rdma_cm step")
+        }
+    }
+
+    // MARK: - Shared steps
+
+    /// Send-queue depth: data sends for every credit, credit updates, and spare.
+    private static func sendDepth(granting credits: Int) -> Int { max(8, 2 * credits + 2) }
+
+    private static func capabilities(sendDepth: Int, receives: Int, pool: SharedReceivePool?) -> QueuePairCapabilities {
+        QueuePairCapabilities(maxSendRequests: sendDepth, maxReceiveRequests: pool == nil ? receives : 0, maxInlineData: Connection.inlineLimit)
+    }
+
+    /// Takes `count` receive slots and returns their offsets: the pool's, or slots side by
+    /// side in one block of the area, so that small slots do not each take a whole allocator
+    /// block.
+    private mutating func claimSlots(_ count: Int) throws(RDMAError) -> [Int] {
+        if let pool {
+            try pool.claim(count)
+            let id = self.id
+            events.state.withLock { state in
+                state.connections.core(id.rawValue)?.pointee.pool = pool
+                state.connections.core(id.rawValue)?.pointee.poolSlotsClaimed = count
+            }
+            return pool.slotOffsets
+        }
+        let block = try area.allocate(count * slotSize, for: "dma_assoc")
+        blocks.append(block)
+        return (0..<count).map { block + $0 * slotSize }
+    }
+
+    /// Hands the queue pair and the slots to the connection and posts the receives.
+    private mutating func install(_ queuePair: QueuePair, granted: Int, slotOffsets: [Int], sendDepth: Int) throws(RDMAError) {
+        let slots = slotOffsets.count
+        let (id, area, pool, slotSize, blocks) = (self.id, self.area, self.pool, self.slotSize, self.blocks)
+        try events.state.withLock { state throws(RDMAError) in
+            let core = try state.core(id, for: "dma_assoc")
+            core.pointee.area = area
+            core.pointee.queuePair = queuePair
+            core.pointee.slotOffsets = slotOffsets
+            core.pointee.slotBlocks = blocks
+            core.pointee.slotSize = slotSize
+            core.pointee.creditsGranted = granted
+            core.pointee.releasedSlots = ReceiveBatch(capacity: ConnectionCore.repostBatchSize(granting: granted))
+            core.pointee.sendQueueFree = sendDepth
+            core.pointee.arrivals.reserveCapacity(slots)
+            core.pointee.inFlight.reserveCapacity(sendDepth)
+            core.pointee.pending.reserveCapacity(sendDepth)
+            if pool == nil {
+                for slot in 0..<slots { try core.pointee.postReceive(slot: slot) }
+            }
+            if let pool { state.attach(id, queuePairNumber: queuePair.number, pool: pool) }
+        }
+        self.blocks = []  // the connection owns them now
+    }
+
+    /// The peer's grant and slot size are known: data may flow.
+    private mutating func finish(credits peerCredits: Int, peerSlotSize: Int) throws(RDMAError) {
+        let id = self.id
+        events.state.withLock { state in
+            guard let core = state.connections.core(id.rawValue) else { return }
+            // Added: a message that arrived meanwhile may have handed credits back already.
+            core.pointee.credits += peerCredits
+            core.pointee.peerSlotSize = peerSlotSize
+            core.pointee.associating = false
+        }
+        try events.connected(id, cmID: connection.cmID)
+        step = .done
+    }
+}
+
+extension HandshakeProgress {
+    var isDone: Bool {
+        if case .done = self { return true }
+        return false
+    }
+}
