@@ -23,6 +23,7 @@ let package = Package(
         .executable(name: "pingpong", targets: ["pingpong"]),
         .executable(name: "stream", targets: ["stream"]),
         .executable(name: "c-pingpong", targets: ["c-pingpong"]),
+        .executable(name: "echo", targets: ["echo"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
@@ -87,6 +88,14 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "examples/stream"
+        ),
+        .executableTarget(
+            name: "echo",
+            dependencies: [
+                "DMAIO", "ExampleSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "examples/echo"
         ),
         .executableTarget(
             name: "pingpong",
