@@ -16,16 +16,20 @@ public struct ConnectionParameters: Sendable, Hashable {
     /// Retries when the peer has no receive posted (7 = forever). The layers above never need
     /// them for correctness: their credits keep a receive posted for every send.
     public var receiverNotReadyRetryCount: UInt8
+    /// The queue pair number announced by an id that has no queue pair of its own (rdma_cm then
+    /// leaves establishing the connection to the caller); ignored when it has one.
+    public var queuePairNumber: UInt32
 
     public init(
         privateData: [UInt8] = [], responderResources: UInt8 = 1, initiatorDepth: UInt8 = 1,
-        retryCount: UInt8 = 7, receiverNotReadyRetryCount: UInt8 = 7
+        retryCount: UInt8 = 7, receiverNotReadyRetryCount: UInt8 = 7, queuePairNumber: UInt32 = 0
     ) {
         self.privateData = privateData
         self.responderResources = responderResources
         self.initiatorDepth = initiatorDepth
         self.retryCount = retryCount
         self.receiverNotReadyRetryCount = receiverNotReadyRetryCount
+        self.queuePairNumber = queuePairNumber
     }
 
     static let maxConnectPrivateData = 56
@@ -44,6 +48,7 @@ public struct ConnectionParameters: Sendable, Hashable {
         raw.retry_count = min(retryCount, 7)
         raw.rnr_retry_count = min(receiverNotReadyRetryCount, 7)
         raw.flow_control = 1
+        raw.qp_num = queuePairNumber
         raw.private_data_len = UInt8(privateData.count)
         let result = privateData.withUnsafeBytes { bytes in
             Result { () throws(RDMAError) -> R in
