@@ -113,11 +113,31 @@ extension RxeIntegration {
             #expect(object["against_verbs"] == nil)
         }
 
+        /// `echo`: the async server serves 16 clients at once, one task per connection on one
+        /// event channel, every byte checked; the client then cancels a task that waits for a
+        /// message, which ends within 100 ms, and its connection goes on.
+        @Test func echoServesSixteenClientsAtOnceAndACancelEndsAWait() throws {
+            let port = String(RxeEnvironment.freshPort())
+            let (serverOutput, client, serverStatus) = try runPair(
+                "echo", receiver: ["server", "-b", RxeEnvironment.address, "-p", port, "--clients", "17"],
+                sender: ["client", RxeEnvironment.address, "-p", port, "--clients", "16", "--requests", "50", "--cancel"])
+            #expect(client.status == 0, "client: \(client.standardError)")
+            #expect(serverStatus == 0, "server: \(serverOutput)")
+            #expect(client.standardOutput.contains("echo: 16 connections, 800 echoes of 1 B ... 65536 B in "))
+            #expect(client.standardOutput.contains("content checked: OK"))
+            #expect(serverOutput.components(separatedBy: ": 50 messages echoed, the client closed").count == 17)
+            let line = try #require(client.standardOutput.split(separator: "\n").first { $0.contains("after its cancel") })
+            print(line)
+            let milliseconds = try #require(Double(line.split(separator: " ").drop { $0 != "ended" }.dropFirst().first ?? ""))
+            #expect(milliseconds < 100, "the cancelled task ended \(milliseconds) ms after its cancel")
+            #expect(line.hasSuffix("the connection then echoed 10 more messages: OK"))
+        }
+
         @Test func wrongOptionsGiveAUsageError() throws {
             for (name, arguments) in [("stream", ["-s", "0"]), ("stream", ["--bogus"]), ("pingpong", ["-n", "-3"]), ("pingpong", ["-s", "x"]),
                                       ("pingpong", ["--against-verbs", "-e"]), ("pingpong", ["--against-verbs", "-c"]),
                                       ("pingpong", ["--against-verbs", "-n", "255"]), ("pingpong", ["--verbs-only", "-e"]),
-                                      ("pingpong", ["--verbs-only", "--against-verbs"])] {
+                                      ("pingpong", ["--verbs-only", "--against-verbs"]), ("echo", ["client", "10.99.0.1", "--max-size", "0"])] {
                 let result = try run(tool(name), arguments)
                 #expect(result.status == 64, "\(name) \(arguments): \(result.standardError)")
                 #expect(result.standardError.contains("Usage: \(name)"))

@@ -10,6 +10,10 @@ import ArgumentParser
 import DMAIO
 import ExampleSupport
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 @main
 struct Echo: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -47,16 +51,16 @@ struct EchoServer: AsyncParsableCommand {
         // replies in flight: 64 MiB serves 32 connections at once.
         let area = try DMAArea(size: 64 << 20)
         let listener = try Listener(on: "\(bindAddress):\(port)", events: events)
-        print("echo: listening on \(bindAddress):\(port) (\(events.deviceName))")
+        say("echo: listening on \(bindAddress):\(port) (\(events.deviceName))")
         var served = 0
         try await withThrowingDiscardingTaskGroup { group in
             for try await connection in listener.connections {
                 group.addTask {
                     do {
                         let echoed = try await Self.serve(connection, area: area)
-                        print("echo: \(connection.id): \(echoed) messages echoed, the client closed")
+                        say("echo: \(connection.id): \(echoed) messages echoed, the client closed")
                     } catch {
-                        print("echo: \(connection.id): \(error)")
+                        say("echo: \(connection.id): \(error)")
                     }
                 }
                 served += 1
@@ -124,7 +128,7 @@ struct EchoClient: AsyncParsableCommand {
             }
             return try await group.reduce(0, +)
         }
-        print("echo: \(clients) connections, \(echoes) echoes of 1 B ... \(maxSize) B in \(clock.now - start), content checked: OK")
+        say("echo: \(clients) connections, \(echoes) echoes of 1 B ... \(maxSize) B in \(clock.now - start), content checked: OK")
         if cancel { try await Self.cancelAWaitingTask(address: address, events: events, area: area) }
     }
 
@@ -170,7 +174,7 @@ struct EchoClient: AsyncParsableCommand {
         }
         _ = try await exchange(on: connection, area: area, client: 1000, requests: 10, maxSize: 4096)
         let milliseconds = Double(took.components.seconds) * 1000 + Double(took.components.attoseconds) / 1e15
-        print("echo: a task waiting for a message ended \(milliseconds) ms after its cancel; the connection then echoed 10 more messages: OK")
+        say("echo: a task waiting for a message ended \(milliseconds) ms after its cancel; the connection then echoed 10 more messages: OK")
     }
 }
 
@@ -205,4 +209,10 @@ struct Generator {
 struct EchoFailure: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
+}
+
+/// Prints a line at once, also into a pipe.
+func say(_ line: String) {
+    print(line)
+    fflush(nil)
 }
