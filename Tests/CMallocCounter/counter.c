@@ -16,12 +16,20 @@ static _Thread_local int tracing;
 
 unsigned long malloc_counter_thread_allocations(void) { return allocations; }
 
+#ifdef DMAIO_NO_MALLOC_COUNTER
+/* A sanitizer build: the sanitizer's runtime owns malloc; nothing is counted. */
+int malloc_counter_is_active(void) { return 0; }
+#else
+int malloc_counter_is_active(void) { return 1; }
+#endif
+
 void malloc_counter_trace_next(int count) {
     void *frames[1];
     backtrace(frames, 1); /* loads the unwinder now, not inside malloc */
     traces_left = count;
 }
 
+#ifndef DMAIO_NO_MALLOC_COUNTER
 static void counted(void) {
     allocations++;
     if (traces_left > 0 && !tracing) {
@@ -51,3 +59,4 @@ int posix_memalign(void **result, size_t alignment, size_t size) {
     *result = pointer;
     return 0;
 }
+#endif

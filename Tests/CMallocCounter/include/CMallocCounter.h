@@ -10,6 +10,10 @@
  * calling thread since it started. */
 unsigned long malloc_counter_thread_allocations(void);
 
+/* 1 when the counter replaces malloc; 0 in a build with DMAIO_NO_MALLOC_COUNTER (for the
+ * sanitizers, whose runtimes own malloc), where nothing is counted. */
+int malloc_counter_is_active(void);
+
 /* Prints the call stack of the calling thread's next `count` allocations to standard error
  * (for finding where an allocation comes from). */
 void malloc_counter_trace_next(int count);
