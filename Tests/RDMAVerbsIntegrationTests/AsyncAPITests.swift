@@ -38,7 +38,8 @@ extension RxeIntegration {
                     }
                 }
             }
-            let echoed = try await withThrowingTaskGroup(of: Int.self) { group in
+            let echoed: Int
+            do { echoed = try await withThrowingTaskGroup(of: Int.self) { group in
                 for index in 0..<clients {
                     group.addTask {
                         let connection = try await Connection.connect(to: address, events: clientEvents)
@@ -59,6 +60,10 @@ extension RxeIntegration {
                     }
                 }
                 return try await group.reduce(0, +)
+            } } catch {
+                server.cancel()
+                if case .failure(let serverError) = await server.result { Issue.record("the server failed: \(serverError)") }
+                throw error
             }
             #expect(echoed == clients * requests)
             try await server.value
@@ -182,7 +187,9 @@ extension RxeIntegration {
             let stillHanging = hanging.value.load(ordering: .relaxed)
             let typical = baseline.sorted()[1], delayed = during.sorted()[1]
             print("async: an honest client connected in \(delayed) with three half-open peers pending (\(typical) before them)")
-            #expect(stillHanging == 3, "the half-open peers were no longer pending: the honest connections did not overlap them")
+            // At least 3: the last honest connection's server task may still be finishing its
+            // association (the client's side can be established first).
+            #expect(stillHanging >= 3, "the half-open peers were no longer pending: the honest connections did not overlap them")
             #expect(delayed < typical + .seconds(1), "with three half-open peers pending the honest client took \(delayed), against \(typical)")
             withExtendedLifetime(hostile) {}
             server.cancel()

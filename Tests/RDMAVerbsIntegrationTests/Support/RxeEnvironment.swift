@@ -19,6 +19,9 @@ enum RxeEnvironment {
         let driver = try String(contentsOfFile: "/sys/class/infiniband/\(deviceName)/parent", encoding: .utf8)
         try #require(!driver.isEmpty, "\(deviceName) has no parent netdev: not a soft-RoCE device")
         announce()
+        // Built now, not inside a test's tasks: computing the 1 MiB table takes seconds under a
+        // sanitizer, and would hold the two threads of the task pool while connections wait.
+        _ = patternTable.count
     }
 
     private static let announced: Void = {
