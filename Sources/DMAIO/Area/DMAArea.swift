@@ -20,14 +20,15 @@ import Synchronization
 /// ```
 ///
 /// The corresponding C calls are `mmap`, `ibv_alloc_pd` and `ibv_reg_mr`.
-public final class DMAArea: @unchecked Sendable {
+public final class DMAArea: Sendable {
     /// The registered bytes.
     public let size: Int
     let context: Context
     let protectionDomain: ProtectionDomain
     let region: MemoryRegion
-    /// The region's first byte and local key, kept beside it for the data path.
-    private let baseAddress: UnsafeMutableRawPointer
+    /// The region's first byte (as an integer, which is `Sendable`: the area hands out its
+    /// bytes only through buffers that own them) and local key, kept beside it for the data path.
+    private let baseAddress: UInt
     private let localKey: UInt32
     private let allocator: Locked<BuddyAllocator>
     /// Messages handed out by ``Connection/receiveRetained()``, oldest first, for
@@ -71,7 +72,7 @@ public final class DMAArea: @unchecked Sendable {
         protectionDomain = try ProtectionDomain(context: context)
         region = try MemoryRegion(protectionDomain: protectionDomain, length: size, hugePages: hugePages)
         self.size = region.bytes.count
-        baseAddress = region.bytes.baseAddress!
+        baseAddress = UInt(bitPattern: region.bytes.baseAddress!)
         localKey = region.localKey
         allocator = Locked(BuddyAllocator(capacity: region.bytes.count, minimumBlock: Self.minimumBlock))
     }
@@ -174,14 +175,16 @@ public final class DMAArea: @unchecked Sendable {
 
     /// The address of `offset` inside the area.
     @inline(__always)
-    package func address(_ offset: Int) -> UnsafeMutableRawPointer { baseAddress + offset }
+    package func address(_ offset: Int) -> UnsafeMutableRawPointer {
+        UnsafeMutableRawPointer(bitPattern: baseAddress &+ UInt(bitPattern: offset)).unsafelyUnwrapped
+    }
 
     /// The scatter-gather element for `count` bytes at `offset`, a block (or part of one) that
     /// the area's allocator handed out: inside the region by construction, so unchecked, unlike
     /// `MemoryRegion.segment(offset:length:)`.
     @inline(__always)
     func segment(at offset: Int, count: Int) -> ScatterGatherElement {
-        ScatterGatherElement(address: UInt64(UInt(bitPattern: baseAddress + offset)), length: UInt32(truncatingIfNeeded: count), localKey: localKey)
+        ScatterGatherElement(address: UInt64(baseAddress &+ UInt(bitPattern: offset)), length: UInt32(truncatingIfNeeded: count), localKey: localKey)
     }
 
     /// The offset of `pointer` inside the area, or nil when it lies outside.

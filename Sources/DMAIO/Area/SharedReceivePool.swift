@@ -9,7 +9,7 @@ import Synchronization
 /// meets an empty queue; which slot a message lands in is up to the device.
 ///
 /// The corresponding C functions are `ibv_create_srq` and `ibv_post_srq_recv`.
-public final class SharedReceivePool: @unchecked Sendable {
+public final class SharedReceivePool: Sendable {
     public let area: DMAArea
     /// The size of each slot: the largest message a peer may send.
     public let slotSize: Int

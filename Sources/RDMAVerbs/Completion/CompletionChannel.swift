@@ -12,6 +12,8 @@ import SystemPackage
 ///
 /// The corresponding C functions are `ibv_create_comp_channel` and `ibv_destroy_comp_channel`.
 public final class CompletionChannel: @unchecked Sendable {
+    // @unchecked Sendable: the pointer is immutable after init; reading its events is a
+    // read(2) on its descriptor, which the kernel serialises.
     public let context: Context
     /// The underlying `struct ibv_comp_channel *`.
     public let pointer: UnsafeMutablePointer<ibv_comp_channel>

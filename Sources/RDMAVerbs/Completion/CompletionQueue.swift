@@ -11,6 +11,8 @@ import SystemPackage
 ///
 /// The corresponding C functions are `ibv_create_cq` and `ibv_destroy_cq`.
 public final class CompletionQueue: @unchecked Sendable {
+    // @unchecked Sendable: the pointer is immutable after init and libibverbs serialises
+    // polling and arming of one queue with the provider's own lock (rxe, mlx5: cq->lock).
     /// The identity of a completion queue, as reported by ``CompletionChannel/nextEvent()``.
     public struct ID: Hashable, Sendable {
         let address: UInt

@@ -13,6 +13,8 @@ import Glibc
 /// The corresponding C functions are `rdma_create_event_channel` and
 /// `rdma_destroy_event_channel`.
 public final class ConnectionEventChannel: @unchecked Sendable {
+    // @unchecked Sendable: the pointer is immutable after init; librdmacm's calls on a channel
+    // are read(2)s and write(2)s on its descriptor.
     /// The underlying `struct rdma_event_channel *`.
     public let pointer: UnsafeMutablePointer<rdma_event_channel>
 

@@ -21,6 +21,8 @@ import Glibc
 ///
 /// The corresponding C functions are `rdma_create_id` and `rdma_destroy_id`.
 public final class ConnectionID: @unchecked Sendable {
+    // @unchecked Sendable: the pointer is immutable after init and everything that changes
+    // lives in `state`, inside its lock; librdmacm serialises calls on one id with its own lock.
     /// The identity of an id, as events report it.
     public struct ID: Hashable, Sendable {
         let address: UInt

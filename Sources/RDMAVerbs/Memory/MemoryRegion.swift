@@ -15,6 +15,8 @@ import SystemPackage
 ///
 /// The corresponding C functions are `ibv_reg_mr` and `ibv_dereg_mr`.
 public final class MemoryRegion: @unchecked Sendable {
+    // @unchecked Sendable: every stored property is immutable after init (the pointers only
+    // name the registration and its bytes); ibv_dereg_mr runs once, in deinit.
     public let protectionDomain: ProtectionDomain
     /// The underlying `struct ibv_mr *`.
     public let pointer: UnsafeMutablePointer<ibv_mr>
@@ -140,6 +142,8 @@ public final class MemoryRegion: @unchecked Sendable {
 
 /// Page-aligned memory behind a class reference, so a region can own it.
 private final class OwnedMemory: @unchecked Sendable {
+    // @unchecked Sendable: the memory is immutable after init (its bytes are shared with the
+    // device, which is why the region exists) and freed once, in deinit.
     let memory: PageAlignedMemory
     var bytes: UnsafeMutableRawBufferPointer { memory.bytes }
     init(_ memory: consuming PageAlignedMemory) { self.memory = memory }

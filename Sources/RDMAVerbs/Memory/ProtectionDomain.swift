@@ -8,6 +8,8 @@ import CRDMA
 ///
 /// The corresponding C functions are `ibv_alloc_pd` and `ibv_dealloc_pd`.
 public final class ProtectionDomain: @unchecked Sendable {
+    // @unchecked Sendable: the pointer is immutable after init; libibverbs' calls on a
+    // protection domain are thread-safe.
     public let context: Context
     /// The underlying `struct ibv_pd *`.
     public let pointer: UnsafeMutablePointer<ibv_pd>

@@ -17,6 +17,9 @@ import SystemPackage
 /// The corresponding C functions are `ibv_create_qp`/`rdma_create_qp` and
 /// `ibv_destroy_qp`/`rdma_destroy_qp`.
 public final class QueuePair: @unchecked Sendable {
+    // @unchecked Sendable: the stored properties are immutable after init; ibv_post_send and
+    // ibv_post_recv take the provider's queue locks, and ibv_modify_qp is serialised by the
+    // kernel.
     public let protectionDomain: ProtectionDomain
     public let sendQueue: CompletionQueue
     public let receiveQueue: CompletionQueue

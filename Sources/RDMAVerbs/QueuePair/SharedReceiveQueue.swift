@@ -7,6 +7,8 @@ import CRDMA
 ///
 /// The corresponding C functions are `ibv_create_srq` and `ibv_destroy_srq`.
 public final class SharedReceiveQueue: @unchecked Sendable {
+    // @unchecked Sendable: the stored properties are immutable after init; ibv_post_srq_recv
+    // takes the provider's queue lock.
     public let protectionDomain: ProtectionDomain
     /// The underlying `struct ibv_srq *`.
     public let pointer: UnsafeMutablePointer<ibv_srq>
