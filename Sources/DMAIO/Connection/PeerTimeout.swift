@@ -10,14 +10,14 @@ import RDMAVerbs
 /// A peer whose process dies is seen at once instead: its kernel closes the connection.
 ///
 /// A connection with nothing in flight would never notice: one that is idle, or waiting for
-/// credits that a vanished peer will never hand back. So the event channel probes every
-/// connection that saw no completion for ``keepAliveInterval``: a zero-length RDMA write, which
-/// touches no memory and takes no receive slot, but which the peer's device must acknowledge
-/// (see `QueuePair.postZeroLengthWrite`). A silent peer thus shows as a disconnect within
-/// about 2 × 2 s + 1.9 s of silence — provided the program calls into the event channel
-/// (``EventChannel/wait(timeout:)`` and `ec_delay` wake up for it; a program that polls does it
-/// anyway; one that sleeps on ``EventChannel/fileDescriptor`` itself should wake up at least
-/// every ``keepAliveInterval``).
+/// credits that a vanished peer will never hand back. So every ``keepAliveInterval`` the
+/// library's watcher thread (``ChannelWatcher``) probes each connection that saw no completion
+/// since its last look: a zero-length RDMA write, which touches no memory and takes no receive
+/// slot, but which the peer's device must acknowledge (see `QueuePair.postZeroLengthWrite`). A
+/// silent peer thus shows as a disconnect within about 2 × 2 s + 1.9 s of silence, whether or
+/// not the program calls in: the failed probe's completion wakes whoever sleeps on the channel
+/// (a task waiting on it, or a sleeper on ``EventChannel/fileDescriptor``) or is taken at the
+/// program's next call.
 ///
 /// The corresponding verbs attributes are `timeout` and `retry_cnt` of `struct ibv_qp_attr`,
 /// set through `rdma_set_option(RDMA_OPTION_ID_ACK_TIMEOUT)` and `rdma_conn_param.retry_count`
