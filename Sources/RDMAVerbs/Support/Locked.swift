@@ -13,12 +13,18 @@ import Glibc
 /// see `Mutex` (it locks with a bare futex), and reports every access it orders as a race. Built
 /// with `-Xswiftc -DDMAIO_PTHREAD_LOCKS` (`scripts/sanitize` does that) the lock is a
 /// `pthread_mutex_t`, which TSan understands, so that what it reports means something.
-package struct Locked<Value: ~Copyable>: ~Copyable {
+///
+/// It is public, and its calls `@inlinable`, so that the modules above specialise them for their
+/// own state: Swift 6.3 does not inline a `package` function into another module, and called as
+/// an unspecialised generic, every `withLock` asked the runtime for `Mutex<Value>`'s metadata (a
+/// locked cache lookup: about 2,900 instructions a 64 B round trip, docs/async-api.md).
+public struct Locked<Value: ~Copyable>: ~Copyable {
     #if DMAIO_PTHREAD_LOCKS
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private let value: UnsafeMutablePointer<Value>
+    @usableFromInline let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    @usableFromInline let value: UnsafeMutablePointer<Value>
 
-    package init(_ initial: consuming sending Value) {
+    @inlinable
+    public init(_ initial: consuming sending Value) {
         mutex = .allocate(capacity: 1)
         pthread_mutex_init(mutex, nil)
         value = .allocate(capacity: 1)
@@ -33,8 +39,8 @@ package struct Locked<Value: ~Copyable>: ~Copyable {
     }
 
     /// Runs `body` with the value, the lock held.
-    @inline(__always)
-    package borrowing func withLock<Result: ~Copyable, E: Error>(
+    @inlinable @inline(__always)
+    public borrowing func withLock<Result: ~Copyable, E: Error>(
         _ body: (inout sending Value) throws(E) -> sending Result
     ) throws(E) -> sending Result {
         pthread_mutex_lock(mutex)
@@ -42,13 +48,14 @@ package struct Locked<Value: ~Copyable>: ~Copyable {
         return try body(&value.pointee)
     }
     #else
-    private let mutex: Mutex<Value>
+    @usableFromInline let mutex: Mutex<Value>
 
-    package init(_ initial: consuming sending Value) { mutex = Mutex(initial) }
+    @inlinable
+    public init(_ initial: consuming sending Value) { mutex = Mutex(initial) }
 
     /// Runs `body` with the value, the lock held.
-    @inline(__always)
-    package borrowing func withLock<Result: ~Copyable, E: Error>(
+    @inlinable @inline(__always)
+    public borrowing func withLock<Result: ~Copyable, E: Error>(
         _ body: (inout sending Value) throws(E) -> sending Result
     ) throws(E) -> sending Result {
         try mutex.withLock(body)
