@@ -12,7 +12,7 @@ import Glibc
 /// `int dma_alloc(dma_mem_t *handle, size_t size, int flags)`: an area on DMAIO_DEVICE (or the
 /// first device). The corresponding verbs calls are `ibv_alloc_pd` and `ibv_reg_mr`.
 @_cdecl("dma_alloc")
-public func dmaAlloc(_ handle: UnsafeMutablePointer<OpaquePointer?>?, _ size: Int, _ flags: Int32) -> Int32 {
+public func dmaAlloc(_ handle: UnsafeMutablePointer<OpaquePointer?>?, _ size: UInt, _ flags: Int32) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
         guard let handle else { throw .null("dma_alloc", "handle") }
         guard flags & ~Int32(DMA_HUGEPAGES) == 0 else { throw .flags("dma_alloc", flags) }
@@ -20,7 +20,7 @@ public func dmaAlloc(_ handle: UnsafeMutablePointer<OpaquePointer?>?, _ size: In
             throw Failure(EINVAL, "dma_alloc: \(size) bytes: an area needs 1 byte to 1 TiB")
         }
         let area = try swiftCall { () throws(RDMAError) in
-            try DMAArea(size: max(size, 4096), hugePages: flags & Int32(DMA_HUGEPAGES) != 0, device: environmentDevice)
+            try DMAArea(size: max(Int(size), 4096), hugePages: flags & Int32(DMA_HUGEPAGES) != 0, device: environmentDevice)
         }
         return try Registry.shared.locked { registry in
             let entry = AreaEntry(handle: registry.newHandle(), area: area)
@@ -55,14 +55,17 @@ public func dmaFree(_ handle: OpaquePointer?) -> Int32 {
 /// `int sio_reserve(dma_mem_t handle, void **buffer, size_t size)`: a block of the area, from
 /// its allocator (no system call, no heap allocation once warm).
 @_cdecl("sio_reserve")
-public func sioReserve(_ handle: OpaquePointer?, _ buffer: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ size: Int) -> Int32 {
+public func sioReserve(_ handle: OpaquePointer?, _ buffer: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ size: UInt) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
         try Registry.shared.locked { registry throws(Failure) in
             let entry = try registry.area(handle, "sio_reserve")
             guard let buffer else { throw .null("sio_reserve", "buffer") }
             guard size > 0 else { throw Failure(EINVAL, "sio_reserve: cannot reserve 0 bytes") }
-            let offset = try swiftCall { () throws(RDMAError) in try entry.area.allocate(size, for: "sio_reserve") }
-            entry.reserved[offset] = size
+            guard size <= UInt(entry.area.size) else {
+                throw Failure(EINVAL, "sio_reserve: \(size) bytes are more than the whole area of \(entry.area.size) bytes")
+            }
+            let offset = try swiftCall { () throws(RDMAError) in try entry.area.allocate(Int(size), for: "sio_reserve") }
+            entry.reserved[offset] = Int(size)
             buffer.pointee = entry.area.address(offset)
             return 0
         }
@@ -72,16 +75,16 @@ public func sioReserve(_ handle: OpaquePointer?, _ buffer: UnsafeMutablePointer<
 /// `int sio_release(dma_mem_t handle, size_t size)`: the oldest `size` received bytes, FIFO.
 /// The corresponding verbs call is `ibv_post_recv` (for each slot released whole).
 @_cdecl("sio_release")
-public func sioRelease(_ handle: OpaquePointer?, _ size: Int) -> Int32 {
+public func sioRelease(_ handle: OpaquePointer?, _ size: UInt) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
         try Registry.shared.locked { registry throws(Failure) in
             let entry = try registry.area(handle, "sio_release")
-            guard size > 0, size <= entry.heldBytes else {
+            guard size > 0, size <= UInt(entry.heldBytes) else {
                 throw Failure(EINVAL, size == 0
                     ? "sio_release: cannot release 0 bytes"
                     : "sio_release: cannot release \(size) bytes: only \(entry.heldBytes) received bytes are held (nothing was released)")
             }
-            var left = size
+            var left = Int(size)
             while left > 0 {
                 entry.trimHeldOrder()
                 guard let front = entry.heldOrder.front, var held = entry.held[front.address] else { break }

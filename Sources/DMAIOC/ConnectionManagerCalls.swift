@@ -54,7 +54,9 @@ public func sioConnect(_ ec: OpaquePointer?, _ host: UnsafePointer<CChar>?, _ po
 }
 
 /// `int sio_listen(ec_t ec, const char *address, uint16_t port, int backlog)`. The
-/// corresponding calls are `rdma_bind_addr` and `rdma_listen`.
+/// corresponding calls are `rdma_bind_addr` and `rdma_listen`. The descriptor returned is a
+/// duplicate of the listener's rdma_cm event channel descriptor, so that it is readable while a
+/// connection request is pending.
 @_cdecl("sio_listen")
 public func sioListen(_ ec: OpaquePointer?, _ address: UnsafePointer<CChar>?, _ port: UInt16, _ backlog: Int32) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
@@ -63,7 +65,8 @@ public func sioListen(_ ec: OpaquePointer?, _ address: UnsafePointer<CChar>?, _ 
         let listener = try swiftCall { () throws(RDMAError) in
             try Listener(on: name.contains(":") ? "[\(name)]:\(port)" : "\(name):\(port)", events: channel.channel, backlog: max(backlog, 1))
         }
-        let descriptor = try standInDescriptor("sio_listen")
+        let descriptor = fcntl(listener.fileDescriptor, F_DUPFD_CLOEXEC, 0)
+        guard descriptor >= 0 else { throw Failure(Glibc.errno, "sio_listen: duplicating the listener's descriptor failed (out of descriptors?)") }
         try Registry.shared.locked { registry throws(Failure) in
             registry.sockets[descriptor] = SocketEntry(descriptor: descriptor, kind: .listener(listener), channel: channel)
             channel.sockets += 1
@@ -73,7 +76,8 @@ public func sioListen(_ ec: OpaquePointer?, _ address: UnsafePointer<CChar>?, _ 
 }
 
 /// `int sio_accept(int listener, int timeout_ms)`. The corresponding call is
-/// `rdma_get_cm_event` (a connect request).
+/// `rdma_get_cm_event` (a connect request). A timeout of 0 takes a pending request or fails
+/// with `EAGAIN`, for an event loop that polls the listening descriptor.
 @_cdecl("sio_accept")
 public func sioAccept(_ listenerDescriptor: Int32, _ timeoutMilliseconds: Int32) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
@@ -84,13 +88,30 @@ public func sioAccept(_ listenerDescriptor: Int32, _ timeoutMilliseconds: Int32)
             }
             return (listener, entry.channel)
         }
-        let connection = try swiftCall { () throws(RDMAError) in try listener.accept(timeout: duration(milliseconds: timeoutMilliseconds)) }
+        let connection: Connection
+        if timeoutMilliseconds == 0 {
+            guard let pending = try swiftCall({ () throws(RDMAError) in try listener.acceptPending() }) else {
+                throw Failure(EAGAIN, literal: "sio_accept: no connection request is pending: wait until the listening descriptor is readable")
+            }
+            connection = pending
+        } else {
+            guard timeoutMilliseconds >= -1 else {
+                throw Failure(EINVAL, "sio_accept: timeout \(timeoutMilliseconds) ms: give -1 (forever), 0 (only a pending request) or a positive time")
+            }
+            connection = try swiftCall { () throws(RDMAError) in try listener.accept(timeout: duration(milliseconds: timeoutMilliseconds)) }
+        }
         return try register(connection, on: channel, "sio_accept")
     }
 }
 
 /// `int sio_close(int socket)`. The corresponding calls are `rdma_disconnect` (or
 /// `ibv_modify_qp` to ERROR and `shutdown` for a TCP socket), `ibv_destroy_qp` and `close`.
+///
+/// Every operation the socket accepted ends in its event before this returns: the connection is
+/// closed (queued sends fail at once, posted ones are flushed by the device), the channel is
+/// driven until the posted ones completed, and what is still outstanding then — aio_recv_cb
+/// requests, a send the device did not give back within ``flushDeadline`` — fails with
+/// `ECANCELED`. No event names the socket after that.
 @_cdecl("sio_close")
 public func sioClose(_ socket: Int32) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
@@ -99,22 +120,44 @@ public func sioClose(_ socket: Int32) -> Int32 {
             guard !entry.associating else {
                 throw Failure(EBUSY, "sio_close: socket \(socket) is being associated by another thread: wait for dma_assoc to return")
             }
-            registry.sockets[socket] = nil
+            let channel = entry.channel
+            entry.closing = true
             if let connection = entry.connection {
                 connection.close()
-                entry.channel.socketsByConnection[connection.id.rawValue] = nil
+                let deadline = ContinuousClock.now + flushDeadline
+                while connection.hasSendsInFlight, ContinuousClock.now < deadline {
+                    guard let event = try? channel.channel.wait(timeout: .milliseconds(10)) else { continue }
+                    registry.translate(event, on: channel)
+                }
+                while let event = try? channel.channel.next() { registry.translate(event, on: channel) }
+                channel.socketsByConnection[connection.id.rawValue] = nil
             }
-            entry.channel.sockets -= 1
-            entry.area?.sockets -= 1
-            // Requests that named another channel no longer report there.
+            // What is still outstanding fails now, each with its event.
             for request in entry.sendRequests.takeAll() {
-                if let target = request.target, target !== entry.channel { target.removeSource(entry.channel) }
+                guard let target = request.target else { continue }
+                var failed = ec_event(type: EC_EVENT_SEND_FAILED, socket: socket)
+                failed.cookie = request.cookie
+                failed.error = ECANCELED
+                registry.deliver(failed, to: target, from: channel)
+                target.updateWake()
             }
             while let request = entry.receiveRequests.popFirst() {
-                if request.target !== entry.channel { request.target.removeSource(entry.channel) }
+                var failed = ec_event(type: EC_EVENT_RECV_FAILED, socket: socket)
+                failed.cookie = request.block.pointee.aio_cookie
+                failed.error = ECANCELED
+                registry.deliver(failed, to: request.target, from: channel)
+                request.target.updateWake()
             }
+            channel.updateWake()
+            registry.sockets[socket] = nil
+            channel.sockets -= 1
+            entry.area?.sockets -= 1
             close(socket)
             return 0
         }
     }
 }
+
+/// How long `sio_close` waits for the device to give back the sends it had posted: a flushed
+/// queue pair returns them at once, so this bounds only a device that misbehaves.
+private let flushDeadline = Duration.seconds(2)

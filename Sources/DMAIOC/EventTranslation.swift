@@ -40,7 +40,7 @@ extension Registry {
             if case .sendFailed(_, _, let status) = event {
                 translated.type = Int32(EC_EVENT_SEND_FAILED.rawValue)
                 translated.status = Int32(status.raw.rawValue)
-                translated.error = status == .flushed ? ECONNRESET : EIO
+                translated.error = socketEntry.closing ? ECANCELED : status == .flushed ? ECONNRESET : EIO
             }
             var target = entry
             if cookie != RequestTable.plain, let request = socketEntry.sendRequests.take(cookie) {
@@ -84,7 +84,7 @@ extension Registry {
             let block = request.block
             var translated = ec_event(type: EC_EVENT_RECEIVED, socket: socketEntry.descriptor)
             translated.cookie = block.pointee.aio_cookie
-            if length > block.pointee.aio_nbytes {
+            if UInt(length) > UInt(bitPattern: block.pointee.aio_nbytes) {
                 translated.type = Int32(EC_EVENT_RECV_FAILED.rawValue)
                 translated.error = EMSGSIZE
                 translated.size = length

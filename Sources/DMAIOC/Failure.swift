@@ -28,7 +28,7 @@ struct Failure: Error {
 
     /// The failure for a Swift layer error.
     init(_ error: RDMAError) {
-        if error.code == .areaExhausted {
+        if error.code == .areaExhausted, error.operation == "sio_reserve" {
             self.init(ENOBUFS, literal: "sio_reserve: the area has no free block that large: in-flight sends, unsent buffers and held receives occupy it; take events (completed sends free their buffers) and try again, or allocate a larger area")
         } else {
             self.init(Self.errno(for: error), "\(error.operation): \(error.message)")
@@ -40,6 +40,7 @@ struct Failure: Error {
     private static func errno(for error: RDMAError) -> Int32 {
         switch error.code {
         case .alreadyAssociated: return EISCONN
+        case .areaExhausted: return ENOBUFS
         case .messageTooLarge: return EMSGSIZE
         case .disconnected: return ECONNRESET
         case .memoryLockLimit: return ENOMEM

@@ -198,6 +198,8 @@ final class SocketEntry {
     var area: AreaEntry?
     /// A dma_assoc is running on another thread.
     var associating = false
+    /// sio_close is collecting the last events: sends that fail now were cancelled by it.
+    var closing = false
     /// aio_send_cb requests in flight: where each completion goes.
     var sendRequests = RequestTable()
     /// aio_recv_cb requests waiting for a message, in order.

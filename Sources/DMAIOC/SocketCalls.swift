@@ -12,7 +12,7 @@ import Glibc
 /// verbs calls are `ibv_create_qp` and `ibv_modify_qp` (TCP socket) or `rdma_create_qp` and
 /// `rdma_connect`/`rdma_accept` (rdma_cm descriptor), and `ibv_post_recv`.
 @_cdecl("dma_assoc")
-public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: Int, _ flags: Int32) -> Int32 {
+public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: UInt, _ flags: Int32) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
         let registry = Registry.shared
         let (entry, area, connection, slotSize) = try registry.locked { registry throws(Failure) in
@@ -23,8 +23,11 @@ public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: Int, _ f
                 throw Failure(EINVAL, "dma_assoc: DMA_SLOT_LOG2(\(log2)): slots are 2^6 (64 B) to 2^30 (1 GiB) bytes")
             }
             let slotSize = log2 == 0 ? 64 << 10 : 1 << log2
-            guard size >= slotSize else {
+            guard size >= UInt(slotSize) else {
                 throw Failure(EINVAL, "dma_assoc: \(size) receive bytes hold no slot of \(slotSize) bytes: give at least one slot, or smaller slots (DMA_SLOT_LOG2)")
+            }
+            guard size <= UInt(area.area.size) else {
+                throw Failure(ENOBUFS, "dma_assoc: \(size) receive bytes do not fit in the area of \(area.area.size) bytes: give fewer, or allocate a larger area")
             }
             guard let entry = registry.sockets[socket] else {
                 try checkSocketDescriptor(socket, "dma_assoc")
@@ -47,7 +50,7 @@ public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: Int, _ f
         // The handshake blocks (up to 10 s): without the lock.
         var failure: Failure?
         do throws(RDMAError) {
-            try connection.associate(area.area, receiveBytes: size, slotSize: slotSize)
+            try connection.associate(area.area, receiveBytes: Int(size), slotSize: slotSize)
         } catch {
             failure = Failure(error)
         }
@@ -78,17 +81,17 @@ private func associated(_ registry: Registry, _ socket: Int32, _ operation: Stri
 }
 
 /// Posts the reserved buffer at `buffer` as a send; `token` rides as the Swift cookie.
-private func send(_ registry: Registry, _ socket: Int32, _ buffer: UnsafeMutableRawPointer?, _ size: Int, _ operation: String,
+private func send(_ registry: Registry, _ socket: Int32, _ buffer: UnsafeMutableRawPointer?, _ size: UInt, _ operation: String,
                   token: (SocketEntry) -> UInt64) throws(Failure) {
     let (entry, connection, area) = try associated(registry, socket, operation)
     guard let buffer else { throw .null(operation, "buffer") }
     guard let offset = area.area.offset(of: buffer), let reserved = area.reserved[offset] else {
         throw Failure(EINVAL, "\(operation): \(buffer) is not the start of a reserved, unsent buffer of the socket's area (sio_reserve it first)")
     }
-    guard size > 0, size <= reserved else {
+    guard size > 0, size <= UInt(reserved) else {
         throw Failure(EINVAL, "\(operation): \(size) bytes: the buffer holds \(reserved) (send 1 to \(reserved) bytes)")
     }
-    guard size <= connection.peerSlotSize else {
+    guard size <= UInt(connection.peerSlotSize) else {
         throw Failure(EMSGSIZE, "\(operation): a message of \(size) bytes exceeds the peer's receive slots of \(connection.peerSlotSize) bytes: "
             + "send smaller messages, or have the peer associate with larger slots (DMA_SLOT_LOG2)")
     }
@@ -98,14 +101,14 @@ private func send(_ registry: Registry, _ socket: Int32, _ buffer: UnsafeMutable
     area.reserved[offset] = nil
     // From here the Swift layer owns the block: on failure it goes back to the area.
     try swiftCall { () throws(RDMAError) in
-        try connection.send(SendBuffer(area: area.area, offset: offset, count: size), cookie: token(entry))
+        try connection.send(SendBuffer(area: area.area, offset: offset, count: Int(size)), cookie: token(entry))
     }
 }
 
 /// `int aio_send(int socket, void *buffer, size_t size, int flags)`. The corresponding verbs
 /// call is `ibv_post_send`.
 @_cdecl("aio_send")
-public func aioSend(_ socket: Int32, _ buffer: UnsafeMutableRawPointer?, _ size: Int, _ flags: Int32) -> Int32 {
+public func aioSend(_ socket: Int32, _ buffer: UnsafeMutableRawPointer?, _ size: UInt, _ flags: Int32) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
         try Registry.shared.locked { registry throws(Failure) in
             guard flags == 0 else { throw .flags("aio_send", flags) }
@@ -126,7 +129,7 @@ public func aioSendCB(_ block: UnsafeMutablePointer<dma_aiocb>?) -> Int32 {
             let own = try registry.socket(socket, "aio_send_cb").channel
             let target = block.pointee.aio_ec == nil ? own : try registry.channel(block.pointee.aio_ec, "aio_send_cb")
             let cookie = block.pointee.aio_cookie
-            try send(registry, socket, block.pointee.aio_buf, block.pointee.aio_nbytes, "aio_send_cb") { entry in
+            try send(registry, socket, block.pointee.aio_buf, UInt(bitPattern: block.pointee.aio_nbytes), "aio_send_cb") { entry in
                 entry.sendRequests.put(target: target, cookie: cookie)
             }
             if target !== own {
@@ -141,7 +144,7 @@ public func aioSendCB(_ block: UnsafeMutablePointer<dma_aiocb>?) -> Int32 {
 /// `ssize_t aio_recv(int socket, void **buffer, size_t size, int flags)`. The corresponding
 /// verbs call is `ibv_poll_cq`.
 @_cdecl("aio_recv")
-public func aioRecv(_ socket: Int32, _ buffer: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ size: Int, _ flags: Int32) -> Int {
+public func aioRecv(_ socket: Int32, _ buffer: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ size: UInt, _ flags: Int32) -> Int {
     cCall { () throws(Failure) -> Int in
         try Registry.shared.locked { registry throws(Failure) in
             guard flags == 0 else { throw .flags("aio_recv", flags) }
@@ -151,7 +154,7 @@ public func aioRecv(_ socket: Int32, _ buffer: UnsafeMutablePointer<UnsafeMutabl
             guard let length = try swiftCall({ () throws(RDMAError) in try connection.nextMessageLength() }) else {
                 throw Failure(EAGAIN, literal: "aio_recv: nothing has arrived on the socket yet: wait on its event channel (ec_delay, or poll on ec_to_fd)")
             }
-            guard length <= size else {
+            guard UInt(length) <= size else {
                 throw Failure(EMSGSIZE, "aio_recv: the next message has \(length) bytes, more than \(size): call again with a larger size (it stays queued)")
             }
             guard let message = try swiftCall({ () throws(RDMAError) in try connection.receive() }) else {
@@ -173,11 +176,12 @@ public func aioRecvCB(_ block: UnsafeMutablePointer<dma_aiocb>?) -> Int32 {
             let socket = block.pointee.aio_fildes
             let (entry, connection, area) = try associated(registry, socket, "aio_recv_cb")
             let target = block.pointee.aio_ec == nil ? entry.channel : try registry.channel(block.pointee.aio_ec, "aio_recv_cb")
-            guard block.pointee.aio_nbytes > 0 else { throw Failure(EINVAL, "aio_recv_cb: aio_nbytes is 0: say how many bytes the request accepts") }
+            let accepted = UInt(bitPattern: block.pointee.aio_nbytes)
+            guard accepted > 0 else { throw Failure(EINVAL, "aio_recv_cb: aio_nbytes is 0: say how many bytes the request accepts") }
             // A message already there, and no request before this one: served at once.
             if entry.receiveRequests.isEmpty, let length = try swiftCall({ () throws(RDMAError) in try connection.nextMessageLength() }) {
-                guard length <= block.pointee.aio_nbytes else {
-                    throw Failure(EMSGSIZE, "aio_recv_cb: the next message has \(length) bytes, more than aio_nbytes \(block.pointee.aio_nbytes)")
+                guard UInt(length) <= accepted else {
+                    throw Failure(EMSGSIZE, "aio_recv_cb: the next message has \(length) bytes, more than aio_nbytes \(accepted)")
                 }
                 if let message = try swiftCall({ () throws(RDMAError) in try connection.receive() }) {
                     block.pointee.aio_buf = UnsafeMutableRawPointer(mutating: area.hold(message.detach()))

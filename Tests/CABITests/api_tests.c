@@ -37,6 +37,14 @@ static bool last_error_explains(const char *after)
                      "\"%s\"", text != NULL ? text : "(NULL)");
 }
 
+/* Checks that dma_last_error() names `needle` (a size, the call), after the failure of `after`. */
+static bool last_error_says(const char *after, const char *needle)
+{
+    const char *text = dma_last_error();
+    return tap_check(text != NULL && strstr(text, needle) != NULL, S("dma_last_error() after %s says \"%s\"", after, needle),
+                     "\"%s\"", text != NULL ? text : "(NULL)");
+}
+
 /* ---- dma_last_error before anything failed ------------------------------------------------------- */
 
 void test_last_error_initial(void)
@@ -359,6 +367,16 @@ void test_sockets(void)
     EXPECT_ERR(dma_assoc(s, area, 1 << 16, DMA_SLOT_LOG2(31)), EINVAL, "dma_assoc with 2 GiB slots (above 2^30)");
     EXPECT_ERR(dma_assoc(s, area, 1 << 16, 0x1000), EINVAL, "dma_assoc with unknown flags 0x1000");
     EXPECT_ERR(dma_assoc(s, area, 4 << 20, 0), ENOBUFS, "dma_assoc of 4 MiB from a 1 MiB area");
+    last_error_says("dma_assoc of 4 MiB", "dma_assoc: 4194304 receive bytes");
+    /* size_t is unsigned all the way in: the largest sizes are sizes, not negative numbers. */
+    EXPECT_ERR(dma_assoc(s, area, SIZE_MAX, 0), ENOBUFS, "dma_assoc of SIZE_MAX bytes");
+    last_error_says("dma_assoc of SIZE_MAX bytes", "18446744073709551615 receive bytes do not fit");
+    EXPECT_ERR(dma_assoc(s, area, (size_t)1 << 62, 0), ENOBUFS, "dma_assoc of 2^62 bytes");
+    last_error_says("dma_assoc of 2^62 bytes", "4611686018427387904 receive bytes do not fit");
+    EXPECT_ERR(sio_reserve(area, &buf, SIZE_MAX), EINVAL, "sio_reserve of SIZE_MAX bytes");
+    last_error_says("sio_reserve of SIZE_MAX bytes", "18446744073709551615 bytes are more than the whole area");
+    EXPECT_ERR(sio_release(area, SIZE_MAX), EINVAL, "sio_release of SIZE_MAX bytes");
+    last_error_says("sio_release of SIZE_MAX bytes", "cannot release 18446744073709551615 bytes");
 
     /* aio on sockets that are not associated. */
     EXPECT_OK(sio_reserve(area, &buf, 64), "sio_reserve of 64 bytes");

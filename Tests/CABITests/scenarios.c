@@ -902,8 +902,12 @@ static void cm_main(struct ctx *c)
     if (!tap_passed() || s.area == NULL)
         return;
     int listener = (int)tap_last.ret;
+    EXPECT_RET(fd_readable(listener, 0), 0, D("the listening descriptor is not readable before a request"));
+    EXPECT_ERR(sio_accept(listener, 0), EAGAIN, D("sio_accept(listener, 0) with no request pending"));
     sync_send(c->link, 'L', 0);
-    EXPECT_NONNEG(sio_accept(listener, T(10000)), D("sio_accept of the peer's connection"));
+    /* An event loop's way: wait for the listening descriptor, then take the request at once. */
+    EXPECT_RET(fd_readable(listener, T(10000)), 1, D("the listening descriptor turns readable for the peer's request"));
+    EXPECT_NONNEG(sio_accept(listener, 0), D("sio_accept(listener, 0) of the pending request"));
     if (!tap_passed())
         return;
     s.sock = (int)tap_last.ret;
@@ -917,7 +921,14 @@ static void cm_main(struct ctx *c)
                D("EC_EVENT_CONNECTED for the accepted descriptor"));
     EXPECT_ERR(dma_assoc(s.sock, s.area, 4 * 4096, SLOT_4K), EISCONN, D("dma_assoc of the accepted descriptor again"));
     static const size_t sizes[3] = { 100, 4096, 1 };
-    for (int i = 0; i < 3; i++)
+    /* SIZE_MAX as the accepted size: "any size". */
+    TAP_RUN(recv_wait(&s.log, s.sock, &in, SIZE_MAX, T(5000)));
+    if (tap_check(tap_last.ret == 100, D("aio_recv(sock, &in, SIZE_MAX, 0) takes the peer's first message (100 bytes)"), "%s",
+                  tap_got("recv_wait(..., SIZE_MAX, ...)"))) {
+        expect_intact(in, 100, 1, D("the message taken with SIZE_MAX"));
+        EXPECT_OK(sio_release_buffer(s.area, in), D("sio_release_buffer of it"));
+    }
+    for (int i = 1; i < 3; i++)
         if (expect_message(&s.log, s.sock, sizes[i], 1 + (uint64_t)i, &in, D("message %d from the peer", i + 1)))
             EXPECT_OK(sio_release_buffer(s.area, in), D("sio_release_buffer of it"));
     for (int i = 0; i < 3; i++)
@@ -976,6 +987,135 @@ static void cm_peer(struct ctx *c)
     side_down(&s);
 }
 
+/* ==== close-events: one event per accepted operation, across sio_close and the peer's disconnect ==== */
+
+#define CE_SENDS 20      /* aio_send_cb against the peer's 4 credits: 4 leave, 16 wait */
+#define CE_PEER_SENDS 10 /* the peer's, against this side's 4 credits */
+#define CE_RECVS 6       /* aio_recv_cb: 4 met by the peer's messages, 2 still waiting at sio_close */
+
+/* Posts `count` aio_send_cb of 1000 bytes with cookies 1..count; how many were accepted. */
+static int post_send_requests(struct side *s, struct dma_aiocb *cbs, int count)
+{
+    int accepted = 0;
+    for (int i = 0; i < count; i++) {
+        void *buf = NULL;
+        if (sio_reserve(s->area, &buf, 1000) != 0)
+            break;
+        fill_pattern(buf, 1000, (uint64_t)i);
+        cbs[i] = (struct dma_aiocb){ .aio_fildes = s->sock, .aio_buf = buf, .aio_nbytes = 1000, .aio_cookie = 1 + (uint64_t)i };
+        if (aio_send_cb(&cbs[i]) != 0) {
+            sio_release_buffer(s->area, buf);
+            break;
+        }
+        accepted++;
+    }
+    return accepted;
+}
+
+/* Checks that each of the cookies first..first+count-1 has exactly one event of type a or b on sock. */
+static void expect_one_event_each(struct side *s, int type_a, int type_b, uint64_t first, int count, const char *what)
+{
+    int once = 0, worst = 0;
+    uint64_t bad = 0;
+    for (int i = 0; i < count; i++) {
+        int n = evlog_count(&s->log, type_a, s->sock, true, first + (uint64_t)i) +
+                evlog_count(&s->log, type_b, s->sock, true, first + (uint64_t)i);
+        if (n == 1)
+            once++;
+        else if (bad == 0)
+            bad = first + (uint64_t)i, worst = n;
+    }
+    tap_check(once == count, D("each of %d %s has exactly one completion event (%s or %s)", count, what,
+                               event_name(type_a), event_name(type_b)),
+              "%d of %d; cookie %llu has %d", once, count, (unsigned long long)bad, worst);
+}
+
+/* Checks that every event of `type` on sock carries error `err`. */
+static void expect_errors(struct side *s, int type, int err, const char *what)
+{
+    int n = 0, right = 0;
+    for (int i = 0; i < s->log.n; i++)
+        if (s->log.ev[i].type == type && s->log.ev[i].socket == s->sock) {
+            n++;
+            right += s->log.ev[i].error == err;
+        }
+    tap_check(right == n, D("every %s event (%d) carries %s: %s", event_name(type), n, errno_name(err), what), "%d of %d",
+              right, n);
+}
+
+static void close_events_main(struct ctx *c)
+{
+    struct side s;
+    static struct dma_aiocb sends[CE_SENDS], recvs[CE_RECVS];
+    void *early[CE_RECVS];
+    int queued_recvs = 0, early_count = 0;
+    if (!side_up(&s, c, 1 << 20, 4 * 4096, SLOT_4K))
+        return;
+    sync_send(c->link, 'P', 0);
+    if (!sync_wait(c->link, 'Q', NULL, SYNC_MS))
+        return;
+    /* Requests served at once (1) get no event; those queued (0) must get exactly one. */
+    for (int i = 0; i < CE_RECVS; i++) {
+        recvs[i] = (struct dma_aiocb){ .aio_fildes = s.sock, .aio_nbytes = 4096 };
+        recvs[i].aio_cookie = 101 + (uint64_t)queued_recvs;
+        TAP_RUN(aio_recv_cb(&recvs[i]));
+        if (tap_last.ret == 1)
+            early[early_count++] = recvs[i].aio_buf;
+        else if (tap_last.ret == 0)
+            queued_recvs++;
+    }
+    int accepted = post_send_requests(&s, sends, CE_SENDS);
+    tap_check(accepted == CE_SENDS, D("%d aio_send_cb against 4 credits are accepted (they wait in order)", CE_SENDS),
+              "%d", accepted);
+    wait_ms(&s, T(300)); /* the first 4 leave and complete; the peer's messages meet the requests */
+    int before_close = evlog_count(&s.log, -1, s.sock, false, 0);
+    EXPECT_OK(sio_close(s.sock), D("sio_close with %d sends waiting for credits and receive requests queued", accepted));
+    evlog_drain(&s.log);
+    expect_one_event_each(&s, EC_EVENT_SENT, EC_EVENT_SEND_FAILED, 1, accepted, "aio_send_cb requests");
+    expect_one_event_each(&s, EC_EVENT_RECEIVED, EC_EVENT_RECV_FAILED, 101, queued_recvs, "queued aio_recv_cb requests");
+    expect_errors(&s, EC_EVENT_SEND_FAILED, ECANCELED, "sends that sio_close ended");
+    expect_errors(&s, EC_EVENT_RECV_FAILED, ECANCELED, "receive requests that sio_close ended");
+    tap_note("%s: %d events before sio_close; SENT %d, SEND_FAILED %d, RECEIVED %d, RECV_FAILED %d in all", scn, before_close,
+             evlog_count(&s.log, EC_EVENT_SENT, s.sock, false, 0), evlog_count(&s.log, EC_EVENT_SEND_FAILED, s.sock, false, 0),
+             evlog_count(&s.log, EC_EVENT_RECEIVED, s.sock, false, 0),
+             evlog_count(&s.log, EC_EVENT_RECV_FAILED, s.sock, false, 0));
+    int after_close = evlog_count(&s.log, -1, s.sock, false, 0);
+    wait_ms(&s, T(300));
+    tap_check(evlog_count(&s.log, -1, s.sock, false, 0) == after_close,
+              D("no event names the socket after sio_close returned and its queued events were taken"), "%d more",
+              evlog_count(&s.log, -1, s.sock, false, 0) - after_close);
+    /* The messages handed to requests are the program's until it releases them. */
+    for (int i = 0; i < s.log.n; i++)
+        if (s.log.ev[i].type == EC_EVENT_RECEIVED && s.log.ev[i].socket == s.sock && s.log.ev[i].buffer != NULL)
+            sio_release_buffer(s.area, s.log.ev[i].buffer);
+    for (int i = 0; i < early_count; i++)
+        sio_release_buffer(s.area, early[i]);
+    EXPECT_OK(dma_free(s.area), D("dma_free"));
+    EXPECT_OK(ec_destroy(s.ec), D("ec_destroy"));
+}
+
+static void close_events_peer(struct ctx *c)
+{
+    struct side s;
+    static struct dma_aiocb sends[CE_PEER_SENDS];
+    if (!side_up(&s, c, 1 << 20, 4 * 4096, SLOT_4K))
+        return;
+    if (!sync_wait(c->link, 'P', NULL, SYNC_MS))
+        return;
+    int accepted = post_send_requests(&s, sends, CE_PEER_SENDS);
+    tap_check(accepted == CE_PEER_SENDS, D("%d aio_send_cb against 4 credits are accepted", CE_PEER_SENDS), "%d", accepted);
+    sync_send(c->link, 'Q', 0);
+    EXPECT_RET(evlog_wait(&s.log, EC_EVENT_DISCONNECTED, s.sock, false, 0, T(8000), NULL), 1,
+               D("EC_EVENT_DISCONNECTED after the other side's sio_close"));
+    EXPECT_OK(sio_close(s.sock), D("sio_close on the disconnect, with sends still waiting for credits"));
+    evlog_drain(&s.log);
+    expect_one_event_each(&s, EC_EVENT_SENT, EC_EVENT_SEND_FAILED, 1, accepted, "aio_send_cb requests of a disconnected socket");
+    tap_note("%s: SENT %d, SEND_FAILED %d", scn, evlog_count(&s.log, EC_EVENT_SENT, s.sock, false, 0),
+             evlog_count(&s.log, EC_EVENT_SEND_FAILED, s.sock, false, 0));
+    EXPECT_OK(dma_free(s.area), D("dma_free"));
+    EXPECT_OK(ec_destroy(s.ec), D("ec_destroy"));
+}
+
 /* ==== the table and the drivers ================================================================= */
 
 struct scenario {
@@ -1005,6 +1145,8 @@ static const struct scenario scenarios[] = {
     { "peer-dies", "the peer process is killed: EC_EVENT_DISCONNECTED, then ECONNRESET", false, true, dies_main,
       dies_peer },
     { "rdma_cm", "sio_listen / sio_accept / sio_connect, dma_assoc and an exchange", true, false, cm_main, cm_peer },
+    { "close-events", "one completion event per accepted request across sio_close and the peer's disconnect", false, false,
+      close_events_main, close_events_peer },
 };
 
 static void run_scenario(const struct scenario *sc)

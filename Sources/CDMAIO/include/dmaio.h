@@ -162,8 +162,11 @@ enum ec_event_type {
                                   message aio_recv took before its event was read is not
                                   announced again (count messages, not events) */
     EC_EVENT_DISCONNECTED = 4, /* the peer went away or the link broke; error says why */
-    EC_EVENT_SEND_FAILED = 5,  /* a send did not complete; status is the verbs status */
-    EC_EVENT_RECV_FAILED = 6   /* a receive failed; status is the verbs status */
+    EC_EVENT_SEND_FAILED = 5,  /* a send did not complete; status is the verbs status, error
+                                  ECONNRESET (the peer went away), ECANCELED (sio_close) or EIO */
+    EC_EVENT_RECV_FAILED = 6   /* a receive failed; status is the verbs status; for an
+                                  aio_recv_cb request error says why (EMSGSIZE, ECONNRESET,
+                                  ECANCELED) */
 };
 
 /* One event. */
@@ -289,22 +292,37 @@ int aio_recv_cb(struct dma_aiocb *cb);
 int sio_connect(ec_t ec, const char *host, uint16_t port, const char *source, int timeout_ms);
 
 /* Listens on address:port (NULL: every address) for sio_connect peers; returns a listening
- * descriptor whose connections report to `ec`.
+ * descriptor whose connections report to `ec`. The descriptor is readable (poll/epoll, level
+ * triggered) while a connection request is pending: an event loop waits on it beside
+ * ec_to_fd(ec) and calls sio_accept(listener, 0) when it is readable, until EAGAIN. Close it
+ * with sio_close.
  *   Errors: EINVAL unknown channel.  EADDRNOTAVAIL no RDMA device owns the address.
  *           EADDRINUSE the port is taken.
  * The corresponding calls are rdma_bind_addr and rdma_listen. */
 int sio_listen(ec_t ec, const char *address, uint16_t port, int backlog);
 
-/* Waits up to timeout_ms (-1: forever) for a connection request on a listening descriptor and
- * returns a descriptor for it; dma_assoc (on the server's area) accepts it.
- *   Errors: EBADF not a listening descriptor.  ETIMEDOUT nobody came in time. */
+/* Takes a connection request on a listening descriptor and returns a descriptor for it;
+ * dma_assoc (on the server's area) accepts it. timeout_ms: 0 takes a pending request or fails
+ * at once with EAGAIN (the event loop's form); -1 waits forever; a positive value waits up to
+ * that long. Requests from peers that do not speak DMAIO are rejected and not returned.
+ *   Errors: EBADF not a listening descriptor.  EAGAIN timeout 0 and no request pending.
+ *           ETIMEDOUT nobody came in time.  EINVAL a negative timeout other than -1. */
 int sio_accept(int listener, int timeout_ms);
 
 /* Ends a socket's association and closes the descriptor: disconnects (the peer gets
- * EC_EVENT_DISCONNECTED), fails unsent messages, returns receive slots to the area once the
- * program released every received buffer. Also closes listening descriptors. For an upgraded
- * TCP socket the TCP descriptor is closed too.
- *   Errors: EBADF not a DMAIO socket (nothing is closed then). */
+ * EC_EVENT_DISCONNECTED), returns receive slots to the area once the program released every
+ * received buffer. Also closes listening descriptors. For an upgraded TCP socket the TCP
+ * descriptor is closed too.
+ * Every operation the socket accepted has its one completion event queued when sio_close
+ * returns, and none follows: each aio_send / aio_send_cb ends in EC_EVENT_SENT (it completed
+ * before the close) or EC_EVENT_SEND_FAILED with error ECANCELED (it did not leave, or was
+ * flushed by the close); each aio_recv_cb request still waiting ends in EC_EVENT_RECV_FAILED
+ * with error ECANCELED. So the program may free its aiocbs when sio_close returns, and count
+ * on one event per request. On one channel, these events come before any event of a later
+ * socket that is given the same descriptor number. (It drives the socket's channel until the
+ * device has given back the sends it had posted: microseconds, at most 2 s.)
+ *   Errors: EBADF not a DMAIO socket (nothing is closed then).
+ *           EBUSY dma_assoc is running on the socket in another thread. */
 int sio_close(int socket);
 
 /* ---------------------------------------------------------------------------------------- */

@@ -510,4 +510,14 @@ public final class Connection: Sendable {
     public func close() {
         events.close(id)
     }
+
+    /// Whether sends posted on the connection have not completed yet (a closed connection's
+    /// flush them within moments): the C ABI's `sio_close` waits for their events.
+    package var hasSendsInFlight: Bool {
+        let raw = id.rawValue
+        return events.state.withLock { state in
+            guard let core = state.connections.core(raw) else { return false }
+            return !core.pointee.inFlight.isEmpty
+        }
+    }
 }

@@ -38,6 +38,23 @@ public final class Listener: Sendable {
     /// The address listened on (with the port chosen, when port 0 was asked for).
     public var address: SocketAddress? { id.localAddress }
 
+    /// A descriptor for poll/epoll: readable while a connection request is pending (level
+    /// triggered; ``acceptPending()`` takes it). It may also turn readable for a request that
+    /// ``acceptPending()`` then rejects (a peer that does not speak this library's protocol):
+    /// take requests until it returns nil. Owned by the listener: do not close it.
+    ///
+    /// It is the descriptor of the listener's own rdma_cm event channel
+    /// (`rdma_event_channel.fd`).
+    public var fileDescriptor: Int32 { id.channel.fileDescriptor }
+
+    /// Takes a pending connection request without waiting: nil when none is pending. The
+    /// connection is complete once it is associated.
+    ///
+    /// The corresponding C function is `rdma_get_cm_event` on a non-blocking channel.
+    public func acceptPending() throws(RDMAError) -> Connection? {
+        try takeRequest()
+    }
+
     /// Waits up to `timeout` (forever when nil) for a connection request and takes it, blocking
     /// the calling thread. The connection is complete once it is associated
     /// (``Connection/associate(_:receiveBytes:slotSize:timeout:)``).
