@@ -117,11 +117,24 @@ public func sioClose(_ socket: Int32) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
         try Registry.shared.locked { registry throws(Failure) in
             let entry = try registry.socket(socket, "sio_close")
-            guard !entry.associating else {
+            guard !entry.associating || entry.association != nil else {
                 throw Failure(EBUSY, "sio_close: socket \(socket) is being associated by another thread: wait for dma_assoc to return")
             }
             let channel = entry.channel
             entry.closing = true
+            if let association = entry.association, entry.area == nil {
+                // A non-blocking association still in its handshake: it ends now, with its event;
+                // its task closes the connection and the descriptor once it has stopped using them.
+                association.task.cancel()
+                entry.closeLeftToAssociation = true
+                var failed = ec_event(type: EC_EVENT_ASSOC_FAILED, socket: socket)
+                failed.error = ECANCELED
+                registry.deliver(failed, to: channel, from: channel)
+                channel.updateWake()
+                registry.sockets[socket] = nil
+                channel.sockets -= 1
+                return 0
+            }
             if let connection = entry.connection {
                 connection.close()
                 let deadline = ContinuousClock.now + flushDeadline

@@ -33,6 +33,11 @@ extension Registry {
         switch event {
         case .connected(let connection):
             guard let socket = entry.socketsByConnection[connection.rawValue] else { return }
+            // A non-blocking association: data may flow from this event on.
+            if let socketEntry = sockets[socket], socketEntry.area == nil, let area = socketEntry.association?.area {
+                socketEntry.area = area
+                area.sockets += 1
+            }
             deliver(ec_event(type: EC_EVENT_CONNECTED, socket: socket), to: entry, from: entry)
         case .sent(let connection, let cookie), .sendFailed(let connection, let cookie, _):
             guard let socket = entry.socketsByConnection[connection.rawValue], let socketEntry = sockets[socket] else { return }

@@ -200,6 +200,13 @@ final class SocketEntry {
     var associating = false
     /// sio_close is collecting the last events: sends that fail now were cancelled by it.
     var closing = false
+    /// A non-blocking dma_assoc (DMA_NONBLOCK) in progress: the task running the handshake and
+    /// the area it associates with. It ends in exactly one event, EC_EVENT_CONNECTED or
+    /// EC_EVENT_ASSOC_FAILED.
+    var association: (task: Task<Void, Never>, area: AreaEntry)?
+    /// sio_close came during a non-blocking association: its task closes the connection and
+    /// the descriptor when it ends.
+    var closeLeftToAssociation = false
     /// aio_send_cb requests in flight: where each completion goes.
     var sendRequests = RequestTable()
     /// aio_recv_cb requests waiting for a message, in order.
@@ -257,6 +264,13 @@ struct RequestTable {
         free.removeAll()
         return outstanding
     }
+}
+
+/// A registry object handed to a task: `@unchecked Sendable` because it is touched only under
+/// the registry's lock, like every entry.
+struct GuardedByRegistry<Value: AnyObject>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }
 
 /// The device the C program asked for through the environment, if any.

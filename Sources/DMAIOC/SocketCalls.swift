@@ -11,13 +11,18 @@ import Glibc
 /// `int dma_assoc(int socket, dma_mem_t handle, size_t size, int flags)`. The corresponding
 /// verbs calls are `ibv_create_qp` and `ibv_modify_qp` (TCP socket) or `rdma_create_qp` and
 /// `rdma_connect`/`rdma_accept` (rdma_cm descriptor), and `ibv_post_recv`.
+///
+/// With `DMA_NONBLOCK` it returns once the association is started: the handshake runs on the
+/// library's watcher thread (the Swift layer's async association) and ends in one event on the
+/// socket's channel, `EC_EVENT_CONNECTED` or `EC_EVENT_ASSOC_FAILED` with the errno.
 @_cdecl("dma_assoc")
 public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: UInt, _ flags: Int32) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
         let registry = Registry.shared
+        let nonblocking = flags & Int32(DMA_NONBLOCK) != 0
         let (entry, area, connection, slotSize) = try registry.locked { registry throws(Failure) in
             let area = try registry.area(handle, "dma_assoc")
-            guard flags & ~0x3f == 0 else { throw .flags("dma_assoc", flags) }
+            guard flags & ~(0x3f | Int32(DMA_NONBLOCK)) == 0 else { throw .flags("dma_assoc", flags) }
             let log2 = Int(flags & 0x3f)
             guard log2 == 0 || (6...30).contains(log2) else {
                 throw Failure(EINVAL, "dma_assoc: DMA_SLOT_LOG2(\(log2)): slots are 2^6 (64 B) to 2^30 (1 GiB) bytes")
@@ -35,7 +40,7 @@ public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: UInt, _ 
             }
             if case .listener = entry.kind { throw Failure(EINVAL, "dma_assoc: descriptor \(socket) is listening: associate the descriptors sio_accept returns") }
             guard entry.area == nil else { throw Failure(EISCONN, "dma_assoc: socket \(socket) is already associated") }
-            guard !entry.associating else { throw Failure(EALREADY, "dma_assoc: socket \(socket) is being associated by another thread") }
+            guard !entry.associating else { throw Failure(EALREADY, "dma_assoc: socket \(socket) is being associated already") }
             let connection: Connection
             if let existing = entry.connection {
                 connection = existing
@@ -47,26 +52,82 @@ public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: UInt, _ 
             entry.associating = true
             return (entry, area, connection, slotSize)
         }
+        let receiveBytes = Int(size)
+        if nonblocking {
+            // Entries are reached only under the registry's lock, also from the task.
+            let guarded = GuardedByRegistry(entry)
+            let dmaArea = area.area
+            try registry.locked { _ throws(Failure) in
+                let task = Task {
+                    var failure: Failure?
+                    do {
+                        try await connection.associate(dmaArea, receiveBytes: receiveBytes, slotSize: slotSize)
+                    } catch let error as RDMAError {
+                        failure = Failure(error)
+                    } catch {
+                        failure = Failure(ECANCELED, "dma_assoc: cancelled by sio_close")
+                    }
+                    try? registry.locked { registry throws(Failure) in registry.associationEnded(guarded.value, connection: connection, failure: failure) }
+                }
+                entry.association = (task, area)
+            }
+            return 0
+        }
         // The handshake blocks (up to 10 s): without the lock.
         var failure: Failure?
         do throws(RDMAError) {
-            try connection.associate(area.area, receiveBytes: Int(size), slotSize: slotSize)
+            try connection.associate(area.area, receiveBytes: receiveBytes, slotSize: slotSize)
         } catch {
             failure = Failure(error)
         }
         return try registry.locked { registry throws(Failure) in
             entry.associating = false
             if let failure {
-                // A failed association closed the connection; a TCP socket may try again.
-                if case .tcp = entry.kind {
-                    entry.channel.socketsByConnection[connection.id.rawValue] = nil
-                    entry.connection = nil
-                }
+                registry.forgetFailedAssociation(entry, connection: connection)
                 throw failure
             }
             entry.area = area
             area.sockets += 1
             return 0
+        }
+    }
+}
+
+extension Registry {
+    /// A non-blocking association ended (registry lock held): records it, or reports its failure
+    /// as `EC_EVENT_ASSOC_FAILED`. After sio_close (which reported `ECANCELED` already) it
+    /// finishes the close instead: the connection and the descriptor were left to it.
+    func associationEnded(_ entry: SocketEntry, connection: Connection, failure: Failure?) {
+        let area = entry.association?.area
+        entry.associating = false
+        entry.association = nil
+        if entry.closeLeftToAssociation {
+            connection.close()
+            entry.channel.socketsByConnection[connection.id.rawValue] = nil
+            close(entry.descriptor)
+            return
+        }
+        if entry.closing { return }  // sio_close (after the connection was up) did the rest
+        if let failure {
+            forgetFailedAssociation(entry, connection: connection)
+            var event = ec_event(type: EC_EVENT_ASSOC_FAILED, socket: entry.descriptor)
+            event.error = failure.errno
+            deliver(event, to: entry.channel, from: entry.channel)
+            entry.channel.updateWake()
+            return
+        }
+        // Its .connected event may have been taken already (then the area is recorded).
+        if entry.area == nil, let area {
+            entry.area = area
+            area.sockets += 1
+        }
+    }
+
+    /// A failed association closed the connection; a TCP socket may try again.
+    func forgetFailedAssociation(_ entry: SocketEntry, connection: Connection) {
+        if case .tcp = entry.kind {
+            entry.channel.socketsByConnection[connection.id.rawValue] = nil
+            entry.connection = nil
         }
     }
 }

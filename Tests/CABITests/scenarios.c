@@ -34,12 +34,6 @@ static const char *D(const char *format, ...)
     return S("%s: %s", scn, text);
 }
 
-struct ctx {
-    struct link *link;
-    int sock;      /* the connected TCP socket; -1 for rdma_cm */
-    uint16_t port; /* the TCP or rdma_cm port */
-};
-
 /* One end: its socket, channel, area and event log. */
 struct side {
     int sock;
@@ -1145,6 +1139,8 @@ static const struct scenario scenarios[] = {
     { "peer-dies", "the peer process is killed: EC_EVENT_DISCONNECTED, then ECONNRESET", false, true, dies_main,
       dies_peer },
     { "rdma_cm", "sio_listen / sio_accept / sio_connect, dma_assoc and an exchange", true, false, cm_main, cm_peer },
+    { "event-loop", "an epoll server (listeners and ec_to_fd only, DMA_NONBLOCK) serves 8 clients at once; silent TCP clients do not hold it up",
+      true, false, event_loop_main, event_loop_peer },
     { "close-events", "one completion event per accepted request across sio_close and the peer's disconnect", false, false,
       close_events_main, close_events_peer },
 };

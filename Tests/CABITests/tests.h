@@ -16,6 +16,19 @@ void test_threads(void);
 
 /* Two processes (scenarios.c): the main process runs every scenario against a peer process. */
 void run_scenarios(void);
+
+/* What a scenario's two roles get: the link to the other process, and a connected TCP socket
+ * (the main role, unless the scenario makes its own connections) or -1, and the port. */
+struct ctx {
+    struct link *link;
+    int sock;      /* the connected TCP socket; -1 for rdma_cm */
+    uint16_t port; /* the TCP or rdma_cm port */
+};
+
+/* event_loop.c: an epoll server on one event channel (listeners and ec_to_fd only) against
+ * clients that connect at once, with silent TCP clients among them. */
+void event_loop_main(struct ctx *c);
+void event_loop_peer(struct ctx *c);
 /* The peer process: `dmaio-c-tests --peer SCENARIO PORT IN OUT RESULTS`. */
 int peer_main(int argc, char **argv);
 

@@ -92,6 +92,7 @@ int dma_free(dma_mem_t handle);
  * its receiver: larger messages are refused (EMSGSIZE), never split. */
 #define DMA_SLOT_LOG2(n) ((int)(n) & 0x3f) /* slots of 2^n bytes, 6 <= n <= 30 */
 #define DMA_SLOT_DEFAULT 0                   /* 64 KiB slots */
+#define DMA_NONBLOCK 0x40 /* dma_assoc returns at once; the handshake ends in an event */
 
 /* Associates `size` bytes of the area with `socket` for incoming data, and brings the
  * connection up over RDMA (a reliable-connected queue pair). The bytes become receive slots:
@@ -108,7 +109,14 @@ int dma_free(dma_mem_t handle);
  *     The TCP connection stays open as the control channel: when the peer closes it or dies,
  *     the socket gets an EC_EVENT_DISCONNECTED event.
  *   - a descriptor from sio_connect or sio_accept (rdma_cm, no TCP socket).
- * Blocks until the connection is up or `flags`-independent timeouts (10 s) expire.
+ * Blocks until the connection is up or the handshake's deadline (10 s) passes — unless flags
+ * has DMA_NONBLOCK: then it checks its arguments, returns 0 at once, and the handshake runs
+ * inside the library; it ends in exactly one event on the socket's channel, EC_EVENT_CONNECTED
+ * (aio_send and aio_recv work from then on; before, they fail with ENOTCONN) or
+ * EC_EVENT_ASSOC_FAILED with the errno listed below (ETIMEDOUT after the same 10 s). A silent
+ * or slow peer then holds up nothing but its own socket: the form for an event loop. sio_close
+ * during the handshake ends it (EC_EVENT_ASSOC_FAILED, ECANCELED). After a failed association
+ * a TCP socket may be associated again, or closed with sio_close.
  *   Errors: EINVAL  unknown handle, size smaller than one slot, bad slot size, no event channel
  *                   bound to a TCP socket.
  *           EBADF   socket is not an open descriptor.       ENOTSOCK  not a socket.
@@ -117,6 +125,7 @@ int dma_free(dma_mem_t handle);
  *                   area, before anything is sent to the peer).
  *           EXDEV   the socket's address belongs to another device than the area's (or the event
  *                   channel's): set DMAIO_DEVICE or use an address of that device.
+ *           EALREADY  an association of the socket is in progress.
  *           EPROTO  the peer is not a DMAIO peer or sent a malformed handshake.
  *           ECONNRESET the peer closed during the handshake.   ETIMEDOUT  no answer in time.
  * The corresponding verbs calls are ibv_create_qp and ibv_modify_qp (TCP socket) or
@@ -164,9 +173,12 @@ enum ec_event_type {
     EC_EVENT_DISCONNECTED = 4, /* the peer went away or the link broke; error says why */
     EC_EVENT_SEND_FAILED = 5,  /* a send did not complete; status is the verbs status, error
                                   ECONNRESET (the peer went away), ECANCELED (sio_close) or EIO */
-    EC_EVENT_RECV_FAILED = 6   /* a receive failed; status is the verbs status; for an
+    EC_EVENT_RECV_FAILED = 6,  /* a receive failed; status is the verbs status; for an
                                   aio_recv_cb request error says why (EMSGSIZE, ECONNRESET,
                                   ECANCELED) */
+    EC_EVENT_ASSOC_FAILED = 7  /* a dma_assoc with DMA_NONBLOCK failed; error is the errno the
+                                  blocking call would have returned (ETIMEDOUT, EPROTO,
+                                  ECONNRESET, ...), or ECANCELED after sio_close */
 };
 
 /* One event. */
