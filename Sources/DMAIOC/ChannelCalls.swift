@@ -63,7 +63,7 @@ public func ecBind(_ ec: OpaquePointer?, _ socket: Int32) -> Int32 {
                 throw Failure(EISCONN, "ec_bind: socket \(socket) already has an event channel")
             }
             try checkSocketDescriptor(socket, "ec_bind")
-            registry.sockets[socket] = SocketEntry(descriptor: socket, kind: .tcp, channel: channel)
+            registry.addSocket(SocketEntry(descriptor: socket, kind: .tcp, channel: channel))
             channel.sockets += 1
             return 0
         }

@@ -29,7 +29,7 @@ private func register(_ connection: Connection, on channel: ChannelEntry, _ oper
             close(descriptor)
             throw .unknownChannel(operation)
         }
-        registry.sockets[descriptor] = SocketEntry(descriptor: descriptor, kind: .connectionManager, channel: channel, connection: connection)
+        registry.addSocket(SocketEntry(descriptor: descriptor, kind: .connectionManager, channel: channel, connection: connection))
         channel.socketsByConnection[connection.id.rawValue] = descriptor
         channel.sockets += 1
     }
@@ -68,7 +68,7 @@ public func sioListen(_ ec: OpaquePointer?, _ address: UnsafePointer<CChar>?, _ 
         let descriptor = fcntl(listener.fileDescriptor, F_DUPFD_CLOEXEC, 0)
         guard descriptor >= 0 else { throw Failure(Glibc.errno, "sio_listen: duplicating the listener's descriptor failed (out of descriptors?)") }
         try Registry.shared.locked { registry throws(Failure) in
-            registry.sockets[descriptor] = SocketEntry(descriptor: descriptor, kind: .listener(listener), channel: channel)
+            registry.addSocket(SocketEntry(descriptor: descriptor, kind: .listener(listener), channel: channel))
             channel.sockets += 1
         }
         return descriptor
@@ -115,59 +115,83 @@ public func sioAccept(_ listenerDescriptor: Int32, _ timeoutMilliseconds: Int32)
 @_cdecl("sio_close")
 public func sioClose(_ socket: Int32) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
-        try Registry.shared.locked { registry throws(Failure) in
-            let entry = try registry.socket(socket, "sio_close")
-            guard !entry.associating || entry.association != nil else {
-                throw Failure(EBUSY, "sio_close: socket \(socket) is being associated by another thread: wait for dma_assoc to return")
-            }
-            let channel = entry.channel
-            entry.closing = true
-            if let association = entry.association, entry.area == nil {
-                // A non-blocking association still in its handshake: it ends now, with its event;
-                // its task closes the connection and the descriptor once it has stopped using them.
-                association.task.cancel()
-                entry.closeLeftToAssociation = true
-                var failed = ec_event(type: EC_EVENT_ASSOC_FAILED, socket: socket)
-                failed.error = ECANCELED
-                registry.deliver(failed, to: channel, from: channel)
-                channel.updateWake()
-                registry.sockets[socket] = nil
-                channel.sockets -= 1
-                return 0
-            }
-            if let connection = entry.connection {
-                connection.close()
-                let deadline = ContinuousClock.now + flushDeadline
-                while connection.hasSendsInFlight, ContinuousClock.now < deadline {
-                    guard let event = try? channel.channel.wait(timeout: .milliseconds(10)) else { continue }
-                    registry.translate(event, on: channel)
-                }
-                while let event = try? channel.channel.next() { registry.translate(event, on: channel) }
-                channel.socketsByConnection[connection.id.rawValue] = nil
-            }
-            // What is still outstanding fails now, each with its event.
-            for request in entry.sendRequests.takeAll() {
-                guard let target = request.target else { continue }
-                var failed = ec_event(type: EC_EVENT_SEND_FAILED, socket: socket)
-                failed.cookie = request.cookie
-                failed.error = ECANCELED
-                registry.deliver(failed, to: target, from: channel)
-                target.updateWake()
-            }
-            while let request = entry.receiveRequests.popFirst() {
-                var failed = ec_event(type: EC_EVENT_RECV_FAILED, socket: socket)
-                failed.cookie = request.block.pointee.aio_cookie
-                failed.error = ECANCELED
-                registry.deliver(failed, to: request.target, from: channel)
-                request.target.updateWake()
-            }
-            channel.updateWake()
-            registry.sockets[socket] = nil
-            channel.sockets -= 1
-            entry.area?.sockets -= 1
-            close(socket)
-            return 0
+        try Registry.shared.locked { registry throws(Failure) in try registry.closeSocket(socket, closingDescriptor: true) }
+        return 0
+    }
+}
+
+/// close(), dup2() or dup3() on a descriptor the library holds as a socket (close_guard.c):
+/// what sio_close does, then the descriptor is closed (or left to dup2/dup3, which replace it).
+@_cdecl("dmaio_close_guarded")
+public func dmaioCloseGuarded(_ socket: Int32, _ closeDescriptor: Bool) -> Int32 {
+    do {
+        try Registry.shared.locked { registry throws(Failure) in try registry.closeSocket(socket, closingDescriptor: closeDescriptor) }
+        return 0
+    } catch where error.errno == EBADF {
+        // Not a socket any more (sio_close in another thread came first): a plain close.
+        return closeDescriptor ? dmaio_real_close(socket) : 0
+    } catch {
+        LastError.set(error.message)
+        Glibc.errno = error.errno
+        return -1
+    }
+}
+
+extension Registry {
+    /// sio_close (registry lock held): ends the socket's association, queues the last event of
+    /// every operation it accepted, and closes the descriptor when `closingDescriptor`.
+    func closeSocket(_ socket: Int32, closingDescriptor: Bool) throws(Failure) {
+        let entry = try self.socket(socket, "sio_close")
+        guard !entry.associating || entry.association != nil else {
+            throw Failure(EBUSY, "sio_close: socket \(socket) is being associated by another thread: wait for dma_assoc to return")
         }
+        let channel = entry.channel
+        entry.closing = true
+        if let association = entry.association, entry.area == nil {
+            // A non-blocking association still in its handshake: it ends now, with its event;
+            // its task closes the connection and the descriptor once it has stopped using them.
+            association.task.cancel()
+            entry.closeLeftToAssociation = true
+            entry.closeDescriptorAtEnd = closingDescriptor
+            var failed = ec_event(type: EC_EVENT_ASSOC_FAILED, socket: socket)
+            failed.error = ECANCELED
+            deliver(failed, to: channel, from: channel)
+            channel.updateWake()
+            removeSocket(socket)
+            channel.sockets -= 1
+            return
+        }
+        if let connection = entry.connection {
+            connection.close()
+            let deadline = ContinuousClock.now + flushDeadline
+            while connection.hasSendsInFlight, ContinuousClock.now < deadline {
+                guard let event = try? channel.channel.wait(timeout: .milliseconds(10)) else { continue }
+                translate(event, on: channel)
+            }
+            while let event = try? channel.channel.next() { translate(event, on: channel) }
+            channel.socketsByConnection[connection.id.rawValue] = nil
+        }
+        // What is still outstanding fails now, each with its event.
+        for request in entry.sendRequests.takeAll() {
+            guard let target = request.target else { continue }
+            var failed = ec_event(type: EC_EVENT_SEND_FAILED, socket: socket)
+            failed.cookie = request.cookie
+            failed.error = ECANCELED
+            deliver(failed, to: target, from: channel)
+            target.updateWake()
+        }
+        while let request = entry.receiveRequests.popFirst() {
+            var failed = ec_event(type: EC_EVENT_RECV_FAILED, socket: socket)
+            failed.cookie = request.block.pointee.aio_cookie
+            failed.error = ECANCELED
+            deliver(failed, to: request.target, from: channel)
+            request.target.updateWake()
+        }
+        channel.updateWake()
+        removeSocket(socket)
+        channel.sockets -= 1
+        entry.area?.sockets -= 1
+        if closingDescriptor { _ = dmaio_real_close(socket) }
     }
 }
 

@@ -52,6 +52,19 @@ final class Registry: @unchecked Sendable {
     }
 
     static func handle(_ value: UInt) -> OpaquePointer { OpaquePointer(bitPattern: value)! }
+
+    /// Registers a socket under its descriptor, which close(), dup2() and dup3() then guard
+    /// (close_guard.c).
+    func addSocket(_ entry: SocketEntry) {
+        sockets[entry.descriptor] = entry
+        dmaio_guard_set(entry.descriptor, true)
+    }
+
+    /// Forgets the socket of `descriptor`: the descriptor is the program's again.
+    func removeSocket(_ descriptor: Int32) {
+        dmaio_guard_set(descriptor, false)
+        sockets[descriptor] = nil
+    }
 }
 
 /// A DMA area and what the C program holds of it.
@@ -204,9 +217,10 @@ final class SocketEntry {
     /// the area it associates with. It ends in exactly one event, EC_EVENT_CONNECTED or
     /// EC_EVENT_ASSOC_FAILED.
     var association: (task: Task<Void, Never>, area: AreaEntry)?
-    /// sio_close came during a non-blocking association: its task closes the connection and
-    /// the descriptor when it ends.
+    /// sio_close came during a non-blocking association: its task closes the connection (and
+    /// the descriptor, when `closeDescriptorAtEnd`) when it ends.
     var closeLeftToAssociation = false
+    var closeDescriptorAtEnd = true
     /// aio_send_cb requests in flight: where each completion goes.
     var sendRequests = RequestTable()
     /// aio_recv_cb requests waiting for a message, in order.

@@ -104,7 +104,7 @@ extension Registry {
         if entry.closeLeftToAssociation {
             connection.close()
             entry.channel.socketsByConnection[connection.id.rawValue] = nil
-            close(entry.descriptor)
+            if entry.closeDescriptorAtEnd { _ = dmaio_real_close(entry.descriptor) }
             return
         }
         if entry.closing { return }  // sio_close (after the connection was up) did the rest

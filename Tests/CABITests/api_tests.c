@@ -532,6 +532,29 @@ void test_rdma_cm_errors(void)
         EXPECT_OK(sio_close(d), "sio_close of the unassociated sio_connect descriptor");
     }
 
+    /* dup2() and close() onto DMAIO sockets end them: the numbers are no DMAIO sockets after. */
+    EXPECT_NONNEG(sio_connect(ec, cfg.addr, port, NULL, 3000), "sio_connect (for dup2 onto it)");
+    if (tap_passed()) {
+        int d = (int)tap_last.ret;
+        EXPECT_RET(dup2(pipefd[0], d), d, "dup2(pipe, a sio_connect descriptor)");
+        EXPECT_ERR(sio_close(d), EBADF, "sio_close of the number dup2 replaced: no DMAIO socket any more");
+        tap_check(fd_is_open(d), "the number holds the pipe's duplicate", "closed");
+        close(d);
+    }
+    EXPECT_NONNEG(sio_listen(ec, cfg.addr, fresh_port(), 4), "sio_listen (for close() on it)");
+    if (tap_passed()) {
+        int l = (int)tap_last.ret;
+        EXPECT_OK(close(l), "close() of a listening descriptor");
+        int again = dup(pipefd[0]);
+        if (again == l) {
+            EXPECT_ERR(sio_accept(again, 0), EBADF, "sio_accept on its number, now a pipe's duplicate");
+            EXPECT_ERR(sio_close(again), EBADF, "sio_close on it");
+        } else {
+            tap_note("dup() gave %d, not the listener's %d: the reuse checks are left out", again, l);
+        }
+        close(again);
+    }
+
     if (listener >= 0) {
         EXPECT_OK(sio_close(listener), "sio_close of the listening descriptor");
         EXPECT_ERR(sio_accept(listener, 100), EBADF, "sio_accept on the closed listener");

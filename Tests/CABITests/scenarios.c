@@ -1110,6 +1110,59 @@ static void close_events_peer(struct ctx *c)
     EXPECT_OK(ec_destroy(s.ec), D("ec_destroy"));
 }
 
+/* ==== reuse: close() instead of sio_close, and the number comes back as a pipe ===================== */
+
+static void reuse_main(struct ctx *c)
+{
+    struct side s;
+    void *b = NULL, *in = NULL;
+    int p[2] = { -1, -1 };
+    if (!side_up(&s, c, 1 << 20, 4 * 4096, SLOT_4K))
+        return;
+    send_message(&s, 100, 1);
+    expect_sent(&s, 1);
+    int old = s.sock;
+    EXPECT_OK(close(old), D("close() (not sio_close) of the associated socket %d", old));
+    EXPECT_OK(pipe(p), D("pipe() right after"));
+    int same = p[0] == old ? p[0] : p[1] == old ? p[1] : -1;
+    tap_check(same >= 0, D("the pipe got the socket's number %d", old), "%d and %d", p[0], p[1]);
+    if (same >= 0) {
+        EXPECT_OK(sio_reserve(s.area, &b, 64), D("sio_reserve of 64 bytes"));
+        if (b != NULL) {
+            fill_pattern(b, 64, 2);
+            EXPECT_ERR(aio_send(same, b, 64, 0), EBADF, D("aio_send on the pipe that has the old socket's number"));
+            EXPECT_OK(sio_release_buffer(s.area, b), D("the buffer stayed reserved: sio_release_buffer"));
+        }
+        EXPECT_ERR(aio_recv(same, &in, 4096, 0), EBADF, D("aio_recv on the pipe"));
+        EXPECT_ERR(sio_close(same), EBADF, D("sio_close on the pipe"));
+        tap_check(fd_is_open(same) && write(p[1], "x", 1) == 1, D("the pipe is still open and works"), "closed");
+    }
+    int sent = evlog_count(&s.log, EC_EVENT_SENT, old, false, 0);
+    tap_check(sent == 1 && evlog_count(&s.log, EC_EVENT_SEND_FAILED, old, false, 0) == 0,
+              D("the one send of the socket had its one event"), "%d SENT", sent);
+    close(p[0]);
+    close(p[1]);
+    sync_send(c->link, 'N', 0);
+    EXPECT_OK(dma_free(s.area), D("dma_free: close() released the socket's hold on the area"));
+    EXPECT_OK(ec_destroy(s.ec), D("ec_destroy: close() released the socket's hold on the channel"));
+}
+
+static void reuse_peer(struct ctx *c)
+{
+    struct side s;
+    void *in = NULL;
+    if (!side_up(&s, c, 1 << 20, 4 * 4096, SLOT_4K))
+        return;
+    if (expect_message(&s.log, s.sock, 100, 1, &in, D("message 1")))
+        EXPECT_OK(sio_release_buffer(s.area, in), D("sio_release_buffer of it"));
+    EXPECT_RET(evlog_wait(&s.log, EC_EVENT_DISCONNECTED, s.sock, false, 0, T(8000), NULL), 1,
+               D("EC_EVENT_DISCONNECTED after the other side's close()"));
+    if (!sync_wait(c->link, 'N', NULL, SYNC_MS))
+        return;
+    EXPECT_ERR(aio_recv(s.sock, &in, 4096, 0), ECONNRESET, D("nothing more arrived: what went to the pipe's number never left"));
+    side_down(&s);
+}
+
 /* ==== the table and the drivers ================================================================= */
 
 struct scenario {
@@ -1141,6 +1194,8 @@ static const struct scenario scenarios[] = {
     { "rdma_cm", "sio_listen / sio_accept / sio_connect, dma_assoc and an exchange", true, false, cm_main, cm_peer },
     { "event-loop", "an epoll server (listeners and ec_to_fd only, DMA_NONBLOCK) serves 8 clients at once; silent TCP clients do not hold it up",
       true, false, event_loop_main, event_loop_peer },
+    { "reuse", "close() instead of sio_close ends the socket; its number, reused by pipe(), is no DMAIO socket", false, false,
+      reuse_main, reuse_peer },
     { "close-events", "one completion event per accepted request across sio_close and the peer's disconnect", false, false,
       close_events_main, close_events_peer },
 };

@@ -37,8 +37,12 @@
  * A "DMAIO socket" is a descriptor the library knows: a TCP socket given to ec_bind, or a
  * descriptor sio_connect, sio_listen or sio_accept returned. aio_send, aio_recv, their aiocb
  * forms, sio_accept and sio_close fail with EBADF on any other descriptor and leave it alone.
- * Close DMAIO sockets with sio_close, not close(). When several errors apply, which one is
- * reported is not specified.
+ * Close DMAIO sockets with sio_close. A DMAIO socket closed with close(), or replaced with
+ * dup2() or dup3(), ends as with sio_close first (the library defines these three functions
+ * for that: other descriptors go straight to libc's, after one atomic load), so its number,
+ * once reused for another file, is never taken for the old socket (EBADF). Not covered:
+ * close_range() and raw system calls; after fork() the child guards nothing. When several
+ * errors apply, which one is reported is not specified.
  *
  * Threads: every call may be made from any thread; calls on one event channel are serialised
  * inside the library.
