@@ -62,7 +62,10 @@ public func ecBind(_ ec: OpaquePointer?, _ socket: Int32) -> Int32 {
             if registry.sockets[socket] != nil {
                 throw Failure(EISCONN, "ec_bind: socket \(socket) already has an event channel")
             }
-            try checkSocketDescriptor(socket, "ec_bind")
+            let type = try swiftCall { () throws(RDMAError) in try Connection.checkSocket(socket, for: "ec_bind") }
+            guard type == Int32(SOCK_STREAM.rawValue) else {
+                throw Failure(EPROTOTYPE, "ec_bind: descriptor \(socket) is not a stream socket: DMAIO upgrades TCP connections")
+            }
             registry.addSocket(SocketEntry(descriptor: socket, kind: .tcp, channel: channel))
             channel.sockets += 1
             return 0
@@ -113,6 +116,9 @@ public func ecToFD(_ ec: OpaquePointer?) -> Int32 {
 @_cdecl("ec_delay")
 public func ecDelay(_ ec: OpaquePointer?, _ event: UnsafeMutablePointer<ec_event>?, _ timeoutMilliseconds: Int32) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
+        guard timeoutMilliseconds >= -1 else {
+            throw Failure(EINVAL, "ec_delay: timeout \(timeoutMilliseconds) ms: give -1 (forever), 0 (only look) or a positive time")
+        }
         let clock = ContinuousClock()
         let deadline = timeoutMilliseconds < 0 ? nil : clock.now + .milliseconds(timeoutMilliseconds)
         while true {

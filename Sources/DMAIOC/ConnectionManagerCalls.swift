@@ -43,11 +43,14 @@ public func sioConnect(_ ec: OpaquePointer?, _ host: UnsafePointer<CChar>?, _ po
     cCall { () throws(Failure) -> Int32 in
         let channel = try Registry.shared.locked { registry throws(Failure) in try registry.channel(ec, "sio_connect") }
         guard let host else { throw .null("sio_connect", "host") }
+        guard timeoutMilliseconds >= -1 else {
+            throw Failure(EINVAL, "sio_connect: timeout \(timeoutMilliseconds) ms: give -1 (the default, 30 s) or a positive time")
+        }
         let name = String(cString: host)
         let address = name.contains(":") ? "[\(name)]:\(port)" : "\(name):\(port)"
         let connection = try swiftCall { () throws(RDMAError) in
             try Connection(to: address, from: source.map { String(cString: $0) }, events: channel.channel,
-                           timeout: duration(milliseconds: timeoutMilliseconds) ?? .seconds(30))
+                           timeout: timeoutMilliseconds <= 0 ? .seconds(30) : .milliseconds(timeoutMilliseconds))
         }
         return try register(connection, on: channel, "sio_connect")
     }

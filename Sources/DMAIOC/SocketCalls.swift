@@ -22,6 +22,9 @@ public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: UInt, _ 
         let nonblocking = flags & Int32(DMA_NONBLOCK) != 0
         let (entry, area, connection, slotSize) = try registry.locked { registry throws(Failure) in
             let area = try registry.area(handle, "dma_assoc")
+            guard flags & Int32(DMA_SLOT_INVALID) == 0 else {
+                throw Failure(EINVAL, "dma_assoc: DMA_SLOT_LOG2 of a number above 63: slots are 2^6 (64 B) to 2^30 (1 GiB) bytes")
+            }
             guard flags & ~(0x3f | Int32(DMA_NONBLOCK)) == 0 else { throw .flags("dma_assoc", flags) }
             let log2 = Int(flags & 0x3f)
             guard log2 == 0 || (6...30).contains(log2) else {
@@ -90,6 +93,57 @@ public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: UInt, _ 
             area.sockets += 1
             return 0
         }
+    }
+}
+
+/// `size_t dma_assoc_footprint(size_t size, int flags, size_t peer_credits)`: the bytes of the
+/// area an association takes, as dma_assoc computes them (Association's slot block).
+@_cdecl("dma_assoc_footprint")
+public func dmaAssocFootprint(_ size: UInt, _ flags: Int32, _ peerCredits: UInt) -> UInt {
+    let log2 = Int(flags & 0x3f)
+    guard flags & ~(0x3f | Int32(DMA_NONBLOCK)) == 0, log2 == 0 || (6...30).contains(log2) else {
+        LastError.set("dma_assoc_footprint: flags \(flags) are not dma_assoc's (DMA_SLOT_LOG2(6...30), DMA_NONBLOCK)")
+        Glibc.errno = EINVAL
+        return 0
+    }
+    let slot = UInt(log2 == 0 ? 64 << 10 : 1 << log2)
+    let (slots, overflow) = (size / slot).addingReportingOverflow(peerCredits)
+    guard size >= slot, !overflow, slots <= UInt(Int.max) / slot else {
+        LastError.set(size < slot ? "dma_assoc_footprint: \(size) receive bytes hold no slot of \(slot) bytes"
+                                  : "dma_assoc_footprint: \(size) receive bytes and \(peerCredits) credits are more than any area")
+        Glibc.errno = EINVAL
+        return 0
+    }
+    // The slots lie in one block of the buddy allocator: a power of two, at least its smallest block.
+    let bytes = max(slots * slot, UInt(DMAArea.minimumBlock))
+    return bytes.nonzeroBitCount == 1 ? bytes : 1 << (UInt.bitWidth - bytes.leadingZeroBitCount)
+}
+
+/// `int sio_getsockname(int socket, struct sockaddr *address, socklen_t *length)`: the local
+/// address of a DMAIO socket — for a listener, with the port it got when it asked for port 0.
+@_cdecl("sio_getsockname")
+public func sioGetsockname(_ socket: Int32, _ address: UnsafeMutablePointer<sockaddr>?, _ length: UnsafeMutablePointer<socklen_t>?) -> Int32 {
+    cCall { () throws(Failure) -> Int32 in
+        guard let address else { throw .null("sio_getsockname", "address") }
+        guard let length else { throw .null("sio_getsockname", "length") }
+        let local = try Registry.shared.locked { registry throws(Failure) -> SocketAddress? in
+            let entry = try registry.socket(socket, "sio_getsockname")
+            switch entry.kind {
+            case .listener(let listener): return listener.address
+            case .connectionManager: return entry.connection?.localAddress
+            case .tcp: return nil
+            }
+        }
+        guard let local else {
+            // An upgraded TCP socket: the kernel knows.
+            guard getsockname(socket, address, length) == 0 else { throw Failure(Glibc.errno, "sio_getsockname: getsockname failed") }
+            return 0
+        }
+        var storage = local.storage
+        let count = min(Int(length.pointee), Int(local.length))
+        withUnsafeBytes(of: &storage) { UnsafeMutableRawPointer(address).copyMemory(from: $0.baseAddress!, byteCount: count) }
+        length.pointee = local.length
+        return 0
     }
 }
 

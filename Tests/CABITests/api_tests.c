@@ -7,7 +7,9 @@
 
 #include "tests.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -250,6 +252,7 @@ void test_event_channels(void)
     EXPECT_ERR(ec_delay(ec, NULL, 10), EINVAL, "ec_delay with a NULL event");
     EXPECT_ERR(ec_delay(NULL, &ev, 10), EINVAL, "ec_delay on a NULL channel");
     EXPECT_ERR(ec_delay(BOGUS_EC, &ev, 10), EINVAL, "ec_delay on a made-up handle");
+    EXPECT_ERR(ec_delay(ec, &ev, -5), EINVAL, "ec_delay with a timeout of -5 ms (only -1 means forever)");
 
     /* EINTR: a signal (handler without SA_RESTART) for this thread while it waits. */
     struct sigaction sa, old;
@@ -280,6 +283,15 @@ void test_event_channels(void)
     EXPECT_ERR(ec_bind(BOGUS_EC2, s), EINVAL, "ec_bind of a made-up channel (a program variable)");
     EXPECT_ERR(ec_bind(ec, NOT_A_FD), EBADF, "ec_bind of a number that is no descriptor");
     EXPECT_ERR(ec_bind(ec, -1), EBADF, "ec_bind of descriptor -1");
+    int udp = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    EXPECT_ERR(ec_bind(ec, udp), EPROTOTYPE, "ec_bind of a UDP socket");
+    close(udp);
+    int bp[2];
+    if (pipe(bp) == 0) {
+        EXPECT_ERR(ec_bind(ec, bp[0]), ENOTSOCK, "ec_bind of a pipe");
+        close(bp[0]);
+        close(bp[1]);
+    }
     EXPECT_OK(ec_bind(ec, s), "ec_bind of a connected TCP socket");
     EXPECT_ERR(ec_bind(ec, s), EISCONN, "ec_bind of the same socket to the same channel again");
     EXPECT_NONNULL(ec_create(0), "ec_create of a second channel");
@@ -366,6 +378,15 @@ void test_sockets(void)
     EXPECT_ERR(dma_assoc(s, area, 1 << 16, DMA_SLOT_LOG2(5)), EINVAL, "dma_assoc with 32-byte slots (below 2^6)");
     EXPECT_ERR(dma_assoc(s, area, 1 << 16, DMA_SLOT_LOG2(31)), EINVAL, "dma_assoc with 2 GiB slots (above 2^30)");
     EXPECT_ERR(dma_assoc(s, area, 1 << 16, 0x1000), EINVAL, "dma_assoc with unknown flags 0x1000");
+    EXPECT_ERR(dma_assoc(s, area, 1 << 16, DMA_SLOT_LOG2(64)), EINVAL, "dma_assoc with DMA_SLOT_LOG2(64) (not the default)");
+    /* How much of an area an association takes. */
+    EXPECT_RET(dma_assoc_footprint(64 << 10, DMA_SLOT_LOG2(12), 16), 128 << 10,
+               "dma_assoc_footprint: 64 KiB of 4 KiB slots against 16 peer credits = (16 + 16) x 4 KiB");
+    EXPECT_RET(dma_assoc_footprint(3 << 16, DMA_SLOT_DEFAULT, 0), 256 << 10,
+               "dma_assoc_footprint: 3 slots of 64 KiB, rounded up to a power of two");
+    EXPECT_RET(dma_assoc_footprint(16 * 64, DMA_SLOT_LOG2(6), 16), 2048, "dma_assoc_footprint: 32 slots of 64 bytes");
+    EXPECT_NULL_ERR(dma_assoc_footprint(100, DMA_SLOT_DEFAULT, 1), EINVAL, "dma_assoc_footprint of less than one slot");
+    EXPECT_NULL_ERR(dma_assoc_footprint(1 << 16, 0x1000, 1), EINVAL, "dma_assoc_footprint with unknown flags");
     EXPECT_ERR(dma_assoc(s, area, 4 << 20, 0), ENOBUFS, "dma_assoc of 4 MiB from a 1 MiB area");
     last_error_says("dma_assoc of 4 MiB", "dma_assoc: 4194304 receive bytes");
     /* size_t is unsigned all the way in: the largest sizes are sizes, not negative numbers. */
@@ -499,9 +520,26 @@ void test_rdma_cm_errors(void)
     EXPECT_ERR(sio_listen(ec, cfg.addr, port, 4), EADDRINUSE, "sio_listen on a port that is taken");
     EXPECT_ERR(sio_listen(ec, "192.0.2.1", fresh_port(), 4), EADDRNOTAVAIL,
                "sio_listen on an address no RDMA device owns (192.0.2.1)");
+    EXPECT_ERR(sio_listen(ec, "127.0.0.1", fresh_port(), 4), EADDRNOTAVAIL, "sio_listen on 127.0.0.1 (no RDMA device owns it)");
+    EXPECT_NONNEG(sio_listen(ec, cfg.addr, 0, 4), "sio_listen on port 0");
+    if (tap_passed()) {
+        int l = (int)tap_last.ret;
+        struct sockaddr_in in;
+        socklen_t len = sizeof in;
+        memset(&in, 0, sizeof in);
+        EXPECT_OK(sio_getsockname(l, (struct sockaddr *)&in, &len), "sio_getsockname of the port-0 listener");
+        char text[INET_ADDRSTRLEN] = "";
+        inet_ntop(AF_INET, &in.sin_addr, text, sizeof text);
+        tap_check(in.sin_family == AF_INET && ntohs(in.sin_port) != 0 && strcmp(text, cfg.addr) == 0 && len == sizeof in,
+                  S("it names %s and the port chosen", cfg.addr), "%s port %u, length %u", text, ntohs(in.sin_port), (unsigned)len);
+        EXPECT_ERR(sio_getsockname(l, NULL, &len), EINVAL, "sio_getsockname with a NULL address");
+        EXPECT_ERR(sio_getsockname(pipefd[0], (struct sockaddr *)&in, &len), EBADF, "sio_getsockname of a pipe");
+        EXPECT_OK(sio_close(l), "sio_close of the port-0 listener");
+    }
 
     if (listener >= 0) {
         int64_t t0 = now_ms();
+        EXPECT_ERR(sio_accept(listener, -5), EINVAL, "sio_accept with a timeout of -5 ms");
         EXPECT_ERR(sio_accept(listener, 300), ETIMEDOUT, "sio_accept(300 ms) with nobody connecting");
         int64_t waited = now_ms() - t0;
         tap_check(waited >= 250 && waited < T(5000), "sio_accept waited about 300 ms", "%lld ms", (long long)waited);
@@ -516,6 +554,7 @@ void test_rdma_cm_errors(void)
     EXPECT_ERR(sio_connect(NULL, cfg.addr, port, NULL, 2000), EINVAL, "sio_connect on a NULL channel");
     EXPECT_ERR(sio_connect(BOGUS_EC, cfg.addr, port, NULL, 2000), EINVAL, "sio_connect on a made-up channel");
     EXPECT_ERR(sio_connect(ec, NULL, port, NULL, 2000), EINVAL, "sio_connect to a NULL host");
+    EXPECT_ERR(sio_connect(ec, cfg.addr, port, NULL, -5), EINVAL, "sio_connect with a timeout of -5 ms");
     EXPECT_ERR(sio_connect(ec, cfg.addr, port, cfg.peer_addr, 3000), EXDEV,
                S("sio_connect from %s (%s) with a channel on %s", cfg.peer_addr, cfg.peer_device, cfg.device));
     EXPECT_ERR(sio_connect(ec, "192.0.2.1", port, NULL, 2000), EADDRNOTAVAIL,

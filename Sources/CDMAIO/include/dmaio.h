@@ -56,6 +56,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #ifdef __cplusplus
@@ -94,7 +95,8 @@ int dma_free(dma_mem_t handle);
 
 /* dma_assoc flags: the receive slot size, as a power of two. A message is at most one slot of
  * its receiver: larger messages are refused (EMSGSIZE), never split. */
-#define DMA_SLOT_LOG2(n) ((int)(n) & 0x3f) /* slots of 2^n bytes, 6 <= n <= 30 */
+#define DMA_SLOT_LOG2(n) ((unsigned)(n) <= 0x3f ? (int)(n) : DMA_SLOT_INVALID) /* slots of 2^n bytes, 6 <= n <= 30 */
+#define DMA_SLOT_INVALID 0x80 /* what DMA_SLOT_LOG2 gives for n above 63: dma_assoc refuses it (EINVAL) */
 #define DMA_SLOT_DEFAULT 0                   /* 64 KiB slots */
 #define DMA_NONBLOCK 0x40 /* dma_assoc returns at once; the handshake ends in an event */
 
@@ -132,9 +134,26 @@ int dma_free(dma_mem_t handle);
  *           EALREADY  an association of the socket is in progress.
  *           EPROTO  the peer is not a DMAIO peer or sent a malformed handshake.
  *           ECONNRESET the peer closed during the handshake.   ETIMEDOUT  no answer in time.
+ *           ECONNREFUSED (rdma_cm) nobody listens there, or the server refused the connection
+ *                   (its own dma_assoc failed, e.g. ENOBUFS on its side).
+ *           EBUSY   (rdma_cm) the device or the port is not ready.
+ * EINVAL, ENOBUFS, EXDEV and EISCONN are found before anything is sent: correct the call and
+ * try again. After any other error the handshake is broken: sio_close the socket (for a TCP
+ * socket the peer then sees the close at once, instead of waiting for its 10 s deadline).
+ * dma_assoc_footprint says how much of the area an association takes.
  * The corresponding verbs calls are ibv_create_qp and ibv_modify_qp (TCP socket) or
  * rdma_create_qp and rdma_connect / rdma_accept (rdma_cm descriptor), and ibv_post_recv. */
 int dma_assoc(int socket, dma_mem_t handle, size_t size, int flags);
+
+/* How many bytes of the area dma_assoc(socket, area, size, flags) takes, when the peer grants
+ * `peer_credits` credits (its own dma_assoc size divided by its slot size): the receive slots
+ * (size / slot size, plus one per peer credit, for its credit updates) lie side by side in one
+ * block of the area's allocator, whose size is a power of two. For example, 64 KiB with 4 KiB
+ * slots against a peer that does the same: (16 + 16) x 4 KiB = 128 KiB. An area serving N such
+ * connections needs N times that, plus what its sends reserve. (Over rdma_cm the accepting side
+ * may take less: it grants at most as many credits as the connecting side.)
+ *   Returns 0 with errno EINVAL for a size below one slot or flags that are not dma_assoc's. */
+size_t dma_assoc_footprint(size_t size, int flags, size_t peer_credits);
 
 /* Reserves a send buffer of `size` bytes inside the area; stores its address in *buffer. Build
  * the message there, then aio_send it; the buffer returns to the area when the send completes.
@@ -212,6 +231,7 @@ int ec_destroy(ec_t ec);
  * an aiocb names another. Required before dma_assoc on a TCP socket (sio_connect and sio_accept
  * take the channel themselves). Once per socket.
  *   Errors: EINVAL unknown channel.  EBADF socket is not an open descriptor.
+ *           ENOTSOCK not a socket.  EPROTOTYPE not a stream (TCP) socket.
  *           EISCONN the socket already has a channel. */
 int ec_bind(ec_t ec, int socket);
 
@@ -230,9 +250,11 @@ int ec_next_event(ec_t ec, struct ec_event *event);
  *   Errors: EINVAL unknown channel. */
 int ec_to_fd(ec_t ec);
 
-/* Waits up to timeout_ms milliseconds (-1: forever) for an event. Returns 1 and fills *event,
- * or 0 on timeout. Wakes up every 2 s meanwhile to probe quiet connections (see ec_to_fd).
- *   Errors: EINVAL unknown channel, event is NULL.  EINTR a signal arrived. */
+/* Waits up to timeout_ms milliseconds (-1: forever, 0: only look) for an event. Returns 1 and
+ * fills *event, or 0 on timeout. Wakes up every 2 s meanwhile to probe quiet connections (see
+ * ec_to_fd).
+ *   Errors: EINVAL unknown channel, event is NULL, a negative timeout other than -1.
+ *           EINTR a signal arrived. */
 int ec_delay(ec_t ec, struct ec_event *event, int timeout_ms);
 
 /* ---------------------------------------------------------------------------------------- */
@@ -302,8 +324,8 @@ int aio_recv_cb(struct dma_aiocb *cb);
  * address to leave from, or NULL.
  *   Errors: EINVAL unknown channel, NULL host.  EADDRNOTAVAIL no RDMA device routes there
  *           (also for an unreachable network).
- *           ETIMEDOUT resolution took longer than timeout_ms.  EXDEV the route's device is not
- *           the channel's.
+ *           ETIMEDOUT resolution took longer than timeout_ms (-1: the default, 30 s; other
+ *           negative values are EINVAL).  EXDEV the route's device is not the channel's.
  * The corresponding calls are rdma_create_id, rdma_resolve_addr and rdma_resolve_route. */
 int sio_connect(ec_t ec, const char *host, uint16_t port, const char *source, int timeout_ms);
 
@@ -312,8 +334,9 @@ int sio_connect(ec_t ec, const char *host, uint16_t port, const char *source, in
  * triggered) while a connection request is pending: an event loop waits on it beside
  * ec_to_fd(ec) and calls sio_accept(listener, 0) when it is readable, until EAGAIN. Close it
  * with sio_close.
- *   Errors: EINVAL unknown channel.  EADDRNOTAVAIL no RDMA device owns the address.
- *           EADDRINUSE the port is taken.
+ *   Errors: EINVAL unknown channel.  EADDRNOTAVAIL no RDMA device owns the address (127.0.0.1
+ *           included: RDMA peers cannot reach it).  EADDRINUSE the port is taken.
+ * Port 0 listens on a free port; sio_getsockname says which.
  * The corresponding calls are rdma_bind_addr and rdma_listen. */
 int sio_listen(ec_t ec, const char *address, uint16_t port, int backlog);
 
@@ -324,6 +347,12 @@ int sio_listen(ec_t ec, const char *address, uint16_t port, int backlog);
  *   Errors: EBADF not a listening descriptor.  EAGAIN timeout 0 and no request pending.
  *           ETIMEDOUT nobody came in time.  EINVAL a negative timeout other than -1. */
 int sio_accept(int listener, int timeout_ms);
+
+/* The local address of a DMAIO socket, as getsockname(2) gives it: for a listening
+ * descriptor the address and port it listens on (the port chosen when it asked for port 0).
+ *   Errors: EBADF not a DMAIO socket.  EINVAL address or length is NULL.
+ * The corresponding call is rdma_get_local_addr (getsockname for an upgraded TCP socket). */
+int sio_getsockname(int socket, struct sockaddr *address, socklen_t *length);
 
 /* Ends a socket's association and closes the descriptor: disconnects (the peer gets
  * EC_EVENT_DISCONNECTED), returns receive slots to the area once the program released every

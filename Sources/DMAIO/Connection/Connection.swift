@@ -511,6 +511,24 @@ public final class Connection: Sendable {
         events.close(id)
     }
 
+    /// The local address: the rdma_cm id's, or the TCP socket's for an upgraded socket.
+    ///
+    /// The corresponding C functions are `rdma_get_local_addr` and `getsockname`.
+    public var localAddress: SocketAddress? {
+        switch endpoint {
+        case .connectionManager(let cmID):
+            return cmID.localAddress
+        case .socket(let socket):
+            var storage = sockaddr_storage()
+            var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            return withUnsafeMutablePointer(to: &storage) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
+                    getsockname(socket, address, &length) == 0 ? SocketAddress(address) : nil
+                }
+            }
+        }
+    }
+
     /// Whether sends posted on the connection have not completed yet (a closed connection's
     /// flush them within moments): the C ABI's `sio_close` waits for their events.
     package var hasSendsInFlight: Bool {

@@ -30,7 +30,14 @@ public final class Listener: Sendable {
     ///   the port is taken.
     public init(on address: String, events: EventChannel, backlog: Int32 = 128) throws(RDMAError) {
         id = try ConnectionID(channel: try ConnectionEventChannel())
-        try id.bind(to: try SocketAddress(parsing: address))
+        let socketAddress = try SocketAddress(parsing: address)
+        try id.bind(to: socketAddress)
+        // rdma_cm binds an address no RDMA device owns (127.0.0.1, say) without a device: no
+        // RDMA peer could ever reach it.
+        guard id.context != nil || socketAddress.isWildcard else {
+            throw RDMAError(.addressNotAvailable, operation: "rdma_bind_addr", errno: .addressNotAvailable,
+                            message: "no RDMA device owns \(address): listen on an address of an RDMA interface (rdma link show), or on 0.0.0.0")
+        }
         try id.listen(backlog: backlog)
         self.events = events
     }

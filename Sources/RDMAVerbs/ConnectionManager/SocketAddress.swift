@@ -95,6 +95,15 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Whether the address is the wildcard (`0.0.0.0` or `::`): every interface.
+    public var isWildcard: Bool {
+        withUnsafeBytes(of: storage) { raw in
+            family == AF_INET
+                ? raw.load(as: sockaddr_in.self).sin_addr.s_addr == 0
+                : withUnsafeBytes(of: raw.load(as: sockaddr_in6.self).sin6_addr) { $0.allSatisfy { $0 == 0 } }
+        }
+    }
+
     /// The IPv4 address, for an IPv4 socket address.
     public var ipv4: IPv4Address? {
         guard family == AF_INET else { return nil }
