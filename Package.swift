@@ -23,6 +23,7 @@ let package = Package(
         .executable(name: "pingpong", targets: ["pingpong"]),
         .executable(name: "stream", targets: ["stream"]),
         .executable(name: "c-pingpong", targets: ["c-pingpong"]),
+        .executable(name: "c-echo", targets: ["c-echo"]),
         .executable(name: "echo", targets: ["echo"]),
     ],
     dependencies: [
@@ -68,6 +69,12 @@ let package = Package(
             name: "c-pingpong",
             dependencies: ["CDMAIO", "DMAIOC"],
             path: "examples/c-pingpong",
+            cSettings: [.unsafeFlags(["-std=c11", "-Wall", "-Wextra", "-Werror"])]
+        ),
+        .executableTarget(
+            name: "c-echo",
+            dependencies: ["CDMAIO", "DMAIOC"],
+            path: "examples/c-echo",
             cSettings: [.unsafeFlags(["-std=c11", "-Wall", "-Wextra", "-Werror"])]
         ),
         .executableTarget(

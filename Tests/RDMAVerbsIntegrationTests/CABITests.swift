@@ -53,5 +53,29 @@ extension RxeIntegration {
                     "\(result.standardOutput)")
             print(result.standardOutput.split(separator: "\n").filter { $0.contains("usec/iter") }.joined(separator: "\n"))
         }
+
+        /// The second example, an epoll echo server, in two processes as a user runs it: 8
+        /// clients at once (4 upgraded TCP sockets, 4 rdma_cm), 100 messages each, every echo
+        /// checked; the server exits after its 8 clients have come and gone.
+        @Test func cEchoServesEightClientsAtOnce() throws {
+            let port = String(RxeEnvironment.freshPort())
+            let script = """
+                log=$(mktemp)
+                DMAIO_DEVICE="$1" "$5" server -b "$2" -p "$3" -c 8 > "$log" 2>&1 &
+                server=$!
+                for _ in $(seq 1 300); do grep -q listening "$log" && break; kill -0 $server 2>/dev/null || break; sleep 0.1; done
+                DMAIO_DEVICE="$4" "$5" client -b "$6" -p "$3" -c 8 -n 100 "$2"; client=$?
+                wait $server; status=$?
+                sed 's/^/[server] /' "$log"; rm -f "$log"
+                [ $client -eq 0 ] && [ $status -eq 0 ]
+                """
+            let result = try run(tool("sh"), ["-c", script, "c-echo-test", RxeEnvironment.deviceName, RxeEnvironment.address, port,
+                                              peerDevice, product("c-echo"), peerAddress], timeout: 240)
+            #expect(result.status == 0, "\(result.standardOutput)\n\(result.standardError)")
+            #expect(result.standardOutput.contains("c-echo: 8 connections, 800 echoes of 1 B ... 65536 B in "), "\(result.standardOutput)")
+            #expect(result.standardOutput.components(separatedBy: ": 100 messages echoed, the client closed").count == 9,
+                    "\(result.standardOutput)")
+            print(result.standardOutput.split(separator: "\n").filter { $0.contains("echoes of") }.joined(separator: "\n"))
+        }
     }
 }
