@@ -1163,6 +1163,61 @@ static void reuse_peer(struct ctx *c)
     side_down(&s);
 }
 
+/* ==== refused: a server without room refuses over rdma_cm, and the client is told why ============== */
+
+static void refused_main(struct ctx *c)
+{
+    struct side s;
+    memset(&s, 0, sizeof s);
+    EXPECT_NONNULL(ec_create(0), D("ec_create"));
+    s.ec = (ec_t)tap_last.ret;
+    if (s.ec == NULL)
+        return;
+    EXPECT_OK(dma_alloc(&s.area, 1 << 20, 0), D("dma_alloc of 1 MiB"));
+    EXPECT_NONNEG(sio_listen(s.ec, cfg.addr, c->port, 4), D("sio_listen"));
+    if (!tap_passed() || s.area == NULL)
+        return;
+    int listener = (int)tap_last.ret;
+    sync_send(c->link, 'L', 0);
+    EXPECT_RET(fd_readable(listener, T(10000)), 1, D("the peer's request arrives"));
+    EXPECT_NONNEG(sio_accept(listener, 0), D("sio_accept"));
+    if (tap_passed()) {
+        s.sock = (int)tap_last.ret;
+        /* 16 slots of 64 KiB, and 16 more for the client's credit updates: 2 MiB of a 1 MiB area. */
+        EXPECT_ERR(dma_assoc(s.sock, s.area, 1 << 20, 0), ENOBUFS, D("dma_assoc of 1 MiB against 16 client credits in a 1 MiB area"));
+        EXPECT_OK(sio_close(s.sock), D("sio_close of the refused connection"));
+    }
+    sync_wait(c->link, 'D', NULL, SYNC_MS);
+    EXPECT_OK(sio_close(listener), D("sio_close of the listener"));
+    EXPECT_OK(dma_free(s.area), D("dma_free"));
+    EXPECT_OK(ec_destroy(s.ec), D("ec_destroy"));
+}
+
+static void refused_peer(struct ctx *c)
+{
+    struct side s;
+    memset(&s, 0, sizeof s);
+    EXPECT_NONNULL(ec_create(0), D("ec_create"));
+    s.ec = (ec_t)tap_last.ret;
+    if (s.ec == NULL)
+        return;
+    EXPECT_OK(dma_alloc(&s.area, 4 << 20, 0), D("dma_alloc of 4 MiB"));
+    if (!sync_wait(c->link, 'L', NULL, SYNC_MS))
+        return;
+    EXPECT_NONNEG(sio_connect(s.ec, cfg.addr, c->port, cfg.peer_addr, T(5000)), D("sio_connect"));
+    if (tap_passed()) {
+        s.sock = (int)tap_last.ret;
+        EXPECT_ERR(dma_assoc(s.sock, s.area, 1 << 20, 0), ECONNREFUSED, D("dma_assoc against a server without room"));
+        const char *why = dma_last_error();
+        tap_check(strstr(why, "the server refused the connection") != NULL && strstr(why, "no room") != NULL,
+                  D("dma_last_error says the server refused for lack of room"), "\"%s\"", why);
+        EXPECT_OK(sio_close(s.sock), D("sio_close"));
+    }
+    sync_send(c->link, 'D', 0);
+    EXPECT_OK(dma_free(s.area), D("dma_free"));
+    EXPECT_OK(ec_destroy(s.ec), D("ec_destroy"));
+}
+
 /* ==== the table and the drivers ================================================================= */
 
 struct scenario {
@@ -1194,6 +1249,8 @@ static const struct scenario scenarios[] = {
     { "rdma_cm", "sio_listen / sio_accept / sio_connect, dma_assoc and an exchange", true, false, cm_main, cm_peer },
     { "event-loop", "an epoll server (listeners and ec_to_fd only, DMA_NONBLOCK) serves 8 clients at once; silent TCP clients do not hold it up",
       true, false, event_loop_main, event_loop_peer },
+    { "refused", "a server whose area has no room refuses an rdma_cm client, which is told why", true, false, refused_main,
+      refused_peer },
     { "reuse", "close() instead of sio_close ends the socket; its number, reused by pipe(), is no DMAIO socket", false, false,
       reuse_main, reuse_peer },
     { "close-events", "one completion event per accepted request across sio_close and the peer's disconnect", false, false,

@@ -150,8 +150,9 @@ int dma_assoc(int socket, dma_mem_t handle, size_t size, int flags);
  * (size / slot size, plus one per peer credit, for its credit updates) lie side by side in one
  * block of the area's allocator, whose size is a power of two. For example, 64 KiB with 4 KiB
  * slots against a peer that does the same: (16 + 16) x 4 KiB = 128 KiB. An area serving N such
- * connections needs N times that, plus what its sends reserve. (Over rdma_cm the accepting side
- * may take less: it grants at most as many credits as the connecting side.)
+ * connections needs N times that, plus what its sends reserve. Over rdma_cm the connecting side
+ * makes room for as many credit updates as it grants (pass its own size / slot size as
+ * peer_credits), and the accepting side grants at most that many: it may take less.
  *   Returns 0 with errno EINVAL for a size below one slot or flags that are not dma_assoc's. */
 size_t dma_assoc_footprint(size_t size, int flags, size_t peer_credits);
 

@@ -1,5 +1,6 @@
 import CRDMA
 import RDMAVerbs
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -15,7 +16,7 @@ import Glibc
 /// pair up by hand. Either way as steps that never block (``Handshake``): ``Connection``'s
 /// blocking and asynchronous `associate` drive the same steps.
 ///
-/// A set-up that fails or is abandoned gives back what it took (``abandon()``).
+/// A set-up that fails or is abandoned gives back what it took (``abandon(after:)``).
 struct Association: Handshake, ~Copyable {
     let connection: Connection
     let area: DMAArea
@@ -67,9 +68,15 @@ struct Association: Handshake, ~Copyable {
 
     /// Gives back what the set-up took and closes the connection: after a failure, a timeout or
     /// a cancellation.
-    mutating func abandon() {
+    mutating func abandon(after error: any Error) {
         for block in blocks { area.free(block) }
         blocks = []
+        // A server that has not answered the request yet says why it refuses it.
+        if case .connectionManager(let cmID) = connection.endpoint, connection.peerHello != nil, cmID.isAwaitingAnswer,
+           let failure = error as? RDMAError {
+            let errno = failure.code == .areaExhausted ? ENOBUFS : failure.errno?.rawValue ?? EPROTO
+            try? cmID.reject(privateData: WireProtocol.Refusal(errno: errno).bytes)
+        }
         connection.close()
     }
 
@@ -120,6 +127,12 @@ struct Association: Handshake, ~Copyable {
         case .awaitingEstablished(let queuePair, let room):
             var progress = HandshakeProgress.done
             guard let event = try cmID.channel.nextEvent(orWait: &progress) else { return progress }
+            if event.kind == .rejected, connection.peerHello == nil, let refusal = WireProtocol.Refusal(parsing: event.privateData) {
+                let reason = Errno(rawValue: refusal.errno)
+                throw RDMAError(.connectionFailed, operation: "rdma_connect", errno: .connectionRefused,
+                                message: "the server refused the connection: its dma_assoc failed with \(reason) (errno \(refusal.errno))"
+                                    + (reason == .noBufferSpace ? ": its area has no room for this connection's slots (fewer receive bytes on either side, or a larger area there)" : ""))
+            }
             guard event.kind == .established else {
                 throw RDMAError(connectionEvent: event, expected: .established,
                                 while: connection.peerHello == nil ? "connecting to \(cmID.peerAddress.map(String.init(describing:)) ?? "the peer")" : "accepting a connection")
@@ -234,7 +247,15 @@ struct Association: Handshake, ~Copyable {
             }
             return pool.slotOffsets
         }
-        let block = try area.allocate(count * slotSize, for: "dma_assoc")
+        let bytes = count * slotSize
+        let block: Int
+        do {
+            block = try area.allocate(bytes, for: "dma_assoc")
+        } catch {
+            throw RDMAError(.areaExhausted, operation: "dma_assoc", errno: .noBufferSpace,
+                            message: "the association needs \(bytes) bytes of the area (\(count) slots of \(slotSize) bytes: its own and one per credit of the peer) "
+                                + "and the area of \(area.size) bytes has no free block that large: associate fewer receive bytes, or allocate a larger area")
+        }
         blocks.append(block)
         return (0..<count).map { block + $0 * slotSize }
     }

@@ -255,7 +255,7 @@ public final class Connection: Sendable {
     public func associate(_ area: DMAArea, receiveBytes: Int, slotSize: Int = 64 << 10, timeout: Duration = .seconds(10)) throws(RDMAError) {
         var association = try association(area, receiveBytes: receiveBytes, slotSize: slotSize, timeout: timeout)
         do { try association.runBlocking() } catch {
-            association.abandon()
+            association.abandon(after: error)
             throw error
         }
     }
@@ -267,7 +267,7 @@ public final class Connection: Sendable {
     public func associate(_ area: DMAArea, receiveBytes: Int, slotSize: Int = 64 << 10, timeout: Duration = .seconds(10)) async throws {
         var association = try association(area, receiveBytes: receiveBytes, slotSize: slotSize, timeout: timeout)
         do { try await association.run() } catch {
-            association.abandon()
+            association.abandon(after: error)
             throw error
         }
     }
@@ -286,7 +286,7 @@ public final class Connection: Sendable {
     public func associate(_ pool: SharedReceivePool, credits: Int, timeout: Duration = .seconds(10)) throws(RDMAError) {
         var association = try association(pool, credits: credits, timeout: timeout)
         do { try association.runBlocking() } catch {
-            association.abandon()
+            association.abandon(after: error)
             throw error
         }
     }
@@ -297,7 +297,7 @@ public final class Connection: Sendable {
     public func associate(_ pool: SharedReceivePool, credits: Int, timeout: Duration = .seconds(10)) async throws {
         var association = try association(pool, credits: credits, timeout: timeout)
         do { try await association.run() } catch {
-            association.abandon()
+            association.abandon(after: error)
             throw error
         }
     }

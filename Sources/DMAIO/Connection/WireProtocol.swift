@@ -68,6 +68,32 @@ enum WireProtocol {
         }
     }
 
+    /// Why a server refused a connection request: the private data of its `rdma_reject` when
+    /// its own association failed — magic `"DMAR"`, then the errno of the failure as a
+    /// big-endian 32-bit integer — so that the client can say why instead of guessing.
+    struct Refusal: Equatable {
+        static let magic: UInt32 = 0x444D_4152  // "DMAR"
+        var errno: Int32
+
+        var bytes: [UInt8] {
+            var bytes: [UInt8] = []
+            for value in [Self.magic, UInt32(bitPattern: errno)] {
+                withUnsafeBytes(of: value.bigEndian) { bytes.append(contentsOf: $0) }
+            }
+            return bytes
+        }
+
+        init(errno: Int32) { self.errno = errno }
+
+        /// A refusal, or nil when `data` is not one (a peer of another kind rejected).
+        init?(parsing data: [UInt8]) {
+            guard data.count >= 8 else { return nil }
+            func word(_ index: Int) -> UInt32 { data[index * 4..<index * 4 + 4].reduce(0) { $0 << 8 | UInt32($1) } }
+            guard word(0) == Self.magic else { return nil }
+            errno = Int32(bitPattern: word(1))
+        }
+    }
+
     /// The immediate data of a message that hands back `credits` (at most ``creditMask``), a
     /// credit update or a data message.
     @inline(__always)

@@ -275,6 +275,9 @@ public final class ConnectionID: @unchecked Sendable {
         }
     }
 
+    /// Whether this is an incoming request not yet accepted or rejected.
+    public var isAwaitingAnswer: Bool { state.withLock { $0.awaitingAnswer } }
+
     /// Rejects an incoming connection request.
     ///
     /// The corresponding C function is `rdma_reject`.
