@@ -1249,6 +1249,8 @@ static const struct scenario scenarios[] = {
     { "rdma_cm", "sio_listen / sio_accept / sio_connect, dma_assoc and an exchange", true, false, cm_main, cm_peer },
     { "event-loop", "an epoll server (listeners and ec_to_fd only, DMA_NONBLOCK) serves 8 clients at once; silent TCP clients do not hold it up",
       true, false, event_loop_main, event_loop_peer },
+    { "threads", "8 threads, each with its own channel, area and connection, in parallel in both processes", true, false,
+      threads_main, threads_peer },
     { "refused", "a server whose area has no room refuses an rdma_cm client, which is told why", true, false, refused_main,
       refused_peer },
     { "reuse", "close() instead of sio_close ends the socket; its number, reused by pipe(), is no DMAIO socket", false, false,

@@ -29,6 +29,10 @@ struct ctx {
  * clients that connect at once, with silent TCP clients among them. */
 void event_loop_main(struct ctx *c);
 void event_loop_peer(struct ctx *c);
+
+/* threads.c: eight threads, each with its own channel, area and connection, at once. */
+void threads_main(struct ctx *c);
+void threads_peer(struct ctx *c);
 /* The peer process: `dmaio-c-tests --peer SCENARIO PORT IN OUT RESULTS`. */
 int peer_main(int argc, char **argv);
 

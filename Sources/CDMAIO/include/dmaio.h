@@ -40,7 +40,8 @@
  * Close DMAIO sockets with sio_close. A DMAIO socket closed with close(), or replaced with
  * dup2() or dup3(), ends as with sio_close first (the library defines these three functions
  * for that: other descriptors go straight to libc's, after one atomic load), so its number,
- * once reused for another file, is never taken for the old socket (EBADF). Not covered:
+ * once reused for another file, is never taken for the old socket (EBADF); while a blocking
+ * dma_assoc runs on the socket in another thread, close() fails with EBUSY instead. Not covered:
  * close_range() and raw system calls; after fork() the child guards nothing. When several
  * errors apply, which one is reported is not specified.
  *
