@@ -102,8 +102,8 @@ int dup2(int oldfd, int newfd)
     }
     /* Replacing a socket's number ends the socket first, and dup2 then replaces the descriptor
      * at once (dup2 onto itself, or from a descriptor that is not open, changes nothing). */
-    if (oldfd != newfd && is_guarded(newfd) && fcntl(oldfd, F_GETFD) >= 0)
-        dmaio_close_guarded(newfd, false);
+    if (oldfd != newfd && is_guarded(newfd) && fcntl(oldfd, F_GETFD) >= 0 && dmaio_close_guarded(newfd, false) != 0)
+        return -1; /* EBUSY: the socket cannot end now, and newfd stays as it is */
     return fn != NULL ? fn(oldfd, newfd) : (int)syscall(SYS_dup2, oldfd, newfd);
 }
 
@@ -114,7 +114,8 @@ int dup3(int oldfd, int newfd, int flags)
         fn = (dup3_fn)dlsym(RTLD_NEXT, "dup3");
         atomic_store_explicit(&libc_dup3, fn, memory_order_release);
     }
-    if (oldfd != newfd && is_guarded(newfd) && fcntl(oldfd, F_GETFD) >= 0)
-        dmaio_close_guarded(newfd, false);
+    if ((flags & ~O_CLOEXEC) == 0 && oldfd != newfd && is_guarded(newfd) && fcntl(oldfd, F_GETFD) >= 0 &&
+        dmaio_close_guarded(newfd, false) != 0)
+        return -1;
     return fn != NULL ? fn(oldfd, newfd, flags) : (int)syscall(SYS_dup3, oldfd, newfd, flags);
 }

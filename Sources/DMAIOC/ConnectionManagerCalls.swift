@@ -26,7 +26,7 @@ private func register(_ connection: Connection, on channel: ChannelEntry, _ oper
     let descriptor = try standInDescriptor(operation)
     try Registry.shared.locked { registry throws(Failure) in
         guard registry.channels[channel.handle] != nil else {
-            close(descriptor)
+            _ = dmaio_real_close(descriptor)
             throw .unknownChannel(operation)
         }
         registry.addSocket(SocketEntry(descriptor: descriptor, kind: .connectionManager, channel: channel, connection: connection))
@@ -153,7 +153,13 @@ extension Registry {
         if let association = entry.association, entry.area == nil {
             // A non-blocking association still in its handshake: it ends now, with its event;
             // its task closes the connection and the descriptor once it has stopped using them.
+            // dup2/dup3 would hand the number to another file while the task may still use it.
+            guard closingDescriptor else {
+                throw Failure(EBUSY, "dup2: socket \(socket) is in the middle of its association (DMA_NONBLOCK): sio_close it, or wait for its event")
+            }
             association.task.cancel()
+            // Nothing of the connection is reported after this event.
+            if let connection = entry.connection { channel.socketsByConnection[connection.id.rawValue] = nil }
             entry.closeLeftToAssociation = true
             entry.closeDescriptorAtEnd = closingDescriptor
             var failed = ec_event(type: EC_EVENT_ASSOC_FAILED, socket: socket)
@@ -175,6 +181,12 @@ extension Registry {
             channel.socketsByConnection[connection.id.rawValue] = nil
         }
         // What is still outstanding fails now, each with its event.
+        for _ in 0..<entry.plainSendsInFlight {
+            var failed = ec_event(type: EC_EVENT_SEND_FAILED, socket: socket)
+            failed.error = ECANCELED
+            deliver(failed, to: channel, from: channel)
+        }
+        entry.plainSendsInFlight = 0
         for request in entry.sendRequests.takeAll() {
             guard let target = request.target else { continue }
             var failed = ec_event(type: EC_EVENT_SEND_FAILED, socket: socket)

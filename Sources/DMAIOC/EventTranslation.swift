@@ -34,7 +34,8 @@ extension Registry {
         case .connected(let connection):
             guard let socket = entry.socketsByConnection[connection.rawValue] else { return }
             // A non-blocking association: data may flow from this event on.
-            if let socketEntry = sockets[socket], socketEntry.area == nil, let area = socketEntry.association?.area {
+            if let socketEntry = sockets[socket], socketEntry.connection?.id == connection, socketEntry.area == nil,
+               let area = socketEntry.association?.area {
                 socketEntry.area = area
                 area.sockets += 1
             }
@@ -48,7 +49,9 @@ extension Registry {
                 translated.error = socketEntry.closing ? ECANCELED : status == .flushed ? ECONNRESET : EIO
             }
             var target = entry
-            if cookie != RequestTable.plain, let request = socketEntry.sendRequests.take(cookie) {
+            if cookie == RequestTable.plain {
+                socketEntry.plainSendsInFlight = max(0, socketEntry.plainSendsInFlight - 1)
+            } else if let request = socketEntry.sendRequests.take(cookie) {
                 translated.cookie = request.cookie
                 if let named = request.target { target = named }
             }

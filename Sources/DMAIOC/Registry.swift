@@ -145,8 +145,10 @@ final class ChannelEntry {
     }
 
     deinit {
-        close(pollDescriptor)
-        close(wakeDescriptor)
+        // libc's close itself: this runs under the registry's lock, which the guarded close()
+        // (close_guard.c) would take again, had the program's socket got one of these numbers.
+        _ = dmaio_real_close(pollDescriptor)
+        _ = dmaio_real_close(wakeDescriptor)
     }
 
     /// Keeps the eventfd readable exactly while events wait in `pending`.
@@ -223,6 +225,8 @@ final class SocketEntry {
     var closeDescriptorAtEnd = true
     /// aio_send_cb requests in flight: where each completion goes.
     var sendRequests = RequestTable()
+    /// Plain aio_send calls whose completion event has not come yet.
+    var plainSendsInFlight = 0
     /// aio_recv_cb requests waiting for a message, in order.
     var receiveRequests = RingBuffer<ReceiveRequest>(capacity: 8)
 

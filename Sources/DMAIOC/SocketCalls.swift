@@ -130,7 +130,11 @@ public func sioGetsockname(_ socket: Int32, _ address: UnsafeMutablePointer<sock
             let entry = try registry.socket(socket, "sio_getsockname")
             switch entry.kind {
             case .listener(let listener): return listener.address
-            case .connectionManager: return entry.connection?.localAddress
+            case .connectionManager:
+                guard let address = entry.connection?.localAddress else {
+                    throw Failure(ENOTCONN, "sio_getsockname: socket \(socket) has no local address (its connection was closed)")
+                }
+                return address
             case .tcp: return nil
             }
         }
@@ -215,8 +219,15 @@ private func send(_ registry: Registry, _ socket: Int32, _ buffer: UnsafeMutable
     }
     area.reserved[offset] = nil
     // From here the Swift layer owns the block: on failure it goes back to the area.
-    try swiftCall { () throws(RDMAError) in
-        try connection.send(SendBuffer(area: area.area, offset: offset, count: Int(size)), cookie: token(entry))
+    let cookie = token(entry)
+    do {
+        try swiftCall { () throws(RDMAError) in
+            try connection.send(SendBuffer(area: area.area, offset: offset, count: Int(size)), cookie: cookie)
+        }
+    } catch {
+        // Refused: no event will come for it.
+        if cookie == RequestTable.plain { entry.plainSendsInFlight -= 1 } else { _ = entry.sendRequests.take(cookie) }
+        throw error
     }
 }
 
@@ -227,7 +238,10 @@ public func aioSend(_ socket: Int32, _ buffer: UnsafeMutableRawPointer?, _ size:
     cCall { () throws(Failure) -> Int32 in
         try Registry.shared.locked { registry throws(Failure) in
             guard flags == 0 else { throw .flags("aio_send", flags) }
-            try send(registry, socket, buffer, size, "aio_send") { _ in RequestTable.plain }
+            try send(registry, socket, buffer, size, "aio_send") { entry in
+                entry.plainSendsInFlight += 1
+                return RequestTable.plain
+            }
             return 0
         }
     }

@@ -489,6 +489,37 @@ void test_sockets(void)
     if (c3 >= 0)
         close(c3);
 
+    /* A DMA_NONBLOCK association whose peer never answers: dup2 onto it is refused, close() ends
+     * it with its one event. */
+    int ns = -1, nc = -1;
+    if (tap_check(tcp_pair(&ns, &nc), "a TCP connection whose other end stays silent", "%s", strerror(errno))) {
+        EXPECT_OK(ec_bind(ec, ns), "ec_bind of it");
+        EXPECT_OK(dma_assoc(ns, area, 1 << 16, DMA_NONBLOCK), "dma_assoc(DMA_NONBLOCK) returns at once");
+        EXPECT_ERR(aio_recv(ns, &in, 64, 0), ENOTCONN, "aio_recv during the handshake");
+        EXPECT_ERR(dma_assoc(ns, area, 1 << 16, DMA_NONBLOCK), EALREADY, "dma_assoc again during the handshake");
+        EXPECT_ERR(dup2(pipefd[0], ns), EBUSY, "dup2 onto the socket during its handshake");
+        EXPECT_ERR(dup3(pipefd[0], ns, 0x7fff0000), EINVAL, "dup3 onto it with bad flags (the socket stays)");
+        EXPECT_ERR(aio_recv(ns, &in, 64, 0), ENOTCONN, "the socket is still the library's after both");
+        EXPECT_OK(close(ns), "close() of the socket during its handshake");
+        struct ec_event ev;
+        memset(&ev, 0, sizeof ev);
+        int got = 0, assoc_failed = 0, cancelled = 0, others = 0;
+        while ((got = ec_delay(ec, &ev, 300)) == 1) {
+            if (ev.socket != ns)
+                continue;
+            if (ev.type == EC_EVENT_ASSOC_FAILED) {
+                assoc_failed++;
+                cancelled += ev.error == ECANCELED;
+            } else {
+                others++;
+            }
+        }
+        tap_check(assoc_failed == 1 && cancelled == 1 && others == 0,
+                  "its handshake ended in one EC_EVENT_ASSOC_FAILED (ECANCELED), and nothing else", "%d ASSOC_FAILED (%d ECANCELED), %d others",
+                  assoc_failed, cancelled, others);
+        close(nc);
+    }
+
     EXPECT_OK(ec_destroy(ec), "ec_destroy once every socket bound to it is closed");
     if (ec_other != NULL)
         EXPECT_OK(ec_destroy(ec_other), S("ec_destroy of the %s channel", cfg.peer_device));

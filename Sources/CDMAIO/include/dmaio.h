@@ -40,10 +40,12 @@
  * Close DMAIO sockets with sio_close. A DMAIO socket closed with close(), or replaced with
  * dup2() or dup3(), ends as with sio_close first (the library defines these three functions
  * for that: other descriptors go straight to libc's, after one atomic load), so its number,
- * once reused for another file, is never taken for the old socket (EBADF); while a blocking
- * dma_assoc runs on the socket in another thread, close() fails with EBUSY instead. Not covered:
- * close_range() and raw system calls; after fork() the child guards nothing. When several
- * errors apply, which one is reported is not specified.
+ * once reused for another file, is never taken for the old socket (EBADF). While a blocking
+ * dma_assoc runs on the socket in another thread, close(), dup2() and dup3() onto it fail with
+ * EBUSY instead and change nothing; so do dup2() and dup3() during a DMA_NONBLOCK handshake
+ * (close() ends it). On a DMAIO socket these calls take the library's lock: they are not
+ * async-signal-safe there. Not covered: close_range() and raw system calls; after fork() the
+ * child guards nothing. When several errors apply, which one is reported is not specified.
  *
  * Threads: every call may be made from any thread; calls on one event channel are serialised
  * inside the library.
@@ -117,13 +119,15 @@ int dma_free(dma_mem_t handle);
  *     the socket gets an EC_EVENT_DISCONNECTED event.
  *   - a descriptor from sio_connect or sio_accept (rdma_cm, no TCP socket).
  * Blocks until the connection is up or the handshake's deadline (10 s) passes — unless flags
- * has DMA_NONBLOCK: then it checks its arguments, returns 0 at once, and the handshake runs
- * inside the library; it ends in exactly one event on the socket's channel, EC_EVENT_CONNECTED
- * (aio_send and aio_recv work from then on; before, they fail with ENOTCONN) or
- * EC_EVENT_ASSOC_FAILED with the errno listed below (ETIMEDOUT after the same 10 s). A silent
- * or slow peer then holds up nothing but its own socket: the form for an event loop. sio_close
- * during the handshake ends it (EC_EVENT_ASSOC_FAILED, ECANCELED). After a failed association
- * a TCP socket may be associated again, or closed with sio_close.
+ * has DMA_NONBLOCK: then it checks its arguments (the handle, flags and size: EINVAL, ENOBUFS
+ * for a size above the area, EISCONN, EALREADY, and for a TCP socket EBADF, ENOTSOCK, ENOTCONN
+ * come back at once), returns 0, and the handshake runs inside the library (every later
+ * failure, EXDEV included, comes as the event). It ends in exactly one event on the socket's
+ * channel, EC_EVENT_CONNECTED (aio_send and aio_recv work from then on; before, they fail
+ * with ENOTCONN) or EC_EVENT_ASSOC_FAILED with the errno listed below (ETIMEDOUT after the
+ * same 10 s). A silent or slow peer then holds up nothing but its own socket: the form for an
+ * event loop. sio_close during the handshake ends it (EC_EVENT_ASSOC_FAILED, ECANCELED).
+ * After a failed association a TCP socket may be associated again, or closed with sio_close.
  *   Errors: EINVAL  unknown handle, size smaller than one slot, bad slot size, no event channel
  *                   bound to a TCP socket.
  *           EBADF   socket is not an open descriptor.       ENOTSOCK  not a socket.
