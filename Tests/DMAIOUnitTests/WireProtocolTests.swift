@@ -25,6 +25,15 @@ import RDMAVerbs
         }
     }
 
+    @Test func refusalRoundTripsAndOnlyARefusalParses() {
+        let refusal = WireProtocol.Refusal(errno: 105)  // ENOBUFS
+        #expect(refusal.bytes.count == 8)
+        #expect(WireProtocol.Refusal(parsing: refusal.bytes + Array(repeating: 0, count: 40)) == refusal)
+        #expect(WireProtocol.Refusal(parsing: Array(refusal.bytes.prefix(7))) == nil)
+        #expect(WireProtocol.Refusal(parsing: WireProtocol.Hello(credits: 1, room: 1, slotSize: 64).bytes) == nil)
+        #expect(WireProtocol.Refusal(parsing: [UInt8](repeating: 0, count: 56)) == nil)  // a plain rdma_reject, padded
+    }
+
     @Test func immediateCarriesCreditsAndTheUpdateFlag() {
         let data = WireProtocol.immediate(returning: 5, creditUpdate: false)
         #expect(data == 5)

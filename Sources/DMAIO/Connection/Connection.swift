@@ -529,8 +529,8 @@ public final class Connection: Sendable {
         }
     }
 
-    /// Whether sends posted on the connection have not completed yet (a closed connection's
-    /// flush them within moments): the C ABI's `sio_close` waits for their events.
+    /// Whether sends posted on the connection have not completed yet (a closed connection's are
+    /// flushed within moments): the C ABI's `sio_close` waits for their events.
     package var hasSendsInFlight: Bool {
         let raw = id.rawValue
         return events.state.withLock { state in
