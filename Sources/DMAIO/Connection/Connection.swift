@@ -166,14 +166,7 @@ public final class Connection: Sendable {
     /// The index of the RoCE GID that carries the socket's local IP address on `context`: the
     /// address the peer reaches this side at.
     static func gidIndex(of socket: Int32, on context: Context) throws(RDMAError) -> Int {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let named = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) }
-        }
-        guard named == 0, let address = SocketAddress(withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { $0 } }) else {
-            throw RDMAError(.systemCall, operation: "getsockname", errno: .init(rawValue: errno), message: "reading the TCP socket's local address")
-        }
+        let address = try localAddress(ofSocket: socket)
         let wanted: GID
         if let ipv4 = address.ipv4 {
             wanted = GID(ipv4MappedFrom: ipv4)
@@ -519,14 +512,25 @@ public final class Connection: Sendable {
         case .connectionManager(let cmID):
             return cmID.localAddress
         case .socket(let socket):
-            var storage = sockaddr_storage()
-            var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            return withUnsafeMutablePointer(to: &storage) { pointer in
-                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
-                    getsockname(socket, address, &length) == 0 ? SocketAddress(address) : nil
-                }
+            return try? Self.localAddress(ofSocket: socket)
+        }
+    }
+
+    /// A TCP socket's local address.
+    ///
+    /// The corresponding C function is `getsockname`.
+    static func localAddress(ofSocket socket: Int32) throws(RDMAError) -> SocketAddress {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let address = withUnsafeMutablePointer(to: &storage) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
+                getsockname(socket, address, &length) == 0 ? SocketAddress(address) : nil
             }
         }
+        guard let address else {
+            throw RDMAError(.systemCall, operation: "getsockname", errno: .init(rawValue: errno), message: "reading the TCP socket's local address")
+        }
+        return address
     }
 
     /// Whether sends posted on the connection have not completed yet (a closed connection's are

@@ -54,13 +54,6 @@ public final class Listener: Sendable {
     /// (`rdma_event_channel.fd`).
     public var fileDescriptor: Int32 { id.channel.fileDescriptor }
 
-    /// Takes a pending connection request without waiting: nil when none is pending. The
-    /// connection is complete once it is associated.
-    ///
-    /// The corresponding C function is `rdma_get_cm_event` on a non-blocking channel.
-    public func acceptPending() throws(RDMAError) -> Connection? {
-        try takeRequest()
-    }
 
     /// Waits up to `timeout` (forever when nil) for a connection request and takes it, blocking
     /// the calling thread. The connection is complete once it is associated
@@ -73,7 +66,7 @@ public final class Listener: Sendable {
         let clock = ContinuousClock()
         let deadline = timeout.map { clock.now + $0 }
         while true {
-            if let connection = try takeRequest() { return connection }
+            if let connection = try acceptPending() { return connection }
             let left = deadline.map { Swift.max($0 - clock.now, .zero) }
             if let left, left == .zero {
                 throw RDMAError(.timedOut, operation: "rdma_get_cm_event", errno: .timedOut,
@@ -93,7 +86,7 @@ public final class Listener: Sendable {
     public func accept() async throws -> Connection {
         while true {
             try Task.checkCancellation()
-            if let connection = try takeRequest() { return connection }
+            if let connection = try acceptPending() { return connection }
             _ = try await ChannelWatcher.shared.readable(id.channel.fileDescriptor, deadline: nil)
         }
     }
@@ -123,9 +116,12 @@ public final class Listener: Sendable {
         public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(listener: listener) }
     }
 
-    /// Takes a pending connection request, if there is one; rejects those that are not from a
-    /// DMAIO peer.
-    private func takeRequest() throws(RDMAError) -> Connection? {
+    /// Takes a pending connection request without waiting: nil when none is pending. Requests
+    /// from peers that are not DMAIO peers are rejected and skipped. The connection is complete
+    /// once it is associated.
+    ///
+    /// The corresponding C function is `rdma_get_cm_event` on a non-blocking channel.
+    public func acceptPending() throws(RDMAError) -> Connection? {
         while let event = try id.channel.nextEvent() {
             guard event.kind == .connectRequest, let request = event.request else { continue }
             let hello: WireProtocol.Hello
