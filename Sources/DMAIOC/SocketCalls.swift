@@ -22,15 +22,7 @@ public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: UInt, _ 
         let nonblocking = flags & Int32(DMA_NONBLOCK) != 0
         let (entry, area, connection, slotSize) = try registry.locked { registry throws(Failure) in
             let area = try registry.area(handle, "dma_assoc")
-            guard flags & Int32(DMA_SLOT_INVALID) == 0 else {
-                throw Failure(EINVAL, "dma_assoc: DMA_SLOT_LOG2 of a number above 63: slots are 2^6 (64 B) to 2^30 (1 GiB) bytes")
-            }
-            guard flags & ~(0x3f | Int32(DMA_NONBLOCK)) == 0 else { throw .flags("dma_assoc", flags) }
-            let log2 = Int(flags & 0x3f)
-            guard log2 == 0 || (6...30).contains(log2) else {
-                throw Failure(EINVAL, "dma_assoc: DMA_SLOT_LOG2(\(log2)): slots are 2^6 (64 B) to 2^30 (1 GiB) bytes")
-            }
-            let slotSize = log2 == 0 ? 64 << 10 : 1 << log2
+            let slotSize = try receiveSlotSize(flags, "dma_assoc")
             guard size >= UInt(slotSize) else {
                 throw Failure(EINVAL, "dma_assoc: \(size) receive bytes hold no slot of \(slotSize) bytes: give at least one slot, or smaller slots (DMA_SLOT_LOG2)")
             }
@@ -100,13 +92,14 @@ public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: UInt, _ 
 /// area an association takes, as dma_assoc computes them (Association's slot block).
 @_cdecl("dma_assoc_footprint")
 public func dmaAssocFootprint(_ size: UInt, _ flags: Int32, _ peerCredits: UInt) -> UInt {
-    let log2 = Int(flags & 0x3f)
-    guard flags & ~(0x3f | Int32(DMA_NONBLOCK)) == 0, log2 == 0 || (6...30).contains(log2) else {
-        LastError.set("dma_assoc_footprint: flags \(flags) are not dma_assoc's (DMA_SLOT_LOG2(6...30), DMA_NONBLOCK)")
-        Glibc.errno = EINVAL
+    let slot: UInt
+    do {
+        slot = UInt(try receiveSlotSize(flags, "dma_assoc_footprint"))
+    } catch {
+        LastError.set(error.message)
+        Glibc.errno = error.errno
         return 0
     }
-    let slot = UInt(log2 == 0 ? 64 << 10 : 1 << log2)
     let (slots, overflow) = (size / slot).addingReportingOverflow(peerCredits)
     guard size >= slot, !overflow, slots <= UInt(Int.max) / slot else {
         LastError.set(size < slot ? "dma_assoc_footprint: \(size) receive bytes hold no slot of \(slot) bytes"
@@ -149,6 +142,20 @@ public func sioGetsockname(_ socket: Int32, _ address: UnsafeMutablePointer<sock
         length.pointee = local.length
         return 0
     }
+}
+
+/// The receive slot size dma_assoc's `flags` ask for (DMA_SLOT_LOG2, or 64 KiB by default);
+/// EINVAL for a slot size out of range or flags dma_assoc does not know.
+private func receiveSlotSize(_ flags: Int32, _ operation: String) throws(Failure) -> Int {
+    guard flags & Int32(DMA_SLOT_INVALID) == 0 else {
+        throw Failure(EINVAL, "\(operation): DMA_SLOT_LOG2 of a number above 63: slots are 2^6 (64 B) to 2^30 (1 GiB) bytes")
+    }
+    guard flags & ~(0x3f | Int32(DMA_NONBLOCK)) == 0 else { throw .flags(operation, flags) }
+    let log2 = Int(flags & 0x3f)
+    guard log2 == 0 || (6...30).contains(log2) else {
+        throw Failure(EINVAL, "\(operation): DMA_SLOT_LOG2(\(log2)): slots are 2^6 (64 B) to 2^30 (1 GiB) bytes")
+    }
+    return log2 == 0 ? 64 << 10 : 1 << log2
 }
 
 extension Registry {
