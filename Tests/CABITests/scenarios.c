@@ -45,22 +45,29 @@ struct side {
 #define SYNC_MS T(10000) /* the longest one process waits for the other's next step */
 #define SLOT_4K DMA_SLOT_LOG2(12)
 
-/* ec_create, dma_alloc, ec_bind, dma_assoc on a connected TCP socket, and the CONNECTED event.
- * The two processes start dma_assoc together (its handshake waits 10 s for the other side, which
- * a slow start, e.g. under valgrind, could exceed). */
-static bool side_up(struct side *s, struct ctx *c, size_t area_bytes, size_t receive_bytes, int slot_flags)
+/* A side's channel (with its event log) and area, as checks; false when either is missing. */
+static bool side_open(struct side *s, size_t area_bytes)
 {
-    int sock = c->sock;
     memset(s, 0, sizeof *s);
-    s->sock = sock;
+    s->sock = -1;
     EXPECT_NONNULL(ec_create(0), D("ec_create"));
     s->ec = (ec_t)tap_last.ret;
     if (s->ec == NULL)
         return false;
     evlog_init(&s->log, s->ec);
     EXPECT_OK(dma_alloc(&s->area, area_bytes, 0), D("dma_alloc of %zu bytes", area_bytes));
-    if (!tap_passed())
+    return s->area != NULL;
+}
+
+/* ec_create, dma_alloc, ec_bind, dma_assoc on a connected TCP socket, and the CONNECTED event.
+ * The two processes start dma_assoc together (its handshake waits 10 s for the other side, which
+ * a slow start, e.g. under valgrind, could exceed). */
+static bool side_up(struct side *s, struct ctx *c, size_t area_bytes, size_t receive_bytes, int slot_flags)
+{
+    int sock = c->sock;
+    if (!side_open(s, area_bytes))
         return false;
+    s->sock = sock;
     EXPECT_OK(ec_bind(s->ec, sock), D("ec_bind of the TCP socket"));
     if (!tap_passed())
         return false;
@@ -885,15 +892,10 @@ static void cm_main(struct ctx *c)
 {
     struct side s;
     void *in = NULL;
-    memset(&s, 0, sizeof s);
-    EXPECT_NONNULL(ec_create(0), D("ec_create"));
-    s.ec = (ec_t)tap_last.ret;
-    if (s.ec == NULL)
+    if (!side_open(&s, 1 << 20))
         return;
-    evlog_init(&s.log, s.ec);
-    EXPECT_OK(dma_alloc(&s.area, 1 << 20, 0), D("dma_alloc of 1 MiB"));
     EXPECT_NONNEG(sio_listen(s.ec, cfg.addr, c->port, 4), D("sio_listen on %s port %u", cfg.addr, (unsigned)c->port));
-    if (!tap_passed() || s.area == NULL)
+    if (!tap_passed())
         return;
     int listener = (int)tap_last.ret;
     EXPECT_RET(fd_readable(listener, 0), 0, D("the listening descriptor is not readable before a request"));
@@ -943,13 +945,8 @@ static void cm_peer(struct ctx *c)
     struct side s;
     struct ec_event ev;
     void *in = NULL;
-    memset(&s, 0, sizeof s);
-    EXPECT_NONNULL(ec_create(0), D("ec_create"));
-    s.ec = (ec_t)tap_last.ret;
-    if (s.ec == NULL)
+    if (!side_open(&s, 1 << 20))
         return;
-    evlog_init(&s.log, s.ec);
-    EXPECT_OK(dma_alloc(&s.area, 1 << 20, 0), D("dma_alloc of 1 MiB"));
     if (!sync_wait(c->link, 'L', NULL, SYNC_MS))
         return;
     EXPECT_NONNEG(sio_connect(s.ec, cfg.addr, c->port, cfg.peer_addr, T(5000)),
@@ -1168,14 +1165,10 @@ static void reuse_peer(struct ctx *c)
 static void refused_main(struct ctx *c)
 {
     struct side s;
-    memset(&s, 0, sizeof s);
-    EXPECT_NONNULL(ec_create(0), D("ec_create"));
-    s.ec = (ec_t)tap_last.ret;
-    if (s.ec == NULL)
+    if (!side_open(&s, 1 << 20))
         return;
-    EXPECT_OK(dma_alloc(&s.area, 1 << 20, 0), D("dma_alloc of 1 MiB"));
     EXPECT_NONNEG(sio_listen(s.ec, cfg.addr, c->port, 4), D("sio_listen"));
-    if (!tap_passed() || s.area == NULL)
+    if (!tap_passed())
         return;
     int listener = (int)tap_last.ret;
     sync_send(c->link, 'L', 0);
@@ -1196,12 +1189,8 @@ static void refused_main(struct ctx *c)
 static void refused_peer(struct ctx *c)
 {
     struct side s;
-    memset(&s, 0, sizeof s);
-    EXPECT_NONNULL(ec_create(0), D("ec_create"));
-    s.ec = (ec_t)tap_last.ret;
-    if (s.ec == NULL)
+    if (!side_open(&s, 4 << 20))
         return;
-    EXPECT_OK(dma_alloc(&s.area, 4 << 20, 0), D("dma_alloc of 4 MiB"));
     if (!sync_wait(c->link, 'L', NULL, SYNC_MS))
         return;
     EXPECT_NONNEG(sio_connect(s.ec, cfg.addr, c->port, cfg.peer_addr, T(5000)), D("sio_connect"));

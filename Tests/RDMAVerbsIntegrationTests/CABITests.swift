@@ -30,23 +30,40 @@ extension RxeIntegration {
             #expect(!result.standardOutput.contains("Bail out!"))
         }
 
-        /// The example: a TCP connection upgraded by dma_assoc on both ends, 10,000 messages
-        /// (5,000 round trips) with every byte checked, each side sleeping in poll() on ec_to_fd.
-        @Test func cPingPongExchangesTenThousandMessagesOverAnUpgradedSocket() throws {
+        /// Runs a C example's server on this device's address and its client on the peer
+        /// device, as users do: the server until its output says `ready`, then the client; both
+        /// must exit 0. Returns the client's output and the server's, each line marked
+        /// `[server] `.
+        private func runCExample(_ name: String, server: [String], client: [String], ready: String) throws -> CommandResult {
             let port = String(RxeEnvironment.freshPort())
+            // $1 device, $2 address, $3 port, $4 peer device, $5 program, $6 peer address, $7 ready,
+            // $8 the number of server arguments; then the server's and the client's arguments.
             let script = """
+                device=$1 address=$2 port=$3 peer_device=$4 program=$5 peer_address=$6 ready=$7 count=$8
+                shift 8
+                server_args=""; i=0
+                while [ $i -lt "$count" ]; do server_args="$server_args $1"; shift; i=$((i + 1)); done
                 log=$(mktemp)
-                DMAIO_DEVICE="$1" "$5" -p "$3" -n 5000 -s 4096 -b "$2" > "$log" 2>&1 &
+                DMAIO_DEVICE="$device" "$program" $server_args -b "$address" -p "$port" > "$log" 2>&1 &
                 server=$!
-                for _ in $(seq 1 300); do grep -q waiting "$log" && break; kill -0 $server 2>/dev/null || break; sleep 0.1; done
-                DMAIO_DEVICE="$4" "$5" -p "$3" -n 5000 -s 4096 -b "$6" "$2"; client=$?
+                for _ in $(seq 1 300); do grep -q "$ready" "$log" && break; kill -0 $server 2>/dev/null || break; sleep 0.1; done
+                DMAIO_DEVICE="$peer_device" "$program" "$@" -b "$peer_address" -p "$port" "$address"; client=$?
                 wait $server; status=$?
                 sed 's/^/[server] /' "$log"; rm -f "$log"
                 [ $client -eq 0 ] && [ $status -eq 0 ]
                 """
-            let result = try run(tool("sh"), ["-c", script, "c-pingpong-test", RxeEnvironment.deviceName, RxeEnvironment.address, port,
-                                              peerDevice, product("c-pingpong"), peerAddress], timeout: 240)
+            let arguments = ["-c", script, "\(name)-test", RxeEnvironment.deviceName, RxeEnvironment.address, port, peerDevice,
+                             product(name), peerAddress, ready, String(server.count)] + server + client
+            let result = try run(tool("sh"), arguments, timeout: 240)
             #expect(result.status == 0, "\(result.standardOutput)\n\(result.standardError)")
+            return result
+        }
+
+        /// The example: a TCP connection upgraded by dma_assoc on both ends, 10,000 messages
+        /// (5,000 round trips) with every byte checked, each side sleeping in poll() on ec_to_fd.
+        @Test func cPingPongExchangesTenThousandMessagesOverAnUpgradedSocket() throws {
+            let result = try runCExample("c-pingpong", server: ["-n", "5000", "-s", "4096"], client: ["-n", "5000", "-s", "4096"],
+                                         ready: "waiting")
             #expect(result.standardOutput.contains("5000 iters in"))
             // Both sides check every message they receive.
             #expect(result.standardOutput.components(separatedBy: "content of all 5000 messages checked: OK").count == 3,
@@ -58,20 +75,8 @@ extension RxeIntegration {
         /// clients at once (4 upgraded TCP sockets, 4 rdma_cm), 100 messages each, every echo
         /// checked; the server exits after its 8 clients have come and gone.
         @Test func cEchoServesEightClientsAtOnce() throws {
-            let port = String(RxeEnvironment.freshPort())
-            let script = """
-                log=$(mktemp)
-                DMAIO_DEVICE="$1" "$5" server -b "$2" -p "$3" -c 8 > "$log" 2>&1 &
-                server=$!
-                for _ in $(seq 1 300); do grep -q listening "$log" && break; kill -0 $server 2>/dev/null || break; sleep 0.1; done
-                DMAIO_DEVICE="$4" "$5" client -b "$6" -p "$3" -c 8 -n 100 "$2"; client=$?
-                wait $server; status=$?
-                sed 's/^/[server] /' "$log"; rm -f "$log"
-                [ $client -eq 0 ] && [ $status -eq 0 ]
-                """
-            let result = try run(tool("sh"), ["-c", script, "c-echo-test", RxeEnvironment.deviceName, RxeEnvironment.address, port,
-                                              peerDevice, product("c-echo"), peerAddress], timeout: 240)
-            #expect(result.status == 0, "\(result.standardOutput)\n\(result.standardError)")
+            let result = try runCExample("c-echo", server: ["server", "-c", "8"], client: ["client", "-c", "8", "-n", "100"],
+                                         ready: "listening")
             #expect(result.standardOutput.contains("c-echo: 8 connections, 800 echoes of 1 B ... 65536 B in "), "\(result.standardOutput)")
             #expect(result.standardOutput.components(separatedBy: ": 100 messages echoed, the client closed").count == 9,
                     "\(result.standardOutput)")
