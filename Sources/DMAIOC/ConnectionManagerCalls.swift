@@ -127,16 +127,14 @@ public func sioClose(_ socket: Int32) -> Int32 {
 /// what sio_close does, then the descriptor is closed (or left to dup2/dup3, which replace it).
 @_cdecl("dmaio_close_guarded")
 public func dmaioCloseGuarded(_ socket: Int32, _ closeDescriptor: Bool) -> Int32 {
-    do {
-        try Registry.shared.locked { registry throws(Failure) in try registry.closeSocket(socket, closingDescriptor: closeDescriptor) }
-        return 0
-    } catch where error.errno == EBADF {
-        // Not a socket any more (sio_close in another thread came first): a plain close.
-        return closeDescriptor ? dmaio_real_close(socket) : 0
-    } catch {
-        LastError.set(error.message)
-        Glibc.errno = error.errno
-        return -1
+    cCall { () throws(Failure) -> Int32 in
+        do throws(Failure) {
+            try Registry.shared.locked { registry throws(Failure) in try registry.closeSocket(socket, closingDescriptor: closeDescriptor) }
+            return 0
+        } catch where error.errno == EBADF {
+            // Not a socket any more (sio_close in another thread came first): a plain close.
+            return closeDescriptor ? dmaio_real_close(socket) : 0
+        }
     }
 }
 
