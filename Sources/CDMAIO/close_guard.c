@@ -16,6 +16,7 @@
 #define _GNU_SOURCE
 
 #include "dmaio_guard.h"
+#include "dmaio_tables.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -23,43 +24,41 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
-#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define GUARDED_FDS (1 << 20)
-
-static _Atomic uint64_t guarded[GUARDED_FDS / 64];
 static _Atomic int any_guarded;
 
+/* A DMAIO socket's descriptor has its channel in the socket table (handle_tables.c). */
 static bool is_guarded(int fd)
 {
-    if (fd < 0 || fd >= GUARDED_FDS || !atomic_load_explicit(&any_guarded, memory_order_relaxed))
+    if (fd < 0 || !atomic_load_explicit(&any_guarded, memory_order_relaxed))
         return false;
-    return (atomic_load_explicit(&guarded[fd / 64], memory_order_acquire) >> (fd % 64)) & 1;
+    return dmaio_table_get(DMAIO_TABLE_SOCKETS, (uint32_t)fd) != 0;
 }
 
 static void forget_all_in_child(void)
 {
     atomic_store(&any_guarded, 0);
-    memset((void *)guarded, 0, sizeof guarded);
+    dmaio_table_clear(DMAIO_TABLE_SOCKETS);
 }
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 static void register_atfork(void) { pthread_atfork(NULL, NULL, forget_all_in_child); }
 
-void dmaio_guard_set(int fd, bool on)
+bool dmaio_socket_register(int fd, uint64_t channel)
 {
-    if (fd < 0 || fd >= GUARDED_FDS)
-        return;
+    if (fd < 0 || channel == 0)
+        return false;
     pthread_once(&atfork_once, register_atfork);
-    uint64_t bit = (uint64_t)1 << (fd % 64);
-    if (on) {
-        atomic_store(&any_guarded, 1);
-        atomic_fetch_or_explicit(&guarded[fd / 64], bit, memory_order_release);
-    } else {
-        atomic_fetch_and_explicit(&guarded[fd / 64], ~bit, memory_order_release);
-    }
+    atomic_store(&any_guarded, 1);
+    return dmaio_table_claim(DMAIO_TABLE_SOCKETS, (uint32_t)fd, channel);
+}
+
+void dmaio_socket_unregister(int fd)
+{
+    if (fd >= 0)
+        dmaio_table_set(DMAIO_TABLE_SOCKETS, (uint32_t)fd, 0);
 }
 
 /* libc's functions, found once. */

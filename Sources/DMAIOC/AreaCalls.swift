@@ -7,7 +7,8 @@ import RDMAVerbs
 import Glibc
 #endif
 
-// dma_alloc, dma_free, sio_reserve, sio_release, sio_release_buffer — see dmaio.h.
+// dma_alloc, dma_free, sio_reserve, sio_release, sio_release_buffer — see dmaio.h. Each takes
+// the area's lock only.
 
 /// `int dma_alloc(dma_mem_t *handle, size_t size, int flags)`: an area on DMAIO_DEVICE (or the
 /// first device). The corresponding verbs calls are `ibv_alloc_pd` and `ibv_reg_mr`.
@@ -22,12 +23,8 @@ public func dmaAlloc(_ handle: UnsafeMutablePointer<OpaquePointer?>?, _ size: UI
         let area = try swiftCall { () throws(RDMAError) in
             try DMAArea(size: max(Int(size), 4096), hugePages: flags & Int32(DMA_HUGEPAGES) != 0, device: environmentDevice)
         }
-        return try Registry.shared.locked { registry in
-            let entry = AreaEntry(handle: registry.newHandle(), area: area)
-            registry.areas[entry.handle] = entry
-            handle.pointee = Registry.handle(entry.handle)
-            return 0
-        }
+        handle.pointee = SlotHandle.pointer(try Registry.shared.openArea(area).handle)
+        return 0
     }
 }
 
@@ -36,19 +33,9 @@ public func dmaAlloc(_ handle: UnsafeMutablePointer<OpaquePointer?>?, _ size: UI
 @_cdecl("dma_free")
 public func dmaFree(_ handle: OpaquePointer?) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
-        try Registry.shared.locked { registry throws(Failure) in
-            let entry = try registry.area(handle, "dma_free")
-            guard entry.sockets == 0 else {
-                throw Failure(EBUSY, "dma_free: \(entry.sockets) socket(s) associated with the area are still open: sio_close them first")
-            }
-            guard entry.held.isEmpty else {
-                throw Failure(EBUSY, "dma_free: the program still holds \(entry.held.count) received buffer(s) of the area: release them first (sio_release or sio_release_buffer)")
-            }
-            registry.areas[entry.handle] = nil
-            for (offset, _) in entry.reserved { entry.area.free(offset) }
-            entry.reserved = [:]
-            return 0
-        }
+        let registry = Registry.shared
+        try registry.closeArea(try registry.area(handle, "dma_free"))
+        return 0
     }
 }
 
@@ -57,18 +44,19 @@ public func dmaFree(_ handle: OpaquePointer?) -> Int32 {
 @_cdecl("sio_reserve")
 public func sioReserve(_ handle: OpaquePointer?, _ buffer: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ size: UInt) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
-        try Registry.shared.locked { registry throws(Failure) in
-            let entry = try registry.area(handle, "sio_reserve")
-            guard let buffer else { throw .null("sio_reserve", "buffer") }
+        let area = try Registry.shared.area(handle, "sio_reserve")
+        guard let buffer else { throw .null("sio_reserve", "buffer") }
+        let address = try area.withOpen("sio_reserve") { entry throws(Failure) -> UInt in
             guard size > 0 else { throw Failure(EINVAL, "sio_reserve: cannot reserve 0 bytes") }
             guard size <= UInt(entry.area.size) else {
                 throw Failure(EINVAL, "sio_reserve: \(size) bytes are more than the whole area of \(entry.area.size) bytes")
             }
             let offset = try swiftCall { () throws(RDMAError) in try entry.area.allocate(Int(size), for: "sio_reserve") }
             entry.reserved[offset] = Int(size)
-            buffer.pointee = entry.area.address(offset)
-            return 0
+            return UInt(bitPattern: entry.area.address(offset))
         }
+        buffer.pointee = UnsafeMutableRawPointer(bitPattern: address)
+        return 0
     }
 }
 
@@ -77,8 +65,7 @@ public func sioReserve(_ handle: OpaquePointer?, _ buffer: UnsafeMutablePointer<
 @_cdecl("sio_release")
 public func sioRelease(_ handle: OpaquePointer?, _ size: UInt) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
-        try Registry.shared.locked { registry throws(Failure) in
-            let entry = try registry.area(handle, "sio_release")
+        try Registry.shared.area(handle, "sio_release").withOpen("sio_release") { entry throws(Failure) in
             guard size > 0, size <= UInt(entry.heldBytes) else {
                 throw Failure(EINVAL, size == 0
                     ? "sio_release: cannot release 0 bytes"
@@ -100,8 +87,8 @@ public func sioRelease(_ handle: OpaquePointer?, _ size: UInt) -> Int32 {
                     entry.held[front.address] = held
                 }
             }
-            return 0
         }
+        return 0
     }
 }
 
@@ -110,22 +97,23 @@ public func sioRelease(_ handle: OpaquePointer?, _ size: UInt) -> Int32 {
 @_cdecl("sio_release_buffer")
 public func sioReleaseBuffer(_ handle: OpaquePointer?, _ buffer: UnsafeMutableRawPointer?) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
-        try Registry.shared.locked { registry throws(Failure) in
-            let entry = try registry.area(handle, "sio_release_buffer")
-            guard let buffer else { throw .null("sio_release_buffer", "buffer") }
-            let address = UInt(bitPattern: buffer)
+        let area = try Registry.shared.area(handle, "sio_release_buffer")
+        guard let buffer else { throw .null("sio_release_buffer", "buffer") }
+        let address = UInt(bitPattern: buffer)
+        try area.withOpen("sio_release_buffer") { entry throws(Failure) in
             if let held = entry.held.removeValue(forKey: address) {
                 entry.heldBytes -= held.message.bytes.count - held.consumed
                 held.message.release()
                 entry.trimHeldOrder()
-                return 0
+                return
             }
-            if let offset = entry.area.offset(of: buffer), entry.reserved.removeValue(forKey: offset) != nil {
+            if let offset = entry.area.offset(of: UnsafeMutableRawPointer(bitPattern: address)!), entry.reserved.removeValue(forKey: offset) != nil {
                 entry.area.free(offset)
-                return 0
+                return
             }
-            throw Failure(EINVAL, "sio_release_buffer: \(buffer) is not a buffer this area handed out and the program still holds "
+            throw Failure(EINVAL, "sio_release_buffer: \(UnsafeRawPointer(bitPattern: address)!) is not a buffer this area handed out and the program still holds "
                 + "(released already, sent, or from another area)")
         }
+        return 0
     }
 }

@@ -25,31 +25,24 @@ public func ecCreate(_ flags: Int32) -> OpaquePointer? {
         }
         var event = epoll_event(events: EPOLLIN.rawValue, data: epoll_data_t(fd: wake))
         _ = epoll_ctl(epoll, EPOLL_CTL_ADD, wake, &event)
-        return try Registry.shared.locked { registry throws(Failure) in
-            let entry = ChannelEntry(handle: registry.newHandle(), channel: channel, pollDescriptor: epoll, wakeDescriptor: wake)
-            registry.channels[entry.handle] = entry
-            return Int(entry.handle)
+        do throws(Failure) {
+            return Int(bitPattern: try Registry.shared.openChannel(channel, pollDescriptor: epoll, wakeDescriptor: wake).handle)
+        } catch {
+            _ = dmaio_real_close(epoll)
+            _ = dmaio_real_close(wake)
+            throw error
         }
     }
-    return handle < 0 ? nil : Registry.handle(UInt(handle))
+    return handle == -1 ? nil : SlotHandle.pointer(UInt(bitPattern: handle))
 }
 
 /// `int ec_destroy(ec_t ec)`.
 @_cdecl("ec_destroy")
 public func ecDestroy(_ ec: OpaquePointer?) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
-        try Registry.shared.locked { registry throws(Failure) in
-            let entry = try registry.channel(ec, "ec_destroy")
-            guard entry.sockets == 0 else {
-                throw Failure(EBUSY, "ec_destroy: \(entry.sockets) socket(s) bound to the channel are still open: sio_close them first")
-            }
-            registry.channels[entry.handle] = nil
-            for (_, other) in registry.channels where other.sources[entry.handle] != nil {
-                other.sources[entry.handle] = nil
-                _ = epoll_ctl(other.pollDescriptor, EPOLL_CTL_DEL, entry.pollDescriptor, nil)
-            }
-            return 0
-        }
+        let registry = Registry.shared
+        try registry.closeChannel(try registry.channel(ec, "ec_destroy"))
+        return 0
     }
 }
 
@@ -57,19 +50,18 @@ public func ecDestroy(_ ec: OpaquePointer?) -> Int32 {
 @_cdecl("ec_bind")
 public func ecBind(_ ec: OpaquePointer?, _ socket: Int32) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
-        try Registry.shared.locked { registry throws(Failure) in
-            let channel = try registry.channel(ec, "ec_bind")
-            if registry.sockets[socket] != nil {
+        let reference = try Registry.shared.channel(ec, "ec_bind")
+        try reference.withOpen("ec_bind") { channel throws(Failure) in
+            if Registry.shared.socketChannel(socket) != nil {
                 throw Failure(EISCONN, "ec_bind: socket \(socket) already has an event channel")
             }
             let type = try swiftCall { () throws(RDMAError) in try Connection.checkSocket(socket, for: "ec_bind") }
             guard type == Int32(SOCK_STREAM.rawValue) else {
                 throw Failure(EPROTOTYPE, "ec_bind: descriptor \(socket) is not a stream socket: DMAIO upgrades TCP connections")
             }
-            registry.addSocket(SocketEntry(descriptor: socket, kind: .tcp, channel: channel))
-            channel.sockets += 1
-            return 0
+            try channel.register(SocketState(descriptor: socket, kind: .tcp, channel: reference), "ec_bind")
         }
+        return 0
     }
 }
 
@@ -83,13 +75,15 @@ func checkSocketDescriptor(_ socket: Int32, _ operation: String) throws(Failure)
 @_cdecl("ec_next_event")
 public func ecNextEvent(_ ec: OpaquePointer?, _ event: UnsafeMutablePointer<ec_event>?) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
-        try Registry.shared.locked { registry throws(Failure) in
-            let entry = try registry.channel(ec, "ec_next_event")
-            guard let event else { throw .null("ec_next_event", "event") }
-            guard let next = try registry.takeEvent(entry) else { return 0 }
-            event.pointee = next
-            return 1
+        let registry = Registry.shared
+        let reference = try registry.channel(ec, "ec_next_event")
+        guard let event else {
+            _ = try reference.withOpen("ec_next_event") { _ in 0 }  // an unknown channel first
+            throw .null("ec_next_event", "event")
         }
+        guard let next = try registry.takeEvent(reference, "ec_next_event") else { return 0 }
+        event.pointee = next
+        return 1
     }
 }
 
@@ -98,16 +92,16 @@ public func ecNextEvent(_ ec: OpaquePointer?, _ event: UnsafeMutablePointer<ec_e
 @_cdecl("ec_to_fd")
 public func ecToFD(_ ec: OpaquePointer?) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
-        try Registry.shared.locked { registry throws(Failure) in
-            let entry = try registry.channel(ec, "ec_to_fd")
-            try entry.watchChannel()
+        let registry = Registry.shared
+        let reference = try registry.channel(ec, "ec_to_fd")
+        let descriptor = try reference.withOpen("ec_to_fd") { channel throws(Failure) -> Int32 in
+            try channel.watchChannel()
             // Events the channel took before it was watched must show on the descriptor.
-            if let event = try registry.takeEvent(entry) {
-                entry.pending.append(event)
-                entry.updateWake()
-            }
-            return entry.pollDescriptor
+            try registry.drain(channel, reference)
+            return channel.pollDescriptor
         }
+        reference.updateWake()
+        return descriptor
     }
 }
 
@@ -119,22 +113,22 @@ public func ecDelay(_ ec: OpaquePointer?, _ event: UnsafeMutablePointer<ec_event
         guard timeoutMilliseconds >= -1 else {
             throw Failure(EINVAL, "ec_delay: timeout \(timeoutMilliseconds) ms: give -1 (forever), 0 (only look) or a positive time")
         }
+        let registry = Registry.shared
+        let reference = try registry.channel(ec, "ec_delay")
         let clock = ContinuousClock()
         let deadline = timeoutMilliseconds < 0 ? nil : clock.now + .milliseconds(timeoutMilliseconds)
         while true {
-            let descriptor = try Registry.shared.locked { registry throws(Failure) -> Int32 in
-                let entry = try registry.channel(ec, "ec_delay")
-                guard let event else { throw .null("ec_delay", "event") }
-                // Watched first: from then on a channel that runs dry arms its queue, so the
-                // sleep below cannot miss a completion.
-                try entry.watchChannel()
-                if let next = try registry.takeEvent(entry) {
-                    event.pointee = next
-                    return -1
-                }
-                return entry.pollDescriptor
+            // Watched first: from then on a channel that runs dry arms its queue, so the sleep
+            // below cannot miss a completion.
+            let descriptor = try reference.withOpen("ec_delay") { channel throws(Failure) -> Int32 in
+                try channel.watchChannel()
+                return channel.pollDescriptor
             }
-            if descriptor < 0 { return 1 }
+            guard let event else { throw .null("ec_delay", "event") }
+            if let next = try registry.takeEvent(reference, "ec_delay") {
+                event.pointee = next
+                return 1
+            }
             // Wakes up at least once per keepalive interval: the next look probes quiet connections.
             var milliseconds = Int32(clamping: PeerTimeout.keepAliveInterval.milliseconds)
             if let deadline {
@@ -147,11 +141,14 @@ public func ecDelay(_ ec: OpaquePointer?, _ event: UnsafeMutablePointer<ec_event
                 let error = Glibc.errno
                 throw Failure(error, error == EINTR ? "ec_delay: interrupted by a signal" : "ec_delay: poll failed")
             }
-            try Registry.shared.locked { registry throws(Failure) in
-                guard let entry = try? registry.channel(ec, "ec_delay") else { return }
-                try swiftCall { () throws(RDMAError) in try entry.channel.wokeUp() }
-                for handle in entry.sources.keys {
-                    if let source = registry.channels[handle] { try swiftCall { () throws(RDMAError) in try source.channel.wokeUp() } }
+            try reference.withOpen("ec_delay") { channel throws(Failure) in
+                try swiftCall { () throws(RDMAError) in try channel.channel.wokeUp() }
+            }
+            var index = 0
+            while let source = reference.source(at: index) {
+                index += 1
+                try? source.withOpen("ec_delay") { channel throws(Failure) in
+                    try swiftCall { () throws(RDMAError) in try channel.channel.wokeUp() }
                 }
             }
         }

@@ -17,21 +17,35 @@ private func standInDescriptor(_ operation: String) throws(Failure) -> Int32 {
     return descriptor
 }
 
+/// Registers a new rdma_cm connection under a stand-in descriptor; closes the connection when
+/// that fails.
+private func register(_ connection: Connection, on channel: ChannelReference, _ operation: String) throws(Failure) -> Int32 {
+    let descriptor: Int32
+    do throws(Failure) {
+        descriptor = try standInDescriptor(operation)
+    } catch {
+        connection.close()
+        throw error
+    }
+    return try register(descriptor, kind: .connectionManager, connection: connection, on: channel, operation)
+}
+
 private func duration(milliseconds: Int32) -> Duration? {
     milliseconds < 0 ? nil : .milliseconds(milliseconds)
 }
 
-/// Registers a new rdma_cm connection under a stand-in descriptor.
-private func register(_ connection: Connection, on channel: ChannelEntry, _ operation: String) throws(Failure) -> Int32 {
-    let descriptor = try standInDescriptor(operation)
-    try Registry.shared.locked { registry throws(Failure) in
-        guard registry.channels[channel.handle] != nil else {
-            _ = dmaio_real_close(descriptor)
-            throw .unknownChannel(operation)
+/// Registers a new rdma_cm connection (or listener) under `descriptor` on `channel`; closes
+/// the descriptor when that fails.
+private func register(_ descriptor: Int32, kind: SocketState.Kind, connection: Connection?, on channel: ChannelReference,
+                      _ operation: String) throws(Failure) -> Int32 {
+    do throws(Failure) {
+        try channel.withOpen(operation) { state throws(Failure) in
+            try state.register(SocketState(descriptor: descriptor, kind: kind, channel: channel, connection: connection), operation)
         }
-        registry.addSocket(SocketEntry(descriptor: descriptor, kind: .connectionManager, channel: channel, connection: connection))
-        channel.socketsByConnection[connection.id.rawValue] = descriptor
-        channel.sockets += 1
+    } catch {
+        connection?.close()
+        _ = dmaio_real_close(descriptor)
+        throw error
     }
     return descriptor
 }
@@ -41,15 +55,16 @@ private func register(_ connection: Connection, on channel: ChannelEntry, _ oper
 @_cdecl("sio_connect")
 public func sioConnect(_ ec: OpaquePointer?, _ host: UnsafePointer<CChar>?, _ port: UInt16, _ source: UnsafePointer<CChar>?, _ timeoutMilliseconds: Int32) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
-        let channel = try Registry.shared.locked { registry throws(Failure) in try registry.channel(ec, "sio_connect") }
+        let channel = try Registry.shared.channel(ec, "sio_connect")
         guard let host else { throw .null("sio_connect", "host") }
         guard timeoutMilliseconds >= -1 else {
             throw Failure(EINVAL, "sio_connect: timeout \(timeoutMilliseconds) ms: give -1 (the default, 30 s) or a positive time")
         }
+        let events = try channel.withOpen("sio_connect") { $0.channel }
         let name = String(cString: host)
         let address = name.contains(":") ? "[\(name)]:\(port)" : "\(name):\(port)"
         let connection = try swiftCall { () throws(RDMAError) in
-            try Connection(to: address, from: source.map { String(cString: $0) }, events: channel.channel,
+            try Connection(to: address, from: source.map { String(cString: $0) }, events: events,
                            timeout: timeoutMilliseconds <= 0 ? .seconds(30) : .milliseconds(timeoutMilliseconds))
         }
         return try register(connection, on: channel, "sio_connect")
@@ -63,18 +78,15 @@ public func sioConnect(_ ec: OpaquePointer?, _ host: UnsafePointer<CChar>?, _ po
 @_cdecl("sio_listen")
 public func sioListen(_ ec: OpaquePointer?, _ address: UnsafePointer<CChar>?, _ port: UInt16, _ backlog: Int32) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
-        let channel = try Registry.shared.locked { registry throws(Failure) in try registry.channel(ec, "sio_listen") }
+        let channel = try Registry.shared.channel(ec, "sio_listen")
+        let events = try channel.withOpen("sio_listen") { $0.channel }
         let name = address.map { String(cString: $0) } ?? "0.0.0.0"
         let listener = try swiftCall { () throws(RDMAError) in
-            try Listener(on: name.contains(":") ? "[\(name)]:\(port)" : "\(name):\(port)", events: channel.channel, backlog: max(backlog, 1))
+            try Listener(on: name.contains(":") ? "[\(name)]:\(port)" : "\(name):\(port)", events: events, backlog: max(backlog, 1))
         }
         let descriptor = fcntl(listener.fileDescriptor, F_DUPFD_CLOEXEC, 0)
         guard descriptor >= 0 else { throw Failure(Glibc.errno, "sio_listen: duplicating the listener's descriptor failed (out of descriptors?)") }
-        try Registry.shared.locked { registry throws(Failure) in
-            registry.addSocket(SocketEntry(descriptor: descriptor, kind: .listener(listener), channel: channel))
-            channel.sockets += 1
-        }
-        return descriptor
+        return try register(descriptor, kind: .listener(listener), connection: nil, on: channel, "sio_listen")
     }
 }
 
@@ -84,12 +96,12 @@ public func sioListen(_ ec: OpaquePointer?, _ address: UnsafePointer<CChar>?, _ 
 @_cdecl("sio_accept")
 public func sioAccept(_ listenerDescriptor: Int32, _ timeoutMilliseconds: Int32) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
-        let (listener, channel) = try Registry.shared.locked { registry throws(Failure) -> (Listener, ChannelEntry) in
-            let entry = try registry.socket(listenerDescriptor, "sio_accept")
-            guard case .listener(let listener) = entry.kind else {
+        let registry = Registry.shared
+        let (listener, channel) = try registry.withSocket(listenerDescriptor, "sio_accept") { _, socket throws(Failure) -> (Listener, ChannelReference) in
+            guard case .listener(let listener) = socket.kind else {
                 throw Failure(EBADF, "sio_accept: descriptor \(listenerDescriptor) is not listening (sio_listen makes one)")
             }
-            return (listener, entry.channel)
+            return (listener, socket.channel)
         }
         let connection: Connection
         if timeoutMilliseconds == 0 {
@@ -118,7 +130,7 @@ public func sioAccept(_ listenerDescriptor: Int32, _ timeoutMilliseconds: Int32)
 @_cdecl("sio_close")
 public func sioClose(_ socket: Int32) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
-        try Registry.shared.locked { registry throws(Failure) in try registry.closeSocket(socket, closingDescriptor: true) }
+        try Registry.shared.closeSocket(socket, closingDescriptor: true)
         return 0
     }
 }
@@ -129,7 +141,7 @@ public func sioClose(_ socket: Int32) -> Int32 {
 public func dmaioCloseGuarded(_ socket: Int32, _ closeDescriptor: Bool) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
         do throws(Failure) {
-            try Registry.shared.locked { registry throws(Failure) in try registry.closeSocket(socket, closingDescriptor: closeDescriptor) }
+            try Registry.shared.closeSocket(socket, closingDescriptor: closeDescriptor)
             return 0
         } catch where error.errno == EBADF {
             // Not a socket any more (sio_close in another thread came first): a plain close.
@@ -139,15 +151,22 @@ public func dmaioCloseGuarded(_ socket: Int32, _ closeDescriptor: Bool) -> Int32
 }
 
 extension Registry {
-    /// sio_close (registry lock held): ends the socket's association, queues the last event of
-    /// every operation it accepted, and closes the descriptor when `closingDescriptor`.
+    /// sio_close (the socket's channel locked): ends the socket's association, queues the last
+    /// event of every operation it accepted, and closes the descriptor when `closingDescriptor`.
     func closeSocket(_ socket: Int32, closingDescriptor: Bool) throws(Failure) {
-        let entry = try self.socket(socket, "sio_close")
+        let channel = try withSocket(socket, "sio_close") { channel, entry throws(Failure) -> ChannelReference in
+            try close(entry, of: channel, closingDescriptor: closingDescriptor)
+            return entry.channel
+        }
+        channel.updateWake()
+    }
+
+    private func close(_ entry: SocketState, of channel: ChannelState, closingDescriptor: Bool) throws(Failure) {
+        let socket = entry.descriptor
+        let reference = entry.channel
         guard !entry.associating || entry.association != nil else {
             throw Failure(EBUSY, "sio_close: socket \(socket) is being associated by another thread: wait for dma_assoc to return")
         }
-        let channel = entry.channel
-        entry.closing = true
         if let association = entry.association, entry.area == nil {
             // A non-blocking association still in its handshake: it ends now, with its event;
             // its task closes the connection and the descriptor once it has stopped using them.
@@ -155,34 +174,36 @@ extension Registry {
             guard closingDescriptor else {
                 throw Failure(EBUSY, "dup2: socket \(socket) is in the middle of its association (DMA_NONBLOCK): sio_close it, or wait for its event")
             }
+            entry.closing = true
             association.task.cancel()
+            association.end.closeLeftToTask.store(true, ordering: .sequentiallyConsistent)
             // Nothing of the connection is reported after this event.
             if let connection = entry.connection { channel.socketsByConnection[connection.id.rawValue] = nil }
-            entry.closeLeftToAssociation = true
-            entry.closeDescriptorAtEnd = closingDescriptor
             var failed = ec_event(type: EC_EVENT_ASSOC_FAILED, socket: socket)
             failed.error = ECANCELED
-            deliver(failed, to: channel, from: channel)
-            channel.updateWake()
-            removeSocket(socket)
-            channel.sockets -= 1
+            reference.deliver(failed, from: reference)
+            channel.unregister(socket)
+            // The area is the program's again at once (dma_free may follow): the task holds the
+            // Swift area itself for as long as it needs it.
+            _ = try? association.area.withOpen("sio_close") { area in area.sockets -= 1 }
             return
         }
+        entry.closing = true
         if let connection = entry.connection {
             connection.close()
             let deadline = ContinuousClock.now + flushDeadline
             while connection.hasSendsInFlight, ContinuousClock.now < deadline {
                 guard let event = try? channel.channel.wait(timeout: .milliseconds(10)) else { continue }
-                translate(event, on: channel)
+                translate(event, on: channel, reference)
             }
-            while let event = try? channel.channel.next() { translate(event, on: channel) }
+            while let event = try? channel.channel.next() { translate(event, on: channel, reference) }
             channel.socketsByConnection[connection.id.rawValue] = nil
         }
         // What is still outstanding fails now, each with its event.
         for _ in 0..<entry.plainSendsInFlight {
             var failed = ec_event(type: EC_EVENT_SEND_FAILED, socket: socket)
             failed.error = ECANCELED
-            deliver(failed, to: channel, from: channel)
+            reference.deliver(failed, from: reference)
         }
         entry.plainSendsInFlight = 0
         for request in entry.sendRequests.takeAll() {
@@ -190,20 +211,16 @@ extension Registry {
             var failed = ec_event(type: EC_EVENT_SEND_FAILED, socket: socket)
             failed.cookie = request.cookie
             failed.error = ECANCELED
-            deliver(failed, to: target, from: channel)
-            target.updateWake()
+            target.deliver(failed, from: reference)
         }
         while let request = entry.receiveRequests.popFirst() {
             var failed = ec_event(type: EC_EVENT_RECV_FAILED, socket: socket)
             failed.cookie = request.block.pointee.aio_cookie
             failed.error = ECANCELED
-            deliver(failed, to: request.target, from: channel)
-            request.target.updateWake()
+            request.target.deliver(failed, from: reference)
         }
-        channel.updateWake()
-        removeSocket(socket)
-        channel.sockets -= 1
-        entry.area?.sockets -= 1
+        channel.unregister(socket)
+        if let area = entry.area { _ = try? area.withOpen("sio_close") { area in area.sockets -= 1 } }
         if closingDescriptor { _ = dmaio_real_close(socket) }
     }
 }

@@ -20,39 +20,45 @@ public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: UInt, _ 
     cCall { () throws(Failure) -> Int32 in
         let registry = Registry.shared
         let nonblocking = flags & Int32(DMA_NONBLOCK) != 0
-        let (entry, area, connection, slotSize) = try registry.locked { registry throws(Failure) in
-            let area = try registry.area(handle, "dma_assoc")
-            let slotSize = try receiveSlotSize(flags, "dma_assoc")
-            guard size >= UInt(slotSize) else {
-                throw Failure(EINVAL, "dma_assoc: \(size) receive bytes hold no slot of \(slotSize) bytes: give at least one slot, or smaller slots (DMA_SLOT_LOG2)")
-            }
-            guard size <= UInt(area.area.size) else {
-                throw Failure(ENOBUFS, "dma_assoc: \(size) receive bytes do not fit in the area of \(area.area.size) bytes: give fewer, or allocate a larger area")
-            }
-            guard let entry = registry.sockets[socket] else {
-                try checkSocketDescriptor(socket, "dma_assoc")
-                throw Failure(EINVAL, "dma_assoc: socket \(socket) has no event channel: call ec_bind(ec, socket) first")
-            }
+        let areaReference = try registry.area(handle, "dma_assoc")
+        let dmaArea = try areaReference.withOpen("dma_assoc") { $0.area }
+        let slotSize = try receiveSlotSize(flags, "dma_assoc")
+        guard size >= UInt(slotSize) else {
+            throw Failure(EINVAL, "dma_assoc: \(size) receive bytes hold no slot of \(slotSize) bytes: give at least one slot, or smaller slots (DMA_SLOT_LOG2)")
+        }
+        guard size <= UInt(dmaArea.size) else {
+            throw Failure(ENOBUFS, "dma_assoc: \(size) receive bytes do not fit in the area of \(dmaArea.size) bytes: give fewer, or allocate a larger area")
+        }
+        let receiveBytes = Int(size)
+        guard registry.socketChannel(socket) != nil else {
+            try checkSocketDescriptor(socket, "dma_assoc")
+            throw Failure(EINVAL, "dma_assoc: socket \(socket) has no event channel: call ec_bind(ec, socket) first")
+        }
+        let (connection, channel) = try registry.withSocket(socket, "dma_assoc") { channel, entry throws(Failure) -> (Connection, ChannelReference) in
             if case .listener = entry.kind { throw Failure(EINVAL, "dma_assoc: descriptor \(socket) is listening: associate the descriptors sio_accept returns") }
             guard entry.area == nil else { throw Failure(EISCONN, "dma_assoc: socket \(socket) is already associated") }
             guard !entry.associating else { throw Failure(EALREADY, "dma_assoc: socket \(socket) is being associated already") }
+            // Counted from now on: dma_free is EBUSY while the association is made.
+            try areaReference.withOpen("dma_assoc") { area in area.sockets += 1 }
             let connection: Connection
             if let existing = entry.connection {
                 connection = existing
             } else {
-                connection = try swiftCall { () throws(RDMAError) in try Connection(socket: socket, events: entry.channel.channel) }
+                do throws(Failure) {
+                    connection = try swiftCall { () throws(RDMAError) in try Connection(socket: socket, events: channel.channel) }
+                } catch {
+                    _ = try? areaReference.withOpen("dma_assoc") { area in area.sockets -= 1 }
+                    throw error
+                }
                 entry.connection = connection
-                entry.channel.socketsByConnection[connection.id.rawValue] = socket
+                channel.socketsByConnection[connection.id.rawValue] = socket
             }
             entry.associating = true
-            return (entry, area, connection, slotSize)
-        }
-        let receiveBytes = Int(size)
-        if nonblocking {
-            // Entries are reached only under the registry's lock, also from the task.
-            let guarded = GuardedByRegistry(entry)
-            let dmaArea = area.area
-            try registry.locked { _ throws(Failure) in
+            if nonblocking {
+                // The handshake runs on the watcher thread; its end takes this channel's lock,
+                // so it is recorded only after this returns.
+                let end = HandshakeEnd()
+                let reference = entry.channel
                 let task = Task {
                     var failure: Failure?
                     do {
@@ -62,29 +68,35 @@ public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: UInt, _ 
                     } catch {
                         failure = Failure(ECANCELED, "dma_assoc: cancelled by sio_close")
                     }
-                    try? registry.locked { registry throws(Failure) in registry.associationEnded(guarded.value, connection: connection, failure: failure) }
+                    Registry.shared.associationEnded(socket, on: reference, connection: connection, area: areaReference, end: end, failure: failure)
                 }
-                entry.association = (task, area)
+                entry.association = (task, areaReference, end)
             }
-            return 0
+            return (connection, entry.channel)
         }
+        if nonblocking { return 0 }
         // The handshake blocks (up to 10 s): without the lock.
         var failure: Failure?
         do throws(RDMAError) {
-            try connection.associate(area.area, receiveBytes: receiveBytes, slotSize: slotSize)
+            try connection.associate(dmaArea, receiveBytes: receiveBytes, slotSize: slotSize)
         } catch {
             failure = Failure(error)
         }
-        return try registry.locked { registry throws(Failure) in
+        // sio_close is EBUSY while `associating`: the socket is still there.
+        try channel.withOpen("dma_assoc") { state throws(Failure) in
+            guard let entry = state.sockets[socket] else { return }
             entry.associating = false
-            if let failure {
-                registry.forgetFailedAssociation(entry, connection: connection)
-                throw failure
+            if failure != nil {
+                Registry.forgetFailedAssociation(entry, connection: connection, in: state)
+            } else {
+                entry.area = areaReference
             }
-            entry.area = area
-            area.sockets += 1
-            return 0
         }
+        if let failure {
+            _ = try? areaReference.withOpen("dma_assoc") { area in area.sockets -= 1 }
+            throw failure
+        }
+        return 0
     }
 }
 
@@ -119,8 +131,7 @@ public func sioGetsockname(_ socket: Int32, _ address: UnsafeMutablePointer<sock
     cCall { () throws(Failure) -> Int32 in
         guard let address else { throw .null("sio_getsockname", "address") }
         guard let length else { throw .null("sio_getsockname", "length") }
-        let local = try Registry.shared.locked { registry throws(Failure) -> SocketAddress? in
-            let entry = try registry.socket(socket, "sio_getsockname")
+        let local = try Registry.shared.withSocket(socket, "sio_getsockname") { _, entry throws(Failure) -> SocketAddress? in
             switch entry.kind {
             case .listener(let listener): return listener.address
             case .connectionManager:
@@ -159,77 +170,84 @@ private func receiveSlotSize(_ flags: Int32, _ operation: String) throws(Failure
 }
 
 extension Registry {
-    /// A non-blocking association ended (registry lock held): records it, or reports its failure
-    /// as `EC_EVENT_ASSOC_FAILED`. After sio_close (which reported `ECANCELED` already) it
-    /// finishes the close instead: the connection and the descriptor were left to it.
-    func associationEnded(_ entry: SocketEntry, connection: Connection, failure: Failure?) {
-        let area = entry.association?.area
-        entry.associating = false
-        entry.association = nil
-        if entry.closeLeftToAssociation {
+    /// A non-blocking association ended (on its task): records it, or reports its failure as
+    /// `EC_EVENT_ASSOC_FAILED`. After sio_close (which reported `ECANCELED` already) it finishes
+    /// the close instead: the connection and the descriptor were left to it.
+    func associationEnded(_ socket: Int32, on channel: ChannelReference, connection: Connection, area: AreaReference,
+                          end: HandshakeEnd, failure: Failure?) {
+        let failed = (try? channel.withOpen("dma_assoc") { state -> Bool in
+            // sio_close sets the flag under this lock while the socket waits for this task.
+            guard !end.closeLeftToTask.load(ordering: .sequentiallyConsistent),
+                  let entry = state.sockets[socket], entry.connection === connection else { return false }
+            entry.associating = false
+            entry.association = nil
+            if let failure {
+                Self.forgetFailedAssociation(entry, connection: connection, in: state)
+                var event = ec_event(type: EC_EVENT_ASSOC_FAILED, socket: socket)
+                event.error = failure.errno
+                channel.deliver(event, from: channel)
+                return true
+            }
+            // Its .connected event may have been taken already (then the area is recorded).
+            if entry.area == nil { entry.area = area }
+            return false
+        }) ?? false
+        channel.updateWake()
+        if end.closeLeftToTask.load(ordering: .sequentiallyConsistent) {
+            // sio_close forgot the connection already; nothing of it is reported.
             connection.close()
-            entry.channel.socketsByConnection[connection.id.rawValue] = nil
-            if entry.closeDescriptorAtEnd { _ = dmaio_real_close(entry.descriptor) }
-            return
+            _ = dmaio_real_close(socket)
         }
-        if entry.closing { return }  // sio_close (after the connection was up) did the rest
-        if let failure {
-            forgetFailedAssociation(entry, connection: connection)
-            var event = ec_event(type: EC_EVENT_ASSOC_FAILED, socket: entry.descriptor)
-            event.error = failure.errno
-            deliver(event, to: entry.channel, from: entry.channel)
-            entry.channel.updateWake()
-            return
-        }
-        // Its .connected event may have been taken already (then the area is recorded).
-        if entry.area == nil, let area {
-            entry.area = area
-            area.sockets += 1
-        }
+        if failed { _ = try? area.withOpen("dma_assoc") { area in area.sockets -= 1 } }
     }
 
     /// A failed association closed the connection; a TCP socket may try again.
-    func forgetFailedAssociation(_ entry: SocketEntry, connection: Connection) {
+    static func forgetFailedAssociation(_ entry: SocketState, connection: Connection, in channel: ChannelState) {
         if case .tcp = entry.kind {
-            entry.channel.socketsByConnection[connection.id.rawValue] = nil
+            channel.socketsByConnection[connection.id.rawValue] = nil
             entry.connection = nil
         }
     }
 }
 
-/// The associated socket `socket`, for the data calls.
-private func associated(_ registry: Registry, _ socket: Int32, _ operation: String) throws(Failure) -> (SocketEntry, Connection, AreaEntry) {
-    let entry = try registry.socket(socket, operation)
+/// The associated socket `entry`, for the data calls.
+private func associated(_ entry: SocketState, _ operation: String) throws(Failure) -> (Connection, AreaReference) {
     guard let connection = entry.connection, let area = entry.area else {
-        throw Failure(ENOTCONN, "\(operation): socket \(socket) is not associated: call dma_assoc first")
+        throw Failure(ENOTCONN, "\(operation): socket \(entry.descriptor) is not associated: call dma_assoc first")
     }
-    return (entry, connection, area)
+    return (connection, area)
 }
 
-/// Posts the reserved buffer at `buffer` as a send; `token` rides as the Swift cookie.
-private func send(_ registry: Registry, _ socket: Int32, _ buffer: UnsafeMutableRawPointer?, _ size: UInt, _ operation: String,
-                  token: (SocketEntry) -> UInt64) throws(Failure) {
-    let (entry, connection, area) = try associated(registry, socket, operation)
+/// Posts the reserved buffer at `buffer` as a send; `token` rides as the Swift cookie. The
+/// socket's channel is locked; the area's lock is taken to hand the buffer over.
+private func send(_ entry: SocketState, _ buffer: UnsafeMutableRawPointer?, _ size: UInt, _ operation: String,
+                  token: (SocketState) -> UInt64) throws(Failure) {
+    let (connection, area) = try associated(entry, operation)
     guard let buffer else { throw .null(operation, "buffer") }
-    guard let offset = area.area.offset(of: buffer), let reserved = area.reserved[offset] else {
-        throw Failure(EINVAL, "\(operation): \(buffer) is not the start of a reserved, unsent buffer of the socket's area (sio_reserve it first)")
+    let socket = entry.descriptor
+    let address = UInt(bitPattern: buffer)
+    let (dmaArea, offset) = try area.withOpen(operation) { area throws(Failure) -> (DMAArea, Int) in
+        guard let offset = area.area.offset(of: UnsafeMutableRawPointer(bitPattern: address)!), let reserved = area.reserved[offset] else {
+            throw Failure(EINVAL, "\(operation): \(UnsafeRawPointer(bitPattern: address)!) is not the start of a reserved, unsent buffer of the socket's area (sio_reserve it first)")
+        }
+        guard size > 0, size <= UInt(reserved) else {
+            throw Failure(EINVAL, "\(operation): \(size) bytes: the buffer holds \(reserved) (send 1 to \(reserved) bytes)")
+        }
+        guard size <= UInt(connection.peerSlotSize) else {
+            throw Failure(EMSGSIZE, "\(operation): a message of \(size) bytes exceeds the peer's receive slots of \(connection.peerSlotSize) bytes: "
+                + "send smaller messages, or have the peer associate with larger slots (DMA_SLOT_LOG2)")
+        }
+        guard connection.isConnected else {
+            throw Failure(ECONNRESET, "\(operation): the peer of socket \(socket) went away: sio_close it and connect again")
+        }
+        area.reserved[offset] = nil
+        return (area.area, offset)
     }
-    guard size > 0, size <= UInt(reserved) else {
-        throw Failure(EINVAL, "\(operation): \(size) bytes: the buffer holds \(reserved) (send 1 to \(reserved) bytes)")
-    }
-    guard size <= UInt(connection.peerSlotSize) else {
-        throw Failure(EMSGSIZE, "\(operation): a message of \(size) bytes exceeds the peer's receive slots of \(connection.peerSlotSize) bytes: "
-            + "send smaller messages, or have the peer associate with larger slots (DMA_SLOT_LOG2)")
-    }
-    guard connection.isConnected else {
-        throw Failure(ECONNRESET, "\(operation): the peer of socket \(socket) went away: sio_close it and connect again")
-    }
-    area.reserved[offset] = nil
     // From here the Swift layer owns the block: on failure it goes back to the area.
     let cookie = token(entry)
     do {
         try swiftCall { () throws(RDMAError) in
-            try connection.send(SendBuffer(area: area.area, offset: offset, count: Int(size)), cookie: cookie)
+            try connection.send(SendBuffer(area: dmaArea, offset: offset, count: Int(size)), cookie: cookie)
         }
     } catch {
         // Refused: no event will come for it.
@@ -243,14 +261,15 @@ private func send(_ registry: Registry, _ socket: Int32, _ buffer: UnsafeMutable
 @_cdecl("aio_send")
 public func aioSend(_ socket: Int32, _ buffer: UnsafeMutableRawPointer?, _ size: UInt, _ flags: Int32) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
-        try Registry.shared.locked { registry throws(Failure) in
-            guard flags == 0 else { throw .flags("aio_send", flags) }
-            try send(registry, socket, buffer, size, "aio_send") { entry in
+        guard flags == 0 else { throw .flags("aio_send", flags) }
+        let address = UInt(bitPattern: buffer)
+        try Registry.shared.withSocket(socket, "aio_send") { _, entry throws(Failure) in
+            try send(entry, UnsafeMutableRawPointer(bitPattern: address), size, "aio_send") { entry in
                 entry.plainSendsInFlight += 1
                 return RequestTable.plain
             }
-            return 0
         }
+        return 0
     }
 }
 
@@ -258,22 +277,27 @@ public func aioSend(_ socket: Int32, _ buffer: UnsafeMutableRawPointer?, _ size:
 @_cdecl("aio_send_cb")
 public func aioSendCB(_ block: UnsafeMutablePointer<dma_aiocb>?) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
-        try Registry.shared.locked { registry throws(Failure) in
-            guard let block else { throw .null("aio_send_cb", "cb") }
-            guard block.pointee.aio_flags == 0 else { throw .flags("aio_send_cb", block.pointee.aio_flags) }
-            let socket = block.pointee.aio_fildes
-            let own = try registry.socket(socket, "aio_send_cb").channel
-            let target = block.pointee.aio_ec == nil ? own : try registry.channel(block.pointee.aio_ec, "aio_send_cb")
-            let cookie = block.pointee.aio_cookie
-            try send(registry, socket, block.pointee.aio_buf, UInt(bitPattern: block.pointee.aio_nbytes), "aio_send_cb") { entry in
+        guard let block else { throw .null("aio_send_cb", "cb") }
+        guard block.pointee.aio_flags == 0 else { throw .flags("aio_send_cb", block.pointee.aio_flags) }
+        let registry = Registry.shared
+        let socket = block.pointee.aio_fildes
+        let named = block.pointee.aio_ec == nil ? nil : try registry.channel(block.pointee.aio_ec, "aio_send_cb")
+        let cookie = block.pointee.aio_cookie
+        let address = UInt(bitPattern: block.pointee.aio_buf)
+        let size = UInt(bitPattern: block.pointee.aio_nbytes)
+        try registry.withSocket(socket, "aio_send_cb") { channel, entry throws(Failure) in
+            let target = named ?? entry.channel
+            let elsewhere = !target.refers(to: entry.channel)
+            if elsewhere, !target.isOpen { throw .unknownChannel("aio_send_cb") }
+            try send(entry, UnsafeMutableRawPointer(bitPattern: address), size, "aio_send_cb") { entry in
                 entry.sendRequests.put(target: target, cookie: cookie)
             }
-            if target !== own {
-                try? own.watchChannel()
-                target.addSource(own)
+            if elsewhere {
+                try? channel.watchChannel()
+                _ = target.addSource(entry.channel, pollDescriptor: channel.pollDescriptor)
             }
-            return 0
         }
+        return 0
     }
 }
 
@@ -282,10 +306,10 @@ public func aioSendCB(_ block: UnsafeMutablePointer<dma_aiocb>?) -> Int32 {
 @_cdecl("aio_recv")
 public func aioRecv(_ socket: Int32, _ buffer: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ size: UInt, _ flags: Int32) -> Int {
     cCall { () throws(Failure) -> Int in
-        try Registry.shared.locked { registry throws(Failure) in
-            guard flags == 0 else { throw .flags("aio_recv", flags) }
-            let (_, connection, area) = try associated(registry, socket, "aio_recv")
-            guard let buffer else { throw .null("aio_recv", "buffer") }
+        guard flags == 0 else { throw .flags("aio_recv", flags) }
+        let (address, length) = try Registry.shared.withSocket(socket, "aio_recv") { _, entry throws(Failure) -> (UInt, Int) in
+            let (connection, area) = try associated(entry, "aio_recv")
+            guard buffer != nil else { throw .null("aio_recv", "buffer") }
             guard size > 0 else { throw Failure(EINVAL, "aio_recv: size 0: say how many bytes the caller accepts") }
             guard let length = try swiftCall({ () throws(RDMAError) in try connection.nextMessageLength() }) else {
                 throw Failure(EAGAIN, literal: "aio_recv: nothing has arrived on the socket yet: wait on its event channel (ec_delay, or poll on ec_to_fd)")
@@ -296,9 +320,11 @@ public func aioRecv(_ socket: Int32, _ buffer: UnsafeMutablePointer<UnsafeMutabl
             guard let message = try swiftCall({ () throws(RDMAError) in try connection.receive() }) else {
                 throw Failure(EAGAIN, literal: "aio_recv: nothing has arrived on the socket yet: wait on its event channel")
             }
-            buffer.pointee = UnsafeMutableRawPointer(mutating: area.hold(message.detach()))
-            return length
+            let detached = message.detach()
+            return (try area.withOpen("aio_recv") { area in UInt(bitPattern: area.hold(detached)) }, length)
         }
+        buffer?.pointee = UnsafeMutableRawPointer(bitPattern: address)
+        return length
     }
 }
 
@@ -306,13 +332,21 @@ public func aioRecv(_ socket: Int32, _ buffer: UnsafeMutablePointer<UnsafeMutabl
 @_cdecl("aio_recv_cb")
 public func aioRecvCB(_ block: UnsafeMutablePointer<dma_aiocb>?) -> Int32 {
     cCall { () throws(Failure) -> Int32 in
-        try Registry.shared.locked { registry throws(Failure) in
-            guard let block else { throw .null("aio_recv_cb", "cb") }
-            guard block.pointee.aio_flags == 0 else { throw .flags("aio_recv_cb", block.pointee.aio_flags) }
-            let socket = block.pointee.aio_fildes
-            let (entry, connection, area) = try associated(registry, socket, "aio_recv_cb")
-            let target = block.pointee.aio_ec == nil ? entry.channel : try registry.channel(block.pointee.aio_ec, "aio_recv_cb")
-            let accepted = UInt(bitPattern: block.pointee.aio_nbytes)
+        guard let block else { throw .null("aio_recv_cb", "cb") }
+        guard block.pointee.aio_flags == 0 else { throw .flags("aio_recv_cb", block.pointee.aio_flags) }
+        let registry = Registry.shared
+        let socket = block.pointee.aio_fildes
+        let named = block.pointee.aio_ec == nil ? nil : try registry.channel(block.pointee.aio_ec, "aio_recv_cb")
+        let accepted = UInt(bitPattern: block.pointee.aio_nbytes)
+        // The block is the program's, reached only during this call and from the socket's
+        // channel under its lock.
+        let request = UnsafeRequestBlock(block)
+        return try registry.withSocket(socket, "aio_recv_cb") { channel, entry throws(Failure) -> Int32 in
+            let block = request.block
+            let (connection, area) = try associated(entry, "aio_recv_cb")
+            let target = named ?? entry.channel
+            let elsewhere = !target.refers(to: entry.channel)
+            if elsewhere, !target.isOpen { throw .unknownChannel("aio_recv_cb") }
             guard accepted > 0 else { throw Failure(EINVAL, "aio_recv_cb: aio_nbytes is 0: say how many bytes the request accepts") }
             // A message already there, and no request before this one: served at once.
             if entry.receiveRequests.isEmpty, let length = try swiftCall({ () throws(RDMAError) in try connection.nextMessageLength() }) {
@@ -320,7 +354,9 @@ public func aioRecvCB(_ block: UnsafeMutablePointer<dma_aiocb>?) -> Int32 {
                     throw Failure(EMSGSIZE, "aio_recv_cb: the next message has \(length) bytes, more than aio_nbytes \(accepted)")
                 }
                 if let message = try swiftCall({ () throws(RDMAError) in try connection.receive() }) {
-                    block.pointee.aio_buf = UnsafeMutableRawPointer(mutating: area.hold(message.detach()))
+                    let detached = message.detach()
+                    let address = try area.withOpen("aio_recv_cb") { area in UInt(bitPattern: area.hold(detached)) }
+                    block.pointee.aio_buf = UnsafeMutableRawPointer(bitPattern: address)
                     block.pointee.aio_nbytes = length
                     return 1
                 }
@@ -329,11 +365,17 @@ public func aioRecvCB(_ block: UnsafeMutablePointer<dma_aiocb>?) -> Int32 {
                 throw Failure(ECONNRESET, "aio_recv_cb: the peer of socket \(socket) went away and every message was taken")
             }
             entry.receiveRequests.append(.init(block: block, target: target))
-            if target !== entry.channel {
-                try? entry.channel.watchChannel()
-                target.addSource(entry.channel)
+            if elsewhere {
+                try? channel.watchChannel()
+                _ = target.addSource(entry.channel, pollDescriptor: channel.pollDescriptor)
             }
             return 0
         }
     }
+}
+
+/// The program's aiocb, carried into the socket's lock.
+private struct UnsafeRequestBlock: @unchecked Sendable {
+    let block: UnsafeMutablePointer<dma_aiocb>
+    init(_ block: UnsafeMutablePointer<dma_aiocb>) { self.block = block }
 }

@@ -43,12 +43,15 @@
  * once reused for another file, is never taken for the old socket (EBADF). While a blocking
  * dma_assoc runs on the socket in another thread, close(), dup2() and dup3() onto it fail with
  * EBUSY instead and change nothing; so do dup2() and dup3() during a DMA_NONBLOCK handshake
- * (close() ends it). On a DMAIO socket these calls take the library's lock: they are not
- * async-signal-safe there. Not covered: close_range() and raw system calls; after fork() the
+ * (close() ends it). On a DMAIO socket these calls take the lock of the socket's event
+ * channel: they are not async-signal-safe there. Not covered: close_range() and raw system calls; after fork() the
  * child guards nothing. When several errors apply, which one is reported is not specified.
  *
- * Threads: every call may be made from any thread; calls on one event channel are serialised
- * inside the library.
+ * Threads: every call may be made from any thread. Calls on one event channel (and on the
+ * sockets bound to it) are serialised inside the library; calls on different channels and
+ * areas run in parallel: there is no process-wide lock. A thread per channel, each with its
+ * own area, scales with the cores (docs/c-abi-threads.md). Calls on one area from several
+ * channels' threads take the area's lock briefly.
  *
  * Data path: sio_reserve, aio_send, aio_recv, sio_release*, ec_next_event make no heap
  * allocation and no copy of payload bytes (payloads up to 64 bytes are sent inline, copied into
@@ -71,7 +74,8 @@ extern "C" {
 /* ---------------------------------------------------------------------------------------- */
 
 /* An opaque handle to a DMA area: registered memory that sends are built in and receives land
- * in. Handles are never reused, so a freed handle is reliably reported as unknown (EINVAL). */
+ * in. A handle is never given out twice, so a freed handle is reliably reported as unknown
+ * (EINVAL). Not a pointer the program may dereference. */
 typedef struct dma_mem *dma_mem_t;
 
 /* dma_alloc flags. */
@@ -186,7 +190,7 @@ int sio_release_buffer(dma_mem_t handle, void *buffer);
 /* Event channels                                                                            */
 /* ---------------------------------------------------------------------------------------- */
 
-/* An opaque event channel. Handles are never reused. */
+/* An opaque event channel. A handle is never given out twice (a destroyed one stays EINVAL). */
 typedef struct dma_event_channel *ec_t;
 
 /* What an event reports. */

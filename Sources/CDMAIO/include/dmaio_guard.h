@@ -7,13 +7,19 @@
 #define DMAIO_GUARD_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* Marks (or unmarks) fd as a DMAIO socket. Descriptors of 2^20 and above are not guarded. */
-void dmaio_guard_set(int fd, bool guarded);
+/* Records fd as a DMAIO socket bound to the channel whose ec_t handle is `channel` (not 0):
+ * from then on close(), dup2() and dup3() guard it. False when fd is a DMAIO socket already, or
+ * is 2^20 or above (such a descriptor cannot be a DMAIO socket). */
+bool dmaio_socket_register(int fd, uint64_t channel);
+
+/* fd is not a DMAIO socket any more: the descriptor is the program's again. */
+void dmaio_socket_unregister(int fd);
 
 /* close(2) itself, without the guard: the library's own way to close a socket's descriptor. */
 int dmaio_real_close(int fd);
