@@ -46,10 +46,12 @@ static void forget_all_in_child(void)
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 static void register_atfork(void) { pthread_atfork(NULL, NULL, forget_all_in_child); }
 
-bool dmaio_socket_register(int fd, uint64_t channel)
+int dmaio_socket_register(int fd, uint64_t channel)
 {
     if (fd < 0 || channel == 0)
-        return false;
+        return EINVAL;
+    if ((uint32_t)fd >= DMAIO_TABLE_CAPACITY)
+        return EMFILE;
     pthread_once(&atfork_once, register_atfork);
     atomic_store(&any_guarded, 1);
     return dmaio_table_claim(DMAIO_TABLE_SOCKETS, (uint32_t)fd, channel);

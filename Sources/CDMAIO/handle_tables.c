@@ -9,6 +9,7 @@
  */
 #include "dmaio_tables.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -23,6 +24,12 @@ struct table {
 
 static struct table tables[DMAIO_TABLE_COUNT];
 static pthread_mutex_t grow_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* A fork while another thread grows a table must not leave the child's lock taken. */
+static void grow_lock_prepare(void) { pthread_mutex_lock(&grow_lock); }
+static void grow_lock_release(void) { pthread_mutex_unlock(&grow_lock); }
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void register_atfork(void) { pthread_atfork(grow_lock_prepare, grow_lock_release, grow_lock_release); }
 
 uint64_t dmaio_table_get(enum dmaio_table table, uint32_t index)
 {
@@ -40,6 +47,7 @@ static _Atomic uint64_t *word(enum dmaio_table table, uint32_t index)
     _Atomic(_Atomic uint64_t *) *slot = &tables[table].chunks[index >> CHUNK_BITS];
     _Atomic uint64_t *chunk = atomic_load_explicit(slot, memory_order_acquire);
     if (chunk == NULL) {
+        pthread_once(&atfork_once, register_atfork);
         pthread_mutex_lock(&grow_lock);
         chunk = atomic_load_explicit(slot, memory_order_acquire);
         if (chunk == NULL) {
@@ -63,11 +71,15 @@ bool dmaio_table_set(enum dmaio_table table, uint32_t index, uint64_t value)
     return true;
 }
 
-bool dmaio_table_claim(enum dmaio_table table, uint32_t index, uint64_t value)
+int dmaio_table_claim(enum dmaio_table table, uint32_t index, uint64_t value)
 {
+    if ((unsigned)table >= DMAIO_TABLE_COUNT || index >= DMAIO_TABLE_CAPACITY)
+        return EINVAL;
     _Atomic uint64_t *w = word(table, index);
+    if (w == NULL)
+        return ENOMEM;
     uint64_t expected = 0;
-    return w != NULL && atomic_compare_exchange_strong_explicit(w, &expected, value, memory_order_acq_rel, memory_order_acquire);
+    return atomic_compare_exchange_strong_explicit(w, &expected, value, memory_order_acq_rel, memory_order_acquire) ? 0 : EISCONN;
 }
 
 void dmaio_table_clear(enum dmaio_table table)

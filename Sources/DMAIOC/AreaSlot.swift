@@ -24,8 +24,8 @@ final class AreaSlot: Sendable {
     /// dma_alloc: the slot holds `area` from now on, under the next generation.
     func open(_ area: DMAArea) -> AreaReference {
         let generation = state.withLock { state -> UInt32 in
-            state.generation &+= 1
-            if state.generation == 0 { state.generation = 1 }  // 0 is no handle's
+            // 0 is no handle's; a slot at UInt32.max is retired (never back on the free list).
+            state.generation += 1
             state.open = AreaState(area: area)
             return state.generation
         }

@@ -28,8 +28,8 @@ final class ChannelSlot: Sendable {
     /// ec_create: the slot holds `channel` from now on, under the next generation.
     func open(_ channel: EventChannel, pollDescriptor: Int32, wakeDescriptor: Int32) -> ChannelReference {
         let generation = state.withLock { state -> UInt32 in
-            state.generation &+= 1
-            if state.generation == 0 { state.generation = 1 }  // 0 is no handle's
+            // 0 is no handle's; a slot at UInt32.max is retired (never back on the free list).
+            state.generation += 1
             state.open = ChannelState(channel: channel, pollDescriptor: pollDescriptor)
             return state.generation
         }
@@ -76,7 +76,7 @@ struct ChannelReference: Sendable {
     var isOpen: Bool { slot.inbox.withLock { $0.isOpen && $0.generation == generation } }
 
     /// Queues `event` here. An event taken from another channel (`source`) ends that operation's
-    /// claim on it (see ``Inbox/addSource(_:pollDescriptor:)``) and shows on the descriptor at
+    /// claim on it (see ``Inbox/addSource(_:descriptor:)``) and shows on the descriptor at
     /// once; one taken here shows when the call that took it ends (``updateWake()``).
     /// Returns whether the event stayed on its own channel.
     @discardableResult
@@ -118,11 +118,12 @@ struct ChannelReference: Sendable {
         }
     }
 
-    /// Counts an operation of `source` that reports here. False when this channel is destroyed.
-    func addSource(_ source: ChannelReference, pollDescriptor: Int32) -> Bool {
+    /// Counts an operation of `source` that reports here; `descriptor` is the source's Swift
+    /// channel's. False when this channel is destroyed.
+    func addSource(_ source: ChannelReference, descriptor: Int32) -> Bool {
         slot.inbox.withLock { inbox -> Bool in
             guard inbox.isOpen, inbox.generation == generation else { return false }
-            inbox.addSource(source, pollDescriptor: pollDescriptor)
+            inbox.addSource(source, descriptor: descriptor)
             return true
         }
     }
@@ -132,7 +133,8 @@ struct ChannelReference: Sendable {
 final class ChannelState {
     let channel: EventChannel
     /// The descriptor `ec_to_fd` returns: an epoll over the Swift channel's descriptor, the
-    /// inbox's wake descriptor, and the descriptors of channels whose operations report here.
+    /// inbox's wake descriptor, and the Swift channels' descriptors of channels whose operations
+    /// report here (never their epolls: those could nest in a cycle, which epoll refuses).
     let pollDescriptor: Int32
     /// Whether the Swift channel's descriptor is in `pollDescriptor` yet (added on first need:
     /// from then on the channel arms its queue whenever it runs dry, which costs a system call).
@@ -165,10 +167,18 @@ final class ChannelState {
     /// socket already, EMFILE when it is too large to be one.
     func register(_ socket: SocketState, _ operation: String) throws(Failure) {
         let descriptor = socket.descriptor
-        guard dmaio_socket_register(descriptor, UInt64(socket.channel.handle)) else {
-            if descriptor >= Int32(DMAIO_TABLE_CAPACITY) {
-                throw Failure(EMFILE, "\(operation): descriptor \(descriptor) is above the \(DMAIO_TABLE_CAPACITY) a DMAIO socket can have")
-            }
+        // After fork() the child's table is empty, but this channel may still list the
+        // parent's socket of that number: it stays, and the number is refused.
+        guard sockets[descriptor] == nil else {
+            throw Failure(EISCONN, "\(operation): socket \(descriptor) already has an event channel")
+        }
+        switch dmaio_socket_register(descriptor, UInt64(socket.channel.handle)) {
+        case 0: break
+        case EMFILE:
+            throw Failure(EMFILE, "\(operation): descriptor \(descriptor) is not below \(DMAIO_TABLE_CAPACITY), the limit of a DMAIO socket's number")
+        case ENOMEM:
+            throw Failure(ENOMEM, "\(operation): no memory for the descriptor table")
+        default:
             throw Failure(EISCONN, "\(operation): socket \(descriptor) already has an event channel")
         }
         sockets[descriptor] = socket
@@ -199,7 +209,8 @@ struct Inbox: ~Copyable {
 
     struct Source {
         var channel: ChannelReference
-        var pollDescriptor: Int32
+        /// The source's Swift channel's descriptor, in this channel's epoll.
+        var descriptor: Int32
         var operations: Int
     }
 
@@ -230,14 +241,14 @@ struct Inbox: ~Copyable {
         wakeIsSet = want
     }
 
-    /// Counts an operation of `source` that reports here; the first one puts the source's
-    /// descriptor into this channel's.
-    mutating func addSource(_ source: ChannelReference, pollDescriptor sourceDescriptor: Int32) {
+    /// Counts an operation of `source` that reports here; the first one puts the source's Swift
+    /// channel's descriptor into this channel's epoll.
+    mutating func addSource(_ source: ChannelReference, descriptor sourceDescriptor: Int32) {
         if let index = sources.firstIndex(where: { $0.channel.refers(to: source) }) {
             sources[index].operations += 1
             return
         }
-        sources.append(Source(channel: source, pollDescriptor: sourceDescriptor, operations: 1))
+        sources.append(Source(channel: source, descriptor: sourceDescriptor, operations: 1))
         var event = epoll_event(events: EPOLLIN.rawValue, data: epoll_data_t(fd: sourceDescriptor))
         _ = epoll_ctl(pollDescriptor, EPOLL_CTL_ADD, sourceDescriptor, &event)
     }
@@ -247,7 +258,7 @@ struct Inbox: ~Copyable {
         if sources[index].operations > 1 {
             sources[index].operations -= 1
         } else {
-            _ = epoll_ctl(pollDescriptor, EPOLL_CTL_DEL, sources[index].pollDescriptor, nil)
+            _ = epoll_ctl(pollDescriptor, EPOLL_CTL_DEL, sources[index].descriptor, nil)
             sources.remove(at: index)
         }
     }
@@ -255,7 +266,7 @@ struct Inbox: ~Copyable {
     /// `source` was destroyed: nothing more comes from it.
     mutating func forgetSource(_ source: ChannelReference) {
         guard let index = sources.firstIndex(where: { $0.channel.refers(to: source) }) else { return }
-        _ = epoll_ctl(pollDescriptor, EPOLL_CTL_DEL, sources[index].pollDescriptor, nil)
+        _ = epoll_ctl(pollDescriptor, EPOLL_CTL_DEL, sources[index].descriptor, nil)
         sources.remove(at: index)
     }
 }

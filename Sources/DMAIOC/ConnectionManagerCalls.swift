@@ -179,13 +179,13 @@ extension Registry {
             association.end.closeLeftToTask.store(true, ordering: .sequentiallyConsistent)
             // Nothing of the connection is reported after this event.
             if let connection = entry.connection { channel.socketsByConnection[connection.id.rawValue] = nil }
+            // The area is the program's again before the event says so (dma_free may follow):
+            // the task holds the Swift area itself for as long as it needs it.
+            _ = try? association.area.withOpen("sio_close") { area in area.sockets -= 1 }
             var failed = ec_event(type: EC_EVENT_ASSOC_FAILED, socket: socket)
             failed.error = ECANCELED
             reference.deliver(failed, from: reference)
             channel.unregister(socket)
-            // The area is the program's again at once (dma_free may follow): the task holds the
-            // Swift area itself for as long as it needs it.
-            _ = try? association.area.withOpen("sio_close") { area in area.sockets -= 1 }
             return
         }
         entry.closing = true

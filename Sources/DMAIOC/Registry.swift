@@ -75,16 +75,18 @@ final class Registry: Sendable {
     }
 
     /// ec_destroy: closes the channel (EBUSY while sockets are bound to it) and forgets it as a
-    /// source of the others.
+    /// source of the others. The channel's own lock is taken (and may be waited for: a
+    /// sio_close draining) before, not inside, `control`, which other channels' calls need.
     func closeChannel(_ reference: ChannelReference) throws(Failure) {
-        try control.withLock { control throws(Failure) in
-            let pollDescriptor = try reference.slot.close(reference.generation)
+        let pollDescriptor = try reference.slot.close(reference.generation)
+        control.withLock { control in
             for other in control.channelSlots where other !== reference.slot {
                 other.inbox.withLock { $0.forgetSource(reference) }
             }
             // libc's close itself: the program's descriptors are guarded (close_guard.c).
             _ = dmaio_real_close(pollDescriptor)
-            control.freeChannelSlots.append(reference.slot.index)
+            // A slot whose generation is spent is retired: its handles are never given out again.
+            if reference.generation < UInt32.max { control.freeChannelSlots.append(reference.slot.index) }
         }
     }
 
@@ -117,9 +119,10 @@ final class Registry: Sendable {
 
     /// dma_free: frees the area (EBUSY while sockets use it or the program holds its buffers).
     func closeArea(_ reference: AreaReference) throws(Failure) {
-        try control.withLock { control throws(Failure) in
-            try reference.slot.close(reference.generation)
-            control.freeAreaSlots.append(reference.slot.index)
+        try reference.slot.close(reference.generation)
+        control.withLock { control in
+            // A slot whose generation is spent is retired: its handles are never given out again.
+            if reference.generation < UInt32.max { control.freeAreaSlots.append(reference.slot.index) }
         }
     }
 

@@ -175,30 +175,32 @@ extension Registry {
     /// the close instead: the connection and the descriptor were left to it.
     func associationEnded(_ socket: Int32, on channel: ChannelReference, connection: Connection, area: AreaReference,
                           end: HandshakeEnd, failure: Failure?) {
-        let failed = (try? channel.withOpen("dma_assoc") { state -> Bool in
+        _ = try? channel.withOpen("dma_assoc") { state in
             // sio_close sets the flag under this lock while the socket waits for this task.
             guard !end.closeLeftToTask.load(ordering: .sequentiallyConsistent),
-                  let entry = state.sockets[socket], entry.connection === connection else { return false }
+                  let entry = state.sockets[socket], entry.connection === connection else { return }
             entry.associating = false
             entry.association = nil
             if let failure {
                 Self.forgetFailedAssociation(entry, connection: connection, in: state)
+                // The area is the program's again before the event says so: a dma_free that
+                // follows the event must not find it in use.
+                _ = try? area.withOpen("dma_assoc") { area in area.sockets -= 1 }
                 var event = ec_event(type: EC_EVENT_ASSOC_FAILED, socket: socket)
                 event.error = failure.errno
                 channel.deliver(event, from: channel)
-                return true
+                return
             }
             // Its .connected event may have been taken already (then the area is recorded).
             if entry.area == nil { entry.area = area }
-            return false
-        }) ?? false
+        }
         channel.updateWake()
         if end.closeLeftToTask.load(ordering: .sequentiallyConsistent) {
-            // sio_close forgot the connection already; nothing of it is reported.
+            // sio_close forgot the connection already, and gave the area back; nothing of it
+            // is reported.
             connection.close()
             _ = dmaio_real_close(socket)
         }
-        if failed { _ = try? area.withOpen("dma_assoc") { area in area.sockets -= 1 } }
     }
 
     /// A failed association closed the connection; a TCP socket may try again.
@@ -294,7 +296,7 @@ public func aioSendCB(_ block: UnsafeMutablePointer<dma_aiocb>?) -> Int32 {
             }
             if elsewhere {
                 try? channel.watchChannel()
-                _ = target.addSource(entry.channel, pollDescriptor: channel.pollDescriptor)
+                _ = target.addSource(entry.channel, descriptor: channel.channel.fileDescriptor)
             }
         }
         return 0
@@ -367,7 +369,7 @@ public func aioRecvCB(_ block: UnsafeMutablePointer<dma_aiocb>?) -> Int32 {
             entry.receiveRequests.append(.init(block: block, target: target))
             if elsewhere {
                 try? channel.watchChannel()
-                _ = target.addSource(entry.channel, pollDescriptor: channel.pollDescriptor)
+                _ = target.addSource(entry.channel, descriptor: channel.channel.fileDescriptor)
             }
             return 0
         }

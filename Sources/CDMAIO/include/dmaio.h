@@ -242,7 +242,8 @@ int ec_destroy(ec_t ec);
  * take the channel themselves). Once per socket.
  *   Errors: EINVAL unknown channel.  EBADF socket is not an open descriptor.
  *           ENOTSOCK not a socket.  EPROTOTYPE not a stream (TCP) socket.
- *           EISCONN the socket already has a channel. */
+ *           EISCONN the socket already has a channel.
+ *           EMFILE the descriptor is 2^20 or above (a DMAIO socket's number is below). */
 int ec_bind(ec_t ec, int socket);
 
 /* Takes the next event without blocking. Returns 1 and fills *event, or 0 when none is pending.
@@ -336,6 +337,7 @@ int aio_recv_cb(struct dma_aiocb *cb);
  *           (also for an unreachable network).
  *           ETIMEDOUT resolution took longer than timeout_ms (-1: the default, 30 s; other
  *           negative values are EINVAL).  EXDEV the route's device is not the channel's.
+ *           EMFILE no descriptor below 2^20 was free for it (sio_listen, sio_accept too).
  * The corresponding calls are rdma_create_id, rdma_resolve_addr and rdma_resolve_route. */
 int sio_connect(ec_t ec, const char *host, uint16_t port, const char *source, int timeout_ms);
 

@@ -14,9 +14,10 @@ extern "C" {
 #endif
 
 /* Records fd as a DMAIO socket bound to the channel whose ec_t handle is `channel` (not 0):
- * from then on close(), dup2() and dup3() guard it. False when fd is a DMAIO socket already, or
- * is 2^20 or above (such a descriptor cannot be a DMAIO socket). */
-bool dmaio_socket_register(int fd, uint64_t channel);
+ * from then on close(), dup2() and dup3() guard it. 0, or EISCONN when fd is a DMAIO socket
+ * already, EMFILE when it is 2^20 or above (such a descriptor cannot be a DMAIO socket), ENOMEM
+ * when the table could not grow. */
+int dmaio_socket_register(int fd, uint64_t channel);
 
 /* fd is not a DMAIO socket any more: the descriptor is the program's again. */
 void dmaio_socket_unregister(int fd);

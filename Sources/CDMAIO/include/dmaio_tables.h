@@ -34,8 +34,9 @@ uint64_t dmaio_table_get(enum dmaio_table table, uint32_t index);
  * for the chunk could not be had. */
 bool dmaio_table_set(enum dmaio_table table, uint32_t index, uint64_t value);
 
-/* Sets the word at index to value if it is 0, atomically; false if it was not (or out of range). */
-bool dmaio_table_claim(enum dmaio_table table, uint32_t index, uint64_t value);
+/* Sets the word at index to value if it is 0, atomically: 0, or EISCONN when it was not 0,
+ * EINVAL when the index is out of range, ENOMEM when its chunk could not be allocated. */
+int dmaio_table_claim(enum dmaio_table table, uint32_t index, uint64_t value);
 
 /* Sets every word of the table to 0 (the child of a fork: it holds none of the parent's sockets). */
 void dmaio_table_clear(enum dmaio_table table);
