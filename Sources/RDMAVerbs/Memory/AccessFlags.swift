@@ -20,6 +20,10 @@ public struct AccessFlags: OptionSet, Sendable, Hashable {
     /// A remote peer may perform atomic operations on the region (implies ``localWrite``).
     public static let remoteAtomic = AccessFlags(rawValue: Int32(IBV_ACCESS_REMOTE_ATOMIC.rawValue))
 
+    /// Memory windows may be bound to the region (``MemoryWindow``): remote access is then
+    /// granted per window, for one range and one queue pair, never by the region itself.
+    public static let memoryWindowBind = AccessFlags(rawValue: Int32(IBV_ACCESS_MW_BIND.rawValue))
+
     /// Everything a region needs for sends and receives, and no remote access.
     public static let sendReceive: AccessFlags = [.localWrite]
 

@@ -8,6 +8,9 @@ import Testing
 enum RxeEnvironment {
     static var deviceName: String { ProcessInfo.processInfo.environment["RXE_DEVICE"] ?? "rxe0" }
     static var address: String { ProcessInfo.processInfo.environment["RXE_ADDR"] ?? "10.99.0.1" }
+    /// The second device and its address (rxe-setup makes two, joined by a veth pair).
+    static var peerDeviceName: String { ProcessInfo.processInfo.environment["RXE_PEER_DEVICE"] ?? "rxe1" }
+    static var peerAddress: String { ProcessInfo.processInfo.environment["RXE_PEER_ADDR"] ?? "10.99.0.2" }
     /// The index of the RoCE v2 GID of `address` (what `ibv_rc_pingpong -g` wants).
     static var gidIndex: String { ProcessInfo.processInfo.environment["RXE_GID_INDEX"] ?? "1" }
 
