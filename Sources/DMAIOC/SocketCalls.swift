@@ -23,6 +23,7 @@ public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: UInt, _ 
         let areaReference = try registry.area(handle, "dma_assoc")
         let dmaArea = try areaReference.withOpen("dma_assoc") { $0.area }
         let slotSize = try receiveSlotSize(flags, "dma_assoc")
+        let largeBytes = try largeMessageBytes(flags)
         guard size >= UInt(slotSize) else {
             throw Failure(EINVAL, "dma_assoc: \(size) receive bytes hold no slot of \(slotSize) bytes: give at least one slot, or smaller slots (DMA_SLOT_LOG2)")
         }
@@ -62,7 +63,7 @@ public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: UInt, _ 
                 let task = Task {
                     var failure: Failure?
                     do {
-                        try await connection.associate(dmaArea, receiveBytes: receiveBytes, slotSize: slotSize)
+                        try await connection.associate(dmaArea, receiveBytes: receiveBytes, slotSize: slotSize, largeMessageBytes: largeBytes)
                     } catch let error as RDMAError {
                         failure = Failure(error)
                     } catch {
@@ -78,7 +79,7 @@ public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: UInt, _ 
         // The handshake blocks (up to 10 s): without the lock.
         var failure: Failure?
         do throws(RDMAError) {
-            try connection.associate(dmaArea, receiveBytes: receiveBytes, slotSize: slotSize)
+            try connection.associate(dmaArea, receiveBytes: receiveBytes, slotSize: slotSize, largeMessageBytes: largeBytes)
         } catch {
             failure = Failure(error)
         }
@@ -159,14 +160,28 @@ public func sioGetsockname(_ socket: Int32, _ address: UnsafeMutablePointer<sock
 /// EINVAL for a slot size out of range or flags dma_assoc does not know.
 private func receiveSlotSize(_ flags: Int32, _ operation: String) throws(Failure) -> Int {
     guard flags & Int32(DMA_SLOT_INVALID) == 0 else {
-        throw Failure(EINVAL, "\(operation): DMA_SLOT_LOG2 of a number above 63: slots are 2^6 (64 B) to 2^30 (1 GiB) bytes")
+        throw Failure(EINVAL, "\(operation): DMA_SLOT_LOG2 of a number above 63 (slots are 2^6 to 2^30 bytes), or DMA_LARGE_LOG2 out of 6 ... 31")
     }
-    guard flags & ~(0x3f | Int32(DMA_NONBLOCK)) == 0 else { throw .flags(operation, flags) }
+    guard flags & ~(0x3f | Int32(DMA_NONBLOCK) | 0x3f00 | Int32(DMA_LARGE_NONE)) == 0 else { throw .flags(operation, flags) }
     let log2 = Int(flags & 0x3f)
     guard log2 == 0 || (6...30).contains(log2) else {
         throw Failure(EINVAL, "\(operation): DMA_SLOT_LOG2(\(log2)): slots are 2^6 (64 B) to 2^30 (1 GiB) bytes")
     }
     return log2 == 0 ? 64 << 10 : 1 << log2
+}
+
+/// How much of the area large messages may hold, from dma_assoc's `flags` (DMA_LARGE_LOG2,
+/// DMA_LARGE_NONE): nil for the default (half the area).
+private func largeMessageBytes(_ flags: Int32) throws(Failure) -> Int? {
+    let log2 = Int(flags >> 8 & 0x3f)
+    let none = flags & Int32(DMA_LARGE_NONE) != 0
+    guard !(none && log2 != 0) else {
+        throw Failure(EINVAL, "dma_assoc: DMA_LARGE_NONE and DMA_LARGE_LOG2 together: give one")
+    }
+    if none { return 0 }
+    guard log2 != 0 else { return nil }
+    guard (6...31).contains(log2) else { throw Failure(EINVAL, "dma_assoc: DMA_LARGE_LOG2(\(log2)): give 6 to 31") }
+    return log2 == 31 ? Int(Int32.max) : 1 << log2
 }
 
 extension Registry {
@@ -235,9 +250,11 @@ private func send(_ entry: SocketState, _ buffer: UnsafeMutableRawPointer?, _ si
         guard size > 0, size <= UInt(reserved) else {
             throw Failure(EINVAL, "\(operation): \(size) bytes: the buffer holds \(reserved) (send 1 to \(reserved) bytes)")
         }
-        guard size <= UInt(connection.peerSlotSize) else {
-            throw Failure(EMSGSIZE, "\(operation): a message of \(size) bytes exceeds the peer's receive slots of \(connection.peerSlotSize) bytes: "
-                + "send smaller messages, or have the peer associate with larger slots (DMA_SLOT_LOG2)")
+        // Checked here, before the buffer is handed over: refused, it stays reserved.
+        let largest = connection.peerLargestMessage
+        guard size <= UInt(largest) else {
+            throw Failure(EMSGSIZE, "\(operation): a message of \(size) bytes exceeds the \(largest) bytes the peer accepts at most "
+                + "(half its area, at most 2^31 - 1): send smaller messages, or have the peer allocate a larger area")
         }
         guard connection.isConnected else {
             throw Failure(ECONNRESET, "\(operation): the peer of socket \(socket) went away: sio_close it and connect again")

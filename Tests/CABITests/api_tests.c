@@ -377,7 +377,7 @@ void test_sockets(void)
     EXPECT_ERR(dma_assoc(s, area, 4096, DMA_SLOT_LOG2(13)), EINVAL, "dma_assoc of 4 KiB with 8 KiB slots");
     EXPECT_ERR(dma_assoc(s, area, 1 << 16, DMA_SLOT_LOG2(5)), EINVAL, "dma_assoc with 32-byte slots (below 2^6)");
     EXPECT_ERR(dma_assoc(s, area, 1 << 16, DMA_SLOT_LOG2(31)), EINVAL, "dma_assoc with 2 GiB slots (above 2^30)");
-    EXPECT_ERR(dma_assoc(s, area, 1 << 16, 0x1000), EINVAL, "dma_assoc with unknown flags 0x1000");
+    EXPECT_ERR(dma_assoc(s, area, 1 << 16, 0x8000), EINVAL, "dma_assoc with unknown flags 0x8000");
     EXPECT_ERR(dma_assoc(s, area, 1 << 16, DMA_SLOT_LOG2(64)), EINVAL, "dma_assoc with DMA_SLOT_LOG2(64) (not the default)");
     /* How much of an area an association takes. */
     EXPECT_RET(dma_assoc_footprint(64 << 10, DMA_SLOT_LOG2(12), 16), 128 << 10,
@@ -386,7 +386,9 @@ void test_sockets(void)
                "dma_assoc_footprint: 3 slots of 64 KiB, rounded up to a power of two");
     EXPECT_RET(dma_assoc_footprint(16 * 64, DMA_SLOT_LOG2(6), 16), 2048, "dma_assoc_footprint: 32 slots of 64 bytes");
     EXPECT_NULL_ERR(dma_assoc_footprint(100, DMA_SLOT_DEFAULT, 1), EINVAL, "dma_assoc_footprint of less than one slot");
-    EXPECT_NULL_ERR(dma_assoc_footprint(1 << 16, 0x1000, 1), EINVAL, "dma_assoc_footprint with unknown flags");
+    EXPECT_NULL_ERR(dma_assoc_footprint(1 << 16, 0x8000, 1), EINVAL, "dma_assoc_footprint with unknown flags");
+    EXPECT_ERR(dma_assoc(s, area, 1 << 16, DMA_LARGE_LOG2(12) | DMA_LARGE_NONE), EINVAL, "dma_assoc with DMA_LARGE_LOG2 and DMA_LARGE_NONE");
+    EXPECT_ERR(dma_assoc(s, area, 1 << 16, DMA_LARGE_LOG2(32)), EINVAL, "dma_assoc with DMA_LARGE_LOG2(32)");
     EXPECT_ERR(dma_assoc(s, area, 4 << 20, 0), ENOBUFS, "dma_assoc of 4 MiB from a 1 MiB area");
     last_error_says("dma_assoc of 4 MiB", "dma_assoc: 4194304 receive bytes");
     /* size_t is unsigned all the way in: the largest sizes are sizes, not negative numbers. */

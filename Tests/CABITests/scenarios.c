@@ -243,13 +243,6 @@ static void exchange_main(struct ctx *c)
     if (!sync_wait(c->link, 'D', NULL, SYNC_MS))
         return;
 
-    /* The peer's slots are 64 KiB. */
-    EXPECT_OK(sio_reserve(s.area, &b, 65537), D("sio_reserve of 65537 bytes"));
-    if (tap_passed()) {
-        EXPECT_ERR(aio_send(s.sock, b, 65537, 0), EMSGSIZE, D("aio_send of 65537 bytes: more than the peer's 64 KiB slot"));
-        EXPECT_OK(sio_release_buffer(s.area, b), D("the refused message's buffer stayed reserved: sio_release_buffer"));
-    }
-
     /* ec_delay(-1) sleeps until the peer's next message. */
     evlog_drain(&s.log);
     sync_send(c->link, 'W', 0);
@@ -319,6 +312,46 @@ static void exchange_peer(struct ctx *c)
         tap_check(ev.error != 0, D("the DISCONNECTED event carries an errno (%s)", errno_name(ev.error)), "error 0");
     EXPECT_ERR(aio_recv(s.sock, &in, 4096, 0), ECONNRESET, D("aio_recv after the other side left"));
     side_down(&s);
+}
+
+/* ==== large: messages larger than a slot, read by their receiver (rendezvous) ==================== */
+
+#define LARGE_AREA (64 << 20)
+static const size_t large_sizes[] = { 10 << 20, 100, (3 << 20) + 1, 4096, 4097, 1 << 20, 1 };
+#define LARGE_N ((int)(sizeof large_sizes / sizeof large_sizes[0]))
+
+static void large_main(struct ctx *c)
+{
+    struct side s;
+    void *in;
+    /* 4 KiB slots: every message above 4096 bytes is read from the sender's buffer. */
+    if (!side_up(&s, c, LARGE_AREA, 4 * 4096, SLOT_4K))
+        return;
+    sync_send(c->link, 'G', 0);
+    for (int i = 0; i < LARGE_N; i++)
+        if (expect_message(&s.log, s.sock, large_sizes[i], 500 + (uint64_t)i, &in, D("message %d, in the order sent", i)))
+            EXPECT_OK(sio_release_buffer(s.area, in), D("sio_release_buffer of message %d (%zu bytes)", i, large_sizes[i]));
+    sync_send(c->link, 'D', 0);
+    if (!sync_wait(c->link, 'X', NULL, SYNC_MS))
+        return;
+    side_down(&s);
+}
+
+static void large_peer(struct ctx *c)
+{
+    struct side s;
+    if (!side_up(&s, c, LARGE_AREA, 4 * 4096, SLOT_4K))
+        return;
+    if (!sync_wait(c->link, 'G', NULL, SYNC_MS))
+        return;
+    for (int i = 0; i < LARGE_N; i++)
+        send_message(&s, large_sizes[i], 500 + (uint64_t)i);
+    /* A large message's SENT comes once the receiver has read it. */
+    expect_sent_within(&s, LARGE_N, T(30000));
+    if (!sync_wait(c->link, 'D', NULL, SYNC_MS))
+        return;
+    side_down(&s);
+    sync_send(c->link, 'X', 0);
 }
 
 /* ==== release: out-of-order and FIFO releases, and the credits they give back =================== */
@@ -436,15 +469,10 @@ static void flow_main(struct ctx *c)
 {
     struct side s;
     void *b = NULL;
-    /* A 64 KiB area: two 4 KiB slots (and two for credit updates); the rest holds sends. */
-    if (!side_up(&s, c, 1 << 16, 2 * 4096, SLOT_4K))
+    /* A 64 KiB area: two 4 KiB slots (and two for credit updates); the rest holds sends.
+     * Messages larger than a slot: at most 8 KiB of them (DMA_LARGE_LOG2(13)). */
+    if (!side_up(&s, c, 1 << 16, 2 * 4096, SLOT_4K | DMA_LARGE_LOG2(13)))
         return;
-
-    EXPECT_OK(sio_reserve(s.area, &b, 4097), D("sio_reserve of 4097 bytes"));
-    if (tap_passed()) {
-        EXPECT_ERR(aio_send(s.sock, b, 4097, 0), EMSGSIZE, D("aio_send of 4097 bytes: more than the peer's 4 KiB slot"));
-        EXPECT_OK(sio_release_buffer(s.area, b), D("the refused message's buffer stayed reserved: sio_release_buffer"));
-    }
 
     /* The peer takes nothing yet: send until the area is full. */
     int sent = 0;
@@ -498,6 +526,13 @@ static void flow_peer(struct ctx *c)
     /* Two 4 KiB slots: the sender may have two messages in flight. */
     if (!side_up(&s, c, 1 << 20, 2 * 4096, SLOT_4K))
         return;
+    /* The other side accepts messages of up to 8 KiB (DMA_LARGE_LOG2(13)). */
+    EXPECT_OK(sio_reserve(s.area, &in, 8193), D("sio_reserve of 8193 bytes"));
+    if (tap_passed()) {
+        EXPECT_ERR(aio_send(s.sock, in, 8193, 0), EMSGSIZE, D("aio_send of 8193 bytes: more than the peer's DMA_LARGE_LOG2(13) allows"));
+        EXPECT_OK(sio_release_buffer(s.area, in), D("the refused message's buffer stayed reserved: sio_release_buffer"));
+    }
+    in = NULL;
     if (!sync_wait(c->link, 'F', &count, SYNC_MS))
         return;
     expect_message(&s.log, s.sock, 4096, 0, &held[0], D("message 0"));
@@ -1223,7 +1258,9 @@ static const struct scenario scenarios[] = {
       false, false, exchange_main, exchange_peer },
     { "release", "out-of-order (sio_release_buffer) and FIFO (sio_release) releases give slots back", false, false,
       release_main, release_peer },
-    { "flow", "a slow receiver throttles the sender; a full area gives ENOBUFS; EMSGSIZE", false, false, flow_main,
+    { "large", "messages of 1 B to 10 MiB over 4 KiB slots: the large ones read by the receiver, all in order, all intact",
+      false, false, large_main, large_peer },
+    { "flow", "a slow receiver throttles the sender; a full area gives ENOBUFS; EMSGSIZE beyond the peer's DMA_LARGE_LOG2", false, false, flow_main,
       flow_peer },
     { "credits", "a receiver with two slots grants two credits to a sender with one slot", false, false,
       credits_main, credits_peer },

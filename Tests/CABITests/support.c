@@ -348,7 +348,7 @@ bool expect_message(struct evlog *log, int sock, size_t len, uint64_t seq, void 
     void *got = NULL;
     const char *what = S("%s: message %llu (%zu bytes) arrives intact", desc, (unsigned long long)seq, len);
     *buf = NULL;
-    TAP_RUN(recv_wait(log, sock, &got, 1 << 20, T(5000)));
+    TAP_RUN(recv_wait(log, sock, &got, SIZE_MAX, T(len > (1 << 20) ? 20000 : 5000)));
     if (tap_last.signal != 0 || tap_last.ret < 0)
         return tap_check(false, what, "%s", tap_got("aio_recv"));
     if ((size_t)tap_last.ret != len)

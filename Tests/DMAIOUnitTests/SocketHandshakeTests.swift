@@ -7,7 +7,7 @@ import Testing
 @Suite struct SocketHandshakeTests {
     static let valid = SocketHandshake.Hello(
         mtu: 3, endpoint: QueuePairEndpoint(queuePairNumber: 0, packetSequenceNumber: 0x12_3456, gid: GID(ipv4MappedFrom: IPv4Address("10.99.0.2")!)),
-        credits: 8, slotSize: 4096)
+        credits: 8, slotSize: 4096, largestMessage: 1 << 20)
 
     @Test func helloRoundTrips() throws {
         #expect(Self.valid.bytes.count == SocketHandshake.helloSize)
@@ -15,7 +15,7 @@ import Testing
     }
 
     @Test(arguments: [
-        (0, "magic"), (4, "version"), (6, "MTU"), (8, "reserved"), (12, "PSN"), (36, "credits"), (40, "slot size"),
+        (0, "magic"), (4, "version"), (6, "MTU"), (8, "reserved"), (12, "PSN"), (36, "credits"), (40, "slot size"), (44, "largest message"),
     ])
     func eachCheckedFieldIsRefused(offset: Int, field: String) {
         var bytes = Self.valid.bytes
@@ -60,6 +60,7 @@ import Testing
                 #expect((1...5).contains(hello.mtu))
                 #expect(hello.credits >= 1 && hello.credits <= WireProtocol.creditMask)
                 #expect(hello.slotSize >= 64 && hello.slotSize <= 1 << 30 && hello.slotSize.nonzeroBitCount == 1)
+                #expect(hello.largestMessage >= hello.slotSize && hello.largestMessage <= UInt32(Int32.max))
                 #expect(hello.endpoint.packetSequenceNumber <= 0xFF_FFFF)
                 #expect(hello.bytes == bytes, "an accepted hello does not re-encode to its input")
             } catch {

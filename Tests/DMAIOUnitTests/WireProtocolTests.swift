@@ -4,7 +4,7 @@ import RDMAVerbs
 
 @Suite struct WireProtocolTests {
     @Test func helloRoundTripsThroughPaddedPrivateData() throws {
-        let hello = WireProtocol.Hello(credits: 32, room: 16, slotSize: 65536)
+        let hello = WireProtocol.Hello(credits: 32, room: 16, slotSize: 65536, largestMessage: 1 << 24)
         #expect(hello.bytes.count == WireProtocol.helloSize)
         let padded = hello.bytes + Array(repeating: 0, count: 40)  // rdma_cm pads private data
         #expect(try WireProtocol.Hello(parsing: padded) == hello)
@@ -12,10 +12,12 @@ import RDMAVerbs
 
     @Test(arguments: [
         ([UInt8](), "not a DMAIO hello"),
-        (WireProtocol.Hello(credits: 1, room: 0, slotSize: 64).bytes, "not usable"),
-        ([UInt8](repeating: 0, count: 16), "does not start with the DMAIO magic"),
-        (WireProtocol.Hello(credits: 0, room: 1, slotSize: 64).bytes, "not usable"),
-        (WireProtocol.Hello(credits: 1 << 25, room: 1, slotSize: 64).bytes, "not usable"),
+        (WireProtocol.Hello(credits: 1, room: 0, slotSize: 64, largestMessage: 64).bytes, "not usable"),
+        ([UInt8](repeating: 0, count: 20), "does not start with the DMAIO magic"),
+        (WireProtocol.Hello(credits: 0, room: 1, slotSize: 64, largestMessage: 64).bytes, "not usable"),
+        (WireProtocol.Hello(credits: 1 << 25, room: 1, slotSize: 64, largestMessage: 64).bytes, "not usable"),
+        (WireProtocol.Hello(credits: 1, room: 1, slotSize: 4096, largestMessage: 64).bytes, "not usable"),
+        (WireProtocol.Hello(credits: 1, room: 1, slotSize: 64, largestMessage: 1 << 31).bytes, "not usable"),
     ])
     func malformedHellosAreRefused(bytes: [UInt8], expected: String) {
         #expect {
@@ -30,7 +32,7 @@ import RDMAVerbs
         #expect(refusal.bytes.count == 8)
         #expect(WireProtocol.Refusal(parsing: refusal.bytes + Array(repeating: 0, count: 40)) == refusal)
         #expect(WireProtocol.Refusal(parsing: Array(refusal.bytes.prefix(7))) == nil)
-        #expect(WireProtocol.Refusal(parsing: WireProtocol.Hello(credits: 1, room: 1, slotSize: 64).bytes) == nil)
+        #expect(WireProtocol.Refusal(parsing: WireProtocol.Hello(credits: 1, room: 1, slotSize: 64, largestMessage: 64).bytes) == nil)
         #expect(WireProtocol.Refusal(parsing: [UInt8](repeating: 0, count: 56)) == nil)  // a plain rdma_reject, padded
     }
 
@@ -49,11 +51,26 @@ import RDMAVerbs
         #expect(decoded.isCreditUpdate == creditUpdate)
     }
 
-    @Test func decodingIgnoresTheUnusedBits() {
-        // Bits 24 to 30 are not part of the protocol: a peer's stray bits neither add credits
-        // nor make a data message an update.
-        let decoded = WireProtocol.decode(immediate: 0x7F00_0003)
-        #expect(decoded.credits == 3)
-        #expect(!decoded.isCreditUpdate)
+    @Test func donesAndTheRendezvousFlagRideBesideTheCredits() {
+        let request = WireProtocol.immediate(returning: 3, dones: 63, creditUpdate: false, rendezvous: true)
+        #expect(WireProtocol.decode(immediate: request).credits == 3)
+        #expect(!WireProtocol.decode(immediate: request).isCreditUpdate)
+        #expect(WireProtocol.dones(in: request) == 63)
+        #expect(WireProtocol.isRendezvous(request))
+        let update = WireProtocol.immediate(returning: 1, dones: 2, creditUpdate: true)
+        #expect(WireProtocol.dones(in: update) == 2)
+        #expect(!WireProtocol.isRendezvous(update), "a credit update is never a request")
+        #expect(!WireProtocol.isRendezvous(WireProtocol.immediate(returning: 9, creditUpdate: false)))
+    }
+
+    @Test func aRendezvousRequestRoundTripsAndOnlyTwentyFourBytesParse() {
+        let request = WireProtocol.RendezvousRequest(length: 10 << 20, address: 0x7F12_3456_7000, key: 0xABCD_EF01)
+        var bytes = [UInt8](repeating: 0xFF, count: 32)
+        bytes.withUnsafeMutableBytes { request.write(to: $0.baseAddress!) }
+        bytes.withUnsafeBytes { raw in
+            #expect(WireProtocol.RendezvousRequest(reading: raw.baseAddress!, count: 24) == request)
+            #expect(WireProtocol.RendezvousRequest(reading: raw.baseAddress!, count: 23) == nil)
+            #expect(WireProtocol.RendezvousRequest(reading: raw.baseAddress!, count: 64) == nil)
+        }
     }
 }

@@ -208,7 +208,7 @@ struct HalfOpenPeer {
     init(connectingTo address: String, announcing number: UInt32) throws {
         id = try ConnectionID(channel: try ConnectionEventChannel())
         try id.resolve(to: try SocketAddress(parsing: address), timeout: .seconds(5))
-        let hello = WireProtocol.Hello(credits: 8, room: 8, slotSize: 4096)
+        let hello = WireProtocol.Hello(credits: 8, room: 8, slotSize: 4096, largestMessage: 4096)
         try id.startConnecting(ConnectionParameters(
             privateData: hello.bytes, responderResources: 0, initiatorDepth: 0, retryCount: 6, queuePairNumber: number))
     }

@@ -5,9 +5,10 @@ import RDMAVerbs
 import Testing
 
 extension RxeIntegration {
-    /// What the library allows a remote peer by default, read back from the device: nothing but
-    /// sends. No memory is open to RDMA read, write or atomics, and a listener answers only on
-    /// the address it was given.
+    /// What the library allows a remote peer by default, read back from the device: sends, and
+    /// reads of one buffer through a window bound for a large message while it is sent. No
+    /// memory region is open to RDMA read, write or atomics itself, and a listener answers only
+    /// on the address it was given.
     @Suite struct SecurityDefaults {
         init() throws { try RxeEnvironment.requireRxeDevice() }
 
@@ -17,15 +18,17 @@ extension RxeIntegration {
         func noRemoteAccessToAreasOrQueuePairs(transport: ConnectedPair.Transport) throws {
             let pair = try ConnectedPair(transport: transport)
             for area in [pair.clientArea, pair.serverArea] {
-                #expect(area.region.access == [.localWrite], "an area is registered with \(area.region.access), not local write alone")
+                // Local write, and windows may be bound (a large message's sender lends one buffer).
+                #expect(area.region.access == [.localWrite, .memoryWindowBind], "an area is registered with \(area.region.access.rawValue) (IBV_ACCESS_* bits)")
                 #expect(!area.region.access.grantsRemoteAccess)
             }
             for connection in [pair.client, pair.server] {
                 // ibv_query_qp: what the device lets a remote peer do to this queue pair.
                 let attributes = try #require(try connection.queuePairAttributes())
                 #expect(attributes.state == IBV_QPS_RTS)
-                // Remote write alone, for the zero-length keepalive writes; no read, no atomics.
-                #expect(attributes.access == [.remoteWrite], "the queue pair grants remote access \(attributes.access.rawValue) (IBV_ACCESS_* bits)")
+                // Remote write for the zero-length keepalive writes, remote read for the windows
+                // of large messages (the region grants neither itself); no atomics.
+                #expect(attributes.access == [.remoteWrite, .remoteRead], "the queue pair grants remote access \(attributes.access.rawValue) (IBV_ACCESS_* bits)")
                 // The documented dead-peer limit: ACK timeout 2^16 × 4.096 µs, 6 retries.
                 #expect(attributes.ackTimeout == PeerTimeout.ackTimeout)
                 #expect(attributes.retryCount == PeerTimeout.retryCount)

@@ -70,7 +70,9 @@ public final class DMAArea: Sendable {
         }
         context = try Context.connectionManagerContext(deviceName: device)
         protectionDomain = try ProtectionDomain(context: context)
-        region = try MemoryRegion(protectionDomain: protectionDomain, length: size, hugePages: hugePages)
+        // Local access, and memory windows may be bound to it (a large message's sender lends
+        // the peer one buffer, for one read: docs/large-messages.md); no remote access itself.
+        region = try MemoryRegion(protectionDomain: protectionDomain, length: size, access: [.localWrite, .memoryWindowBind], hugePages: hugePages)
         self.size = region.bytes.count
         baseAddress = UInt(bitPattern: region.bytes.baseAddress!)
         localKey = region.localKey
@@ -146,6 +148,13 @@ public final class DMAArea: Sendable {
             throw allocationRefused(count, for: operation)
         }
         return offset
+    }
+
+    /// A block of `count` bytes, or nil when the area has none that large now (a large
+    /// message's read waits for room this way, without building an error each time).
+    package func tryAllocate(_ count: Int) -> Int? {
+        guard count > 0, count <= size else { return nil }
+        return allocator.withLock { $0.allocate(count) }
     }
 
     /// Why ``allocate(_:for:)`` could not serve `count` bytes.

@@ -24,6 +24,8 @@ struct Association: Handshake, ~Copyable {
     /// The credits this side offers (a server grants at most the client's room).
     let credits: Int
     let pool: SharedReceivePool?
+    /// How much of the area messages larger than a slot may hold at once (nil: half the area).
+    let largeMessageBytes: Int?
     let deadline: ContinuousClock.Instant
     /// Slot blocks taken from the area and not yet handed to the connection.
     private var blocks: [Int] = []
@@ -39,16 +41,17 @@ struct Association: Handshake, ~Copyable {
         /// Socket: queue pair numbers are being exchanged.
         case exchangingQueuePairs(QueuePair, SocketHandshake.Hello, peer: SocketHandshake.Hello, gidIndex: Int, offsets: [Int], sendDepth: Int)
         /// Socket: ready bytes are being exchanged.
-        case exchangingReady(room: Int, peerSlotSize: Int)
+        case exchangingReady(room: Int, peerSlotSize: Int, peerLargestMessage: Int)
         case done
     }
 
-    init(_ connection: Connection, area: DMAArea, slotSize: Int, credits: Int, pool: SharedReceivePool?, timeout: Duration) {
+    init(_ connection: Connection, area: DMAArea, slotSize: Int, credits: Int, pool: SharedReceivePool?, largeMessageBytes: Int?, timeout: Duration) {
         self.connection = connection
         self.area = area
         self.slotSize = slotSize
         self.credits = credits
         self.pool = pool
+        self.largeMessageBytes = largeMessageBytes
         deadline = .now + timeout
     }
 
@@ -110,12 +113,14 @@ struct Association: Handshake, ~Copyable {
                 capabilities: Self.capabilities(sendDepth: sendDepth, receives: granted + room, pool: pool),
                 sharedReceiveQueue: pool?.queue)
             try install(queuePair, granted: granted, slotOffsets: offsets, sendDepth: sendDepth)
-            let hello = WireProtocol.Hello(credits: UInt32(granted), room: UInt32(room), slotSize: UInt32(slotSize))
-            // No RDMA reads or atomics are offered (the API only sends). The queue pair keeps
-            // remote write for the zero-length keepalive writes (see PeerTimeout); no memory
-            // region allows remote access, so no remote write can touch memory.
+            let hello = WireProtocol.Hello(credits: UInt32(granted), room: UInt32(room), slotSize: UInt32(slotSize),
+                                           largestMessage: UInt32(largestMessage))
+            // One RDMA read each way (a large message's receiver reads it: docs/large-messages.md),
+            // no atomics. The queue pair allows remote write for the zero-length keepalive writes
+            // (see PeerTimeout) and remote read for windows the sender binds, one buffer at a
+            // time; no memory region allows remote access itself.
             let parameters = ConnectionParameters(
-                privateData: hello.bytes, responderResources: 0, initiatorDepth: 0, retryCount: PeerTimeout.retryCount)
+                privateData: hello.bytes, responderResources: 1, initiatorDepth: 1, retryCount: PeerTimeout.retryCount)
             try cmID.setAckTimeout(PeerTimeout.ackTimeout)
             if connection.peerHello != nil {
                 try cmID.startAccepting(parameters)
@@ -147,8 +152,8 @@ struct Association: Handshake, ~Copyable {
                                     message: "the peer granted \(peer.credits) credits, more than the \(room) this side can absorb: protocol error")
                 }
             }
-            try queuePair.setRemoteAccess(.keepAliveOnly)
-            try finish(credits: Int(peer.credits), peerSlotSize: Int(peer.slotSize))
+            try queuePair.setRemoteAccess(.peerAccess)
+            try finish(credits: Int(peer.credits), peerSlotSize: Int(peer.slotSize), peerLargestMessage: Int(peer.largestMessage))
             return .done
         case .done:
             return .done
@@ -178,7 +183,7 @@ struct Association: Handshake, ~Copyable {
             let hello = SocketHandshake.Hello(
                 mtu: UInt8(port.activeMTU.rawValue),
                 endpoint: QueuePairEndpoint(queuePairNumber: 0, packetSequenceNumber: UInt32.random(in: 0...0xFF_FFFF), gid: local.gid),
-                credits: UInt32(credits), slotSize: UInt32(slotSize))
+                credits: UInt32(credits), slotSize: UInt32(slotSize), largestMessage: UInt32(largestMessage))
             exchange.start(sending: hello.bytes, receiving: SocketHandshake.helloSize)
             step = .exchangingHellos(hello, gidIndex: gidIndex)
             return try advance(over: socket)
@@ -194,7 +199,7 @@ struct Association: Handshake, ~Copyable {
                 protectionDomain: area.protectionDomain, sendQueue: events.completionQueue, receiveQueue: events.completionQueue,
                 capabilities: Self.capabilities(sendDepth: sendDepth, receives: credits + room, pool: pool),
                 sharedReceiveQueue: pool?.queue)
-            try queuePair.moveToInit(port: 1, access: .keepAliveOnly)
+            try queuePair.moveToInit(port: 1, access: .peerAccess)
             exchange.start(sending: SocketHandshake.queuePairNumberBytes(queuePair.number), receiving: 4)
             step = .exchangingQueuePairs(queuePair, hello, peer: peer, gidIndex: gidIndex, offsets: offsets, sendDepth: sendDepth)
             return try advance(over: socket)
@@ -208,15 +213,15 @@ struct Association: Handshake, ~Copyable {
             try queuePair.moveToReadyToSend(packetSequenceNumber: hello.endpoint.packetSequenceNumber, timeout: PeerTimeout.ackTimeout, retryCount: PeerTimeout.retryCount)
             // Both sides have posted their receives: data may flow once the peer says so.
             exchange.start(sending: [SocketHandshake.readyByte], receiving: 1)
-            step = .exchangingReady(room: Int(peer.credits), peerSlotSize: Int(peer.slotSize))
+            step = .exchangingReady(room: Int(peer.credits), peerSlotSize: Int(peer.slotSize), peerLargestMessage: Int(peer.largestMessage))
             return try advance(over: socket)
-        case .exchangingReady(let room, let peerSlotSize):
+        case .exchangingReady(let room, let peerSlotSize, let peerLargestMessage):
             if case let progress = try exchange.advance(on: socket), !progress.isDone { return progress }
             guard exchange.incoming == [SocketHandshake.readyByte] else {
                 throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
                                 message: "the peer sent \(exchange.incoming[0]) instead of the handshake's ready byte: is it a DMAIO peer?")
             }
-            try finish(credits: room, peerSlotSize: peerSlotSize)
+            try finish(credits: room, peerSlotSize: peerSlotSize, peerLargestMessage: peerLargestMessage)
             return .done
         case .done:
             return .done
@@ -227,8 +232,19 @@ struct Association: Handshake, ~Copyable {
 
     // MARK: - Shared steps
 
-    /// Send-queue depth: data sends for every credit, credit updates, and spare.
-    private static func sendDepth(granting credits: Int) -> Int { max(8, 2 * credits + 2) }
+    /// Send-queue depth: data sends for every credit, credit updates, a large message's bind,
+    /// its invalidation and reads, and spare.
+    private static func sendDepth(granting credits: Int) -> Int { max(16, 4 * credits + 4) }
+
+    /// The largest message this side accepts, and how much of the area its messages larger
+    /// than a slot may hold at once: they are read into blocks of the area
+    /// (docs/large-messages.md). By default half the area's largest power of two — the largest
+    /// block the allocator can give while the association's slots lie in the other half; at
+    /// most `largeMessageBytes` when given (a slot: no large messages); at most 2^31 - 1 bytes.
+    private var largestMessage: Int {
+        let half = (1 << (Int.bitWidth - 1 - area.size.leadingZeroBitCount)) / 2
+        return max(slotSize, min(half, largeMessageBytes ?? half, WireProtocol.largestMessageLimit))
+    }
 
     private static func capabilities(sendDepth: Int, receives: Int, pool: SharedReceivePool?) -> QueuePairCapabilities {
         QueuePairCapabilities(maxSendRequests: sendDepth, maxReceiveRequests: pool == nil ? receives : 0, maxInlineData: Connection.inlineLimit)
@@ -272,6 +288,7 @@ struct Association: Handshake, ~Copyable {
             core.pointee.slotBlocks = blocks
             core.pointee.slotSize = slotSize
             core.pointee.creditsGranted = granted
+            core.pointee.largestMessage = largestMessage
             core.pointee.releasedSlots = ReceiveBatch(capacity: ConnectionCore.repostBatchSize(granting: granted))
             core.pointee.sendQueueFree = sendDepth
             core.pointee.arrivals.reserveCapacity(slots)
@@ -286,13 +303,14 @@ struct Association: Handshake, ~Copyable {
     }
 
     /// The peer's grant and slot size are known: data may flow.
-    private mutating func finish(credits peerCredits: Int, peerSlotSize: Int) throws(RDMAError) {
+    private mutating func finish(credits peerCredits: Int, peerSlotSize: Int, peerLargestMessage: Int) throws(RDMAError) {
         let id = self.id
         events.state.withLock { state in
             guard let core = state.connections.core(id.rawValue) else { return }
             // Added: a message that arrived meanwhile may have handed credits back already.
             core.pointee.credits += peerCredits
             core.pointee.peerSlotSize = peerSlotSize
+            core.pointee.peerLargestMessage = peerLargestMessage
             core.pointee.associating = false
         }
         try events.connected(id, cmID: connection.cmID)

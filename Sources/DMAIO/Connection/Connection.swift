@@ -18,8 +18,11 @@ import Glibc
 /// ``receive()`` (`aio_recv`) move data without copying it — or, in a task,
 /// ``send(_:)`` and ``nextMessage()``, which wait without holding a thread.
 ///
-/// Messages are at most one receive slot of the peer (``peerSlotSize``); larger ones are
-/// refused with ``RDMAError/Code/messageTooLarge``, never split.
+/// A message up to the peer's receive slot (``peerSlotSize``) is sent at once (inline when
+/// small); a larger one, up to ``peerLargestMessage``, is read by the peer straight from the
+/// sender's buffer into a block of its own area (rendezvous, docs/large-messages.md): still no
+/// copy, and delivered in order with the others. Larger still is refused with
+/// ``RDMAError/Code/messageTooLarge``, never split.
 ///
 /// The connection's state lives in its ``EventChannel``, behind the channel's lock: a
 /// connection may be used from any thread or task.
@@ -186,8 +189,13 @@ public final class Connection: Sendable {
 
     // MARK: - State
 
-    /// The largest message the peer accepts (its receive slot size); 0 before association.
+    /// The peer's receive slot size: messages up to it go eagerly, larger ones by rendezvous;
+    /// 0 before association.
     public var peerSlotSize: Int { events.state.withLock { $0.connections.core(id.rawValue)?.pointee.peerSlotSize ?? 0 } }
+
+    /// The largest message the peer accepts (its area, at most 2^31 - 1 bytes); 0 before
+    /// association.
+    public var peerLargestMessage: Int { events.state.withLock { $0.connections.core(id.rawValue)?.pointee.peerLargestMessage ?? 0 } }
 
     /// Whether the connection is associated and established.
     public var isConnected: Bool { events.state.withLock { $0.connections.core(id.rawValue)?.pointee.status == .connected } }
@@ -228,6 +236,12 @@ public final class Connection: Sendable {
     /// connection. Blocks the calling thread until the peer answered (at most `timeout`);
     /// ``associate(_:receiveBytes:slotSize:timeout:)-async`` is the same without blocking.
     ///
+    /// Messages larger than a slot are read by this side into blocks of `area`
+    /// (docs/large-messages.md): `largeMessageBytes` bounds how much of the area they may hold at
+    /// once (read, or handed out and not yet released) and so the largest one the peer may send;
+    /// nil means half the area (the largest block its allocator can give beside the slots), 0
+    /// none (the peer's larger messages are refused at the peer with `messageTooLarge`).
+    ///
     /// `receiveBytes` of the area become `receiveBytes / slotSize` receive slots of `slotSize`
     /// bytes, posted as receive work requests; each is a credit granted to the peer (a server
     /// grants at most as many as the client has slots). Slots of the same size are added to
@@ -245,8 +259,9 @@ public final class Connection: Sendable {
     ///
     /// The corresponding C functions are `rdma_create_qp`, `ibv_post_recv` and `rdma_connect`
     /// or `rdma_accept`.
-    public func associate(_ area: DMAArea, receiveBytes: Int, slotSize: Int = 64 << 10, timeout: Duration = .seconds(10)) throws(RDMAError) {
-        var association = try association(area, receiveBytes: receiveBytes, slotSize: slotSize, timeout: timeout)
+    public func associate(_ area: DMAArea, receiveBytes: Int, slotSize: Int = 64 << 10, largeMessageBytes: Int? = nil,
+                          timeout: Duration = .seconds(10)) throws(RDMAError) {
+        var association = try association(area, receiveBytes: receiveBytes, slotSize: slotSize, largeMessageBytes: largeMessageBytes, timeout: timeout)
         do { try association.runBlocking() } catch {
             association.abandon(after: error)
             throw error
@@ -257,8 +272,9 @@ public final class Connection: Sendable {
     /// is suspended while the peer answers. As the blocking
     /// ``associate(_:receiveBytes:slotSize:timeout:)``, and throws `CancellationError` when the
     /// task is cancelled (the connection is then closed).
-    public func associate(_ area: DMAArea, receiveBytes: Int, slotSize: Int = 64 << 10, timeout: Duration = .seconds(10)) async throws {
-        var association = try association(area, receiveBytes: receiveBytes, slotSize: slotSize, timeout: timeout)
+    public func associate(_ area: DMAArea, receiveBytes: Int, slotSize: Int = 64 << 10, largeMessageBytes: Int? = nil,
+                          timeout: Duration = .seconds(10)) async throws {
+        var association = try association(area, receiveBytes: receiveBytes, slotSize: slotSize, largeMessageBytes: largeMessageBytes, timeout: timeout)
         do { try await association.run() } catch {
             association.abandon(after: error)
             throw error
@@ -276,8 +292,8 @@ public final class Connection: Sendable {
     ///
     /// The corresponding C functions are `rdma_create_qp` (with the pool's `ibv_srq`) and
     /// `rdma_connect` or `rdma_accept`.
-    public func associate(_ pool: SharedReceivePool, credits: Int, timeout: Duration = .seconds(10)) throws(RDMAError) {
-        var association = try association(pool, credits: credits, timeout: timeout)
+    public func associate(_ pool: SharedReceivePool, credits: Int, largeMessageBytes: Int? = nil, timeout: Duration = .seconds(10)) throws(RDMAError) {
+        var association = try association(pool, credits: credits, largeMessageBytes: largeMessageBytes, timeout: timeout)
         do { try association.runBlocking() } catch {
             association.abandon(after: error)
             throw error
@@ -287,15 +303,16 @@ public final class Connection: Sendable {
     /// Associates the connection with a shared pool without holding a thread; as the blocking
     /// ``associate(_:credits:timeout:)``, and throws `CancellationError` when the task is
     /// cancelled.
-    public func associate(_ pool: SharedReceivePool, credits: Int, timeout: Duration = .seconds(10)) async throws {
-        var association = try association(pool, credits: credits, timeout: timeout)
+    public func associate(_ pool: SharedReceivePool, credits: Int, largeMessageBytes: Int? = nil, timeout: Duration = .seconds(10)) async throws {
+        var association = try association(pool, credits: credits, largeMessageBytes: largeMessageBytes, timeout: timeout)
         do { try await association.run() } catch {
             association.abandon(after: error)
             throw error
         }
     }
 
-    private func association(_ area: DMAArea, receiveBytes: Int, slotSize: Int, timeout: Duration) throws(RDMAError) -> Association {
+    private func association(_ area: DMAArea, receiveBytes: Int, slotSize: Int, largeMessageBytes: Int?, timeout: Duration) throws(RDMAError) -> Association {
+        try Self.checkLargeMessageBytes(largeMessageBytes)
         try SharedReceivePool.checkSlotSize(slotSize)
         let dataSlots = receiveBytes / slotSize
         guard dataSlots >= 1, dataSlots <= Int(WireProtocol.creditMask) else {
@@ -303,16 +320,23 @@ public final class Connection: Sendable {
                             message: "\(receiveBytes) receive bytes make \(dataSlots) slots of \(slotSize) bytes; at least one is needed")
         }
         try checkAssociable(area)
-        return Association(self, area: area, slotSize: slotSize, credits: dataSlots, pool: nil, timeout: timeout)
+        return Association(self, area: area, slotSize: slotSize, credits: dataSlots, pool: nil, largeMessageBytes: largeMessageBytes, timeout: timeout)
     }
 
-    private func association(_ pool: SharedReceivePool, credits: Int, timeout: Duration) throws(RDMAError) -> Association {
+    private func association(_ pool: SharedReceivePool, credits: Int, largeMessageBytes: Int?, timeout: Duration) throws(RDMAError) -> Association {
+        try Self.checkLargeMessageBytes(largeMessageBytes)
         guard credits >= 1, credits <= Int(WireProtocol.creditMask) else {
             throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .invalidArgument,
                             message: "a connection needs at least 1 credit, not \(credits)")
         }
         try checkAssociable(pool.area)
-        return Association(self, area: pool.area, slotSize: pool.slotSize, credits: credits, pool: pool, timeout: timeout)
+        return Association(self, area: pool.area, slotSize: pool.slotSize, credits: credits, pool: pool, largeMessageBytes: largeMessageBytes, timeout: timeout)
+    }
+
+    private static func checkLargeMessageBytes(_ bytes: Int?) throws(RDMAError) {
+        guard let bytes, bytes < 0 else { return }
+        throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .invalidArgument,
+                        message: "largeMessageBytes \(bytes): give how many bytes of the area large messages may hold (0: none), or nil for half the area")
     }
 
     /// The connection may be associated once, with an area on its device; from here on it is
@@ -350,7 +374,7 @@ public final class Connection: Sendable {
     /// - Throws: ``RDMAError/Code/notConnected`` before association or after ``close()``;
     ///   ``RDMAError/Code/disconnected`` after the peer went away;
     ///   ``RDMAError/Code/wrongArea`` for a buffer of another area;
-    ///   ``RDMAError/Code/messageTooLarge`` beyond ``peerSlotSize``;
+    ///   ``RDMAError/Code/messageTooLarge`` beyond ``peerLargestMessage``;
     ///   ``RDMAError/Code/systemCall`` when the device refuses the work request
     ///   (`ibv_post_send` failed). On error the message was not sent and its buffer goes back
     ///   to its area.
@@ -539,7 +563,7 @@ public final class Connection: Sendable {
         let raw = id.rawValue
         return events.state.withLock { state in
             guard let core = state.connections.core(raw) else { return false }
-            return !core.pointee.inFlight.isEmpty
+            return !core.pointee.inFlight.isEmpty || !core.pointee.invalidating.isEmpty
         }
     }
 }

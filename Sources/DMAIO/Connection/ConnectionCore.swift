@@ -32,11 +32,36 @@ struct ConnectionCore: ~Copyable {
         /// Whether its completion is reported on the event channel (`send(_:cookie:)`) or only
         /// returns the buffer (the async `send(_:)`, whose caller learned of it when it returned).
         var reportsEvent: Bool
+        /// A rendezvous send (larger than the peer's slot): the window lent for it, and its key.
+        var window: Int32 = -1
+        var key: UInt32 = 0
     }
 
+    /// A received message in order: a slot, or a large message (read into a block of the area).
+    /// `slot` is the slot's number; ``largeUnread`` for a large message whose read has not
+    /// completed; `-2 - offset / minimumBlock` for one read into the block at `offset` (blocks
+    /// are aligned to the allocator's smallest, so 32 bits reach 8 TiB).
     struct Arrival {
         var slot: Int32
         var length: Int32
+
+        static let largeUnread: Int32 = -1
+        static func large(block: Int) -> Int32 { Int32(-2 - block / DMAArea.minimumBlock) }
+        var isLarge: Bool { slot < 0 }
+        /// The block of a large message that was read (nil for a slot or an unread one).
+        var block: Int? { slot <= -2 ? (-2 - Int(slot)) * DMAArea.minimumBlock : nil }
+    }
+
+    /// A rendezvous request received: the peer's buffer, and where it is read to.
+    struct LargeReceive {
+        /// The slot the request arrived in: held until the read completes, then re-posted, its
+        /// credit owed with the done.
+        var requestSlot: Int32
+        var length: Int
+        var address: UInt64
+        var key: UInt32
+        /// The block it is read into, once the read is posted.
+        var block = -1
     }
 
     /// How the connection was made, and so how it is torn down and how its end is noticed.
@@ -117,6 +142,40 @@ struct ConnectionCore: ~Copyable {
     /// Where the last data send was posted from (for tests of the zero-copy path).
     var lastPostedSendAddress: UnsafeRawPointer?
 
+    // Rendezvous (docs/large-messages.md). Sender side:
+    /// The largest message the peer accepts (its slot size when it takes no large ones).
+    var peerLargestMessage = 0
+    /// Windows lent to the peer, one per large send between its bind and its invalidation
+    /// (made on demand, at most the peer's grant), and those free.
+    var windows: [MemoryWindow] = []
+    var freeWindows: [Int32] = []
+    /// Large sends whose request completed, waiting for the peer's done (oldest first).
+    var awaitingDone = RingBuffer<PendingSend>()
+    /// Large sends in `inFlight` (their request not yet completed).
+    var largeInFlight = 0
+    /// Dones received and not yet acted on (an invalidation not yet posted).
+    var donesReceived = 0
+    /// Large sends whose window's invalidation is posted (oldest first).
+    var invalidating = RingBuffer<PendingSend>()
+    // Receiver side:
+    /// The largest message this side accepts, and how much of the area its large messages
+    /// may hold at once (read or handed out).
+    var largestMessage = 0
+    var largeBytesInUse = 0
+    /// Requests not yet revealed, in order: `largeReads` of them have their read posted, the
+    /// first `largeCompleted` of those have completed.
+    var largeReceives = RingBuffer<LargeReceive>()
+    var largeReads = 0
+    var largeCompleted = 0
+    /// Arrivals at the tail of `arrivals` not counted in `arrived` yet: from the first large
+    /// message whose read has not completed on, messages wait hidden, so that none is handed out
+    /// before one sent ahead of it.
+    var hiddenArrivals = 0
+    /// Dones owed to the peer (each with at least one owed credit).
+    var donesToReturn: UInt32 = 0
+    /// Large messages handed out and not yet released: block offset → bytes.
+    var largeHeld: [Int: Int] = [:]
+
     init(id: Connection.ID, endpoint: Endpoint) {
         self.id = id
         self.endpoint = endpoint
@@ -126,13 +185,25 @@ struct ConnectionCore: ~Copyable {
     /// of sends that never completed. The ``ConnectionRegistry`` calls it for every core it lets
     /// go (it is the only owner of cores).
     consuming func tearDown() {
-        // The queue pair goes first: it may still own posted receives.
+        // Windows go before the queue pair: one still bound holds it (rxe then takes 50 s to
+        // destroy it). The queue pair goes next: it may still own posted receives.
+        windows = []
         queuePair = nil
         if let area {
             for block in slotBlocks { area.free(block) }
             while let send = pending.popFirst() { area.free(send.offset) }
             while let send = inFlight.popFirst() {
                 if send.offset >= 0 { area.free(send.offset) }
+            }
+            while let send = awaitingDone.popFirst() { area.free(send.offset) }
+            while let send = invalidating.popFirst() { area.free(send.offset) }
+            while let receive = largeReceives.popFirst() {
+                if receive.block >= 0 { area.free(receive.block) }
+                // The request's slot is still held: a pool's goes back to the pool.
+                try? pool?.repost(slot: Int(receive.requestSlot))
+            }
+            while let arrival = arrivals.popFirst() {
+                if let block = arrival.block { area.free(block) }
             }
         }
     }
@@ -159,7 +230,7 @@ struct ConnectionCore: ~Copyable {
 
     /// Whether the connection may be forgotten: closed, every buffer it handed out back, every
     /// posted send completed (so each has had its event).
-    var isFinished: Bool { status == .closed && held == 0 && inFlight.isEmpty }
+    var isFinished: Bool { status == .closed && held == 0 && inFlight.isEmpty && invalidating.isEmpty }
 
     /// Ends the connection at the transport: rdma_cm's disconnect (which also flushes the queue
     /// pair), or for a socket connection, flushing the queue pair and shutting the socket's
@@ -182,6 +253,11 @@ struct ConnectionCore: ~Copyable {
 
     /// The slot number that marks a keepalive probe among `creditUpdate` requests.
     static let probeSlot = Int(UInt32.max)
+    /// Slot numbers that mark a rendezvous's other work among `creditUpdate` requests: a
+    /// window's bind (unsignalled: seen only when it fails), its invalidation, and a read.
+    static let bindSlot = Int(UInt32.max - 1)
+    static let invalidateSlot = Int(UInt32.max - 2)
+    static let readSlot = Int(UInt32.max - 3)
 
     @inline(__always)
     func requestID(_ kind: RequestKind, slot: Int = 0) -> UInt64 {
@@ -259,8 +335,15 @@ struct ConnectionCore: ~Copyable {
     mutating func pumpSends() throws(RDMAError) {
         // Most calls (one per completion, one per release) find nothing queued and no credit
         // update due: they end here, without a call.
-        guard !pending.isEmpty || creditUpdateIsDue else { return }
+        guard !pending.isEmpty || creditUpdateIsDue || rendezvousWorkIsDue else { return }
         try postQueuedSends()
+    }
+
+    /// Whether a large message's work waits: a window to invalidate (the peer's done came), or
+    /// a read to start (room in the area may have come).
+    @inline(__always)
+    private var rendezvousWorkIsDue: Bool {
+        donesReceived > 0 && !awaitingDone.isEmpty || largeReads < largeReceives.count
     }
 
     /// Whether credits owed to the peer call for a credit update of their own. An update costs
@@ -270,27 +353,47 @@ struct ConnectionCore: ~Copyable {
     @inline(__always)
     private var creditUpdateIsDue: Bool {
         let owed = Int(creditsToReturn)
-        return owed > 0 && (owed >= max(1, creditsGranted &>> 1) || owed + held + arrivals.count >= creditsGranted)
+        return owed > 0 && (owed >= max(1, creditsGranted &>> 1) || owed + held + arrivals.count >= creditsGranted || donesToReturn > 0)
+    }
+
+    /// The credits and dones the next message carries: every owed credit, and up to
+    /// ``WireProtocol/maxDones`` dones — leaving one credit per done it cannot carry, so that the
+    /// message that carries those still hands back a credit.
+    @inline(__always)
+    mutating func takeCreditsAndDones() -> (credits: UInt32, dones: UInt32) {
+        let dones = min(donesToReturn, WireProtocol.maxDones)
+        let left = donesToReturn - dones
+        let credits = creditsToReturn - left
+        creditsToReturn = left
+        donesToReturn = left
+        return (credits, dones)
     }
 
     private mutating func postQueuedSends() throws(RDMAError) {
         guard status == .connected, let borrowedQueuePair else { return }
+        if donesReceived > 0 || largeReads < largeReceives.count { try postRendezvousWork(on: borrowedQueuePair) }
         // One send-queue entry stays free for a credit update.
         if credits > 0, sendQueueFree > 1, !pending.isEmpty, let borrowedArea {
             while credits > 0, sendQueueFree > 1, let send = pending.front {
-                try post(send, on: borrowedQueuePair, from: borrowedArea)
+                if send.count > peerSlotSize {
+                    // A large message: a window's bind and the request take two entries.
+                    guard sendQueueFree > 2, let window = try takeWindow() else { break }
+                    try postRendezvous(send, window: window, on: borrowedQueuePair, from: borrowedArea)
+                } else {
+                    try post(send, on: borrowedQueuePair, from: borrowedArea)
+                }
                 _ = pending.popFirst()
             }
         }
         if sendQueueFree > 0, creditUpdateIsDue {
-            let immediate = WireProtocol.immediate(returning: creditsToReturn, creditUpdate: true)
+            let (credits, dones) = takeCreditsAndDones()
+            let immediate = WireProtocol.immediate(returning: credits, dones: dones, creditUpdate: true)
             let request = requestID(.creditUpdate)
             try borrowedQueuePair.with { queuePair throws(RDMAError) in
                 try queuePair.postSend(
                     ScatterGatherElement(address: 0, length: 0, localKey: 0), requestID: request,
                     operation: .sendWithImmediate(immediate))
             }
-            creditsToReturn = 0
             sendQueueFree -= 1
         }
     }
@@ -315,7 +418,8 @@ struct ConnectionCore: ~Copyable {
     @inline(__always)
     private mutating func post(_ send: PendingSend, on queuePair: Borrowed<QueuePair>, from area: Borrowed<DMAArea>) throws(RDMAError) {
         var send = send
-        let immediate = WireProtocol.immediate(returning: creditsToReturn, creditUpdate: false)
+        let (returned, dones) = takeCreditsAndDones()
+        let immediate = WireProtocol.immediate(returning: returned, dones: dones, creditUpdate: false)
         let segment = area.with { $0.segment(at: send.offset, count: send.count) }
         let request = requestID(.dataSend)
         // Small payloads go inline where the device allows: the bytes travel inside the work
@@ -331,7 +435,6 @@ struct ConnectionCore: ~Copyable {
             send.offset = -1
         }
         inFlight.append(send)
-        creditsToReturn = 0
         credits -= 1
         sendQueueFree -= 1
     }
@@ -343,5 +446,6 @@ struct ConnectionCore: ~Copyable {
             area?.free(send.offset)
             if send.reportsEvent { events.append(.sendFailed(connection: id, cookie: send.cookie, status: .flushed)) }
         }
+        failAwaitingDone(into: &events)
     }
 }

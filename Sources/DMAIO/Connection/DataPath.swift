@@ -43,7 +43,8 @@ extension ChannelState {
             afterChange()
             if core.pointee.status != .connected { try checkUsable(core, for: "aio_send") }
         }
-        if try core.pointee.postAtOnce(send) { return }
+        // A large message always takes the queue: its window and request are posted there.
+        if send.count <= core.pointee.peerSlotSize, try core.pointee.postAtOnce(send) { return }
         core.pointee.pending.append(send)
         // The message is queued now: if the device refuses the queue's sends, the connection
         // ends, and each queued message, this one included, is reported failed by its event.
@@ -56,6 +57,20 @@ extension ChannelState {
     mutating func sendIfCredited(_ send: ConnectionCore.PendingSend, on id: Connection.ID, area: Unmanaged<DMAArea>) throws(RDMAError) -> Bool {
         let core = try core(id, for: "aio_send")
         try checkSendable(send, core: core, area: area, for: "aio_send")
+        if send.count > core.pointee.peerSlotSize {
+            // A large message: taken when a credit is at hand and nothing waits ahead of it; its
+            // window and request are posted from the queue.
+            if !core.pointee.canPostAtOnce {
+                try pump()
+                afterChange()
+                if core.pointee.status != .connected { try checkUsable(core, for: "aio_send") }
+                guard core.pointee.canPostAtOnce else { return false }
+            }
+            core.pointee.pending.append(send)
+            pumpSends(core)
+            afterChange()
+            return true
+        }
         if try core.pointee.postAtOnce(send) { return true }
         // Credit updates may be waiting in the completion queue.
         try pump()
@@ -70,10 +85,10 @@ extension ChannelState {
             throw RDMAError(.wrongArea, operation: operation, errno: .invalidArgument,
                             message: "the buffer was reserved from another area than the one \(core.pointee.id) is associated with")
         }
-        guard send.count <= core.pointee.peerSlotSize else {
+        guard send.count <= core.pointee.peerLargestMessage else {
             throw RDMAError(.messageTooLarge, operation: operation, errno: .messageTooLong,
-                            message: "a message of \(send.count) bytes exceeds the peer's receive slots of \(core.pointee.peerSlotSize) bytes: "
-                                + "send smaller messages, or have the peer associate with a larger slotSize")
+                            message: "a message of \(send.count) bytes exceeds the \(core.pointee.peerLargestMessage) bytes the peer accepts at most "
+                                + "(its area, or 2^31 - 1): send smaller messages, or have the peer allocate a larger area")
         }
     }
 
@@ -84,10 +99,10 @@ extension ChannelState {
     @inline(__always)
     mutating func receive(_ id: Connection.ID) throws(RDMAError) -> ConnectionCore.Arrival? {
         let core = try core(id, for: "aio_recv")
-        var next = core.pointee.arrivals.popFirst()
+        var next = core.pointee.popVisibleArrival()
         // After the peer left, too: what it sent before may still be in the queue.
         if next == nil, core.pointee.status == .connected || core.pointee.status == .disconnected {
-            next = try pump(handingOutTo: core) ?? core.pointee.arrivals.popFirst()
+            next = try pump(handingOutTo: core) ?? core.pointee.popVisibleArrival()
             afterChange()
         }
         guard let arrival = next else {
@@ -96,6 +111,7 @@ extension ChannelState {
         }
         core.pointee.handedOut += 1
         core.pointee.held += 1
+        if arrival.isLarge { core.pointee.handOutLarge(arrival) }
         return arrival
     }
 
@@ -128,17 +144,24 @@ extension ChannelState {
             try pump()
             afterChange()
         }
-        guard let front = core.pointee.arrivals.front else {
+        guard core.pointee.arrivals.count > core.pointee.hiddenArrivals, let front = core.pointee.arrivals.front else {
             if core.pointee.status != .connected { try checkUsable(core, for: "aio_recv") }
             return nil
         }
         return front
     }
 
-    /// The address of slot `slot` of connection `core`.
+    /// The address of slot `slot` of connection `core` (or of a large message's block).
     @inline(__always)
     func address(ofSlot slot: Int32, in core: UnsafeMutablePointer<ConnectionCore>) -> UnsafeMutableRawPointer {
-        core.pointee.borrowedArea!.with { $0.address(core.pointee.slotOffsets[Int(slot)]) }
+        if slot < 0 { return address(ofLarge: slot, in: core) }
+        return core.pointee.borrowedArea!.with { $0.address(core.pointee.slotOffsets[Int(slot)]) }
+    }
+
+    @inline(never)
+    private func address(ofLarge slot: Int32, in core: UnsafeMutablePointer<ConnectionCore>) -> UnsafeMutableRawPointer {
+        let block = ConnectionCore.Arrival(slot: slot, length: 0).block!
+        return core.pointee.borrowedArea!.with { $0.address(block) }
     }
 
     // MARK: - Releasing
@@ -152,6 +175,7 @@ extension ChannelState {
     @inline(__always)
     mutating func release(slot: Int, of raw: UInt32) -> EventChannel? {
         guard let core = connections.core(raw) else { return nil }
+        if slot < 0 { return releaseLarge(slot: slot, of: raw, core: core) }
         core.pointee.held -= 1
         guard core.pointee.status == .connected else {
             // A pool's slot goes back to the pool; a private slot waits for the connection to go.
@@ -165,6 +189,20 @@ extension ChannelState {
             end(core, after: error)
             afterChange()
         }
+        return nil
+    }
+
+    /// `sio_release` of a large message: its block goes back to the area, and reads waiting for
+    /// room may start.
+    @inline(never)
+    private mutating func releaseLarge(slot: Int, of raw: UInt32, core: UnsafeMutablePointer<ConnectionCore>) -> EventChannel? {
+        core.pointee.held -= 1
+        core.pointee.releaseLarge(block: ConnectionCore.Arrival(slot: Int32(slot), length: 0).block!)
+        guard core.pointee.status == .connected else {
+            return core.pointee.status == .closed ? forgetIfFinished(raw) : nil
+        }
+        pumpSends(core)
+        afterChange()
         return nil
     }
 

@@ -33,8 +33,10 @@ package enum PeerTimeout {
 }
 
 extension AccessFlags {
-    /// What a connection's queue pair lets the peer do: zero-length RDMA writes, the keepalive.
-    /// Its areas' memory regions allow no remote access, so a remote write with data fails at
-    /// the region's key check and touches nothing.
-    static let keepAliveOnly: AccessFlags = [.remoteWrite]
+    /// What a connection's queue pair lets the peer do: zero-length RDMA writes (the
+    /// keepalive) and reads through a window this side bound for one large message
+    /// (docs/large-messages.md). Its areas' memory regions allow no remote access themselves,
+    /// so a remote write with data, or a read under any other key, fails at the key check and
+    /// touches nothing.
+    static let peerAccess: AccessFlags = [.remoteWrite, .remoteRead]
 }

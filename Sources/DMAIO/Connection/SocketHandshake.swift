@@ -21,10 +21,10 @@ import Glibc
 /// The hello is 48 bytes, big-endian:
 ///
 /// ```
-///  0  magic "DMAS"          4  version (1)     6  MTU (ibv_mtu, 1...5)    7  0
+///  0  magic "DMAS"          4  version (2)     6  MTU (ibv_mtu, 1...5)    7  0
 ///  8  0 (reserved)         12  first PSN      16  GID (16 bytes)
 /// 32  LID (16 bits)        34  0 (16 bits)    36  credits granted
-/// 40  slot size            44  0
+/// 40  slot size            44  largest message accepted (``WireProtocol``'s rendezvous)
 /// ```
 ///
 /// Credits: each side grants one credit per data slot it has (what `dma_assoc`'s size says),
@@ -33,7 +33,7 @@ import Glibc
 /// before creating their queue pairs, so neither has to shrink its grant.
 enum SocketHandshake {
     static let magic: UInt32 = 0x444D_4153  // "DMAS"
-    static let version: UInt16 = 1
+    static let version: UInt16 = 2
     static let helloSize = 48
     static let readyByte: UInt8 = 0x52  // "R"
 
@@ -42,6 +42,7 @@ enum SocketHandshake {
         var endpoint: QueuePairEndpoint
         var credits: UInt32
         var slotSize: UInt32
+        var largestMessage: UInt32
 
         var bytes: [UInt8] {
             var bytes = [UInt8](repeating: 0, count: SocketHandshake.helloSize)
@@ -57,14 +58,16 @@ enum SocketHandshake {
             put(endpoint.lid, at: 32)
             put(credits, at: 36)
             put(slotSize, at: 40)
+            put(largestMessage, at: 44)
             return bytes
         }
 
-        init(mtu: UInt8, endpoint: QueuePairEndpoint, credits: UInt32, slotSize: UInt32) {
+        init(mtu: UInt8, endpoint: QueuePairEndpoint, credits: UInt32, slotSize: UInt32, largestMessage: UInt32) {
             self.mtu = mtu
             self.endpoint = endpoint
             self.credits = credits
             self.slotSize = slotSize
+            self.largestMessage = largestMessage
         }
 
         /// Parses and checks a peer's hello; anything else is refused with
@@ -85,7 +88,7 @@ enum SocketHandshake {
             let mtu = bytes[6]
             guard (1...5).contains(mtu) else { throw refuse("names MTU code \(mtu), not 1...5") }
             // Reserved bytes are 0: a later version may give them a meaning only with a new version.
-            guard bytes[7] == 0, word(UInt32.self, at: 8) == 0, word(UInt16.self, at: 34) == 0, word(UInt32.self, at: 44) == 0 else {
+            guard bytes[7] == 0, word(UInt32.self, at: 8) == 0, word(UInt16.self, at: 34) == 0 else {
                 throw refuse("has reserved bytes that are not 0")
             }
             let psn = word(UInt32.self, at: 12)
@@ -96,11 +99,16 @@ enum SocketHandshake {
             guard slotSize >= 64, slotSize <= 1 << 30, slotSize & (slotSize - 1) == 0 else {
                 throw refuse("announces \(slotSize)-byte slots, not a power of two from 64 B to 1 GiB")
             }
+            let largestMessage = word(UInt32.self, at: 44)
+            guard largestMessage >= slotSize, largestMessage <= UInt32(WireProtocol.largestMessageLimit) else {
+                throw refuse("accepts messages up to \(largestMessage) bytes, less than its \(slotSize)-byte slots or more than 2^31 - 1")
+            }
             let gid = GID(bytes: bytes[16..<32])!
             self.mtu = mtu
             self.endpoint = QueuePairEndpoint(queuePairNumber: 0, packetSequenceNumber: psn, gid: gid, lid: word(UInt16.self, at: 32))
             self.credits = credits
             self.slotSize = slotSize
+            self.largestMessage = largestMessage
         }
     }
 

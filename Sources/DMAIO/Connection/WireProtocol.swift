@@ -2,10 +2,20 @@ import RDMAVerbs
 
 /// What two associated peers tell each other, and how credits ride on messages.
 ///
-/// **Handshake.** The connect request and its accept carry a 16-byte hello in rdma_cm's private
-/// data: magic `"DMA1"`, then, as big-endian 32-bit integers, the *credits* the sender grants
+/// **Handshake.** The connect request and its accept carry a 20-byte hello in rdma_cm's private
+/// data: magic `"DMA2"`, then, as big-endian 32-bit integers, the *credits* the sender grants
 /// (how many data messages the peer may have in flight), its *room* (how many credit updates it
-/// can absorb) and the size of its receive slots.
+/// can absorb), the size of its receive slots, and the *largest message* it accepts (larger
+/// than a slot: by rendezvous, below; at most 2^31 - 1 bytes).
+///
+/// **Rendezvous** (messages larger than the peer's slot; docs/large-messages.md). The sender
+/// binds a memory window to the buffer (remote read only, this queue pair only) and sends a
+/// *request*: a data message, bit 30 of its immediate data set, whose 24-byte payload is the
+/// ``RendezvousRequest``. The receiver reads the buffer into a block of its own area, hands it
+/// out in order with the other messages, and tells the sender in bits 24–29 of a later message's
+/// immediate data (*dones*, oldest first); the sender then invalidates the window and reports
+/// the send. A done always travels with at least one credit: the request's slot is re-posted
+/// when its read completes, so the credit-update bound below still holds.
 ///
 /// **Credits.** Every message carries 32 bits of immediate data: bit 31 marks a *credit update*
 /// (a message with no payload) and bits 0–23 are credits handed back to the peer, one per
@@ -20,19 +30,27 @@ import RDMAVerbs
 /// never needed for correctness. A slow receiver keeps its slots, hands back no credits, and
 /// the sender's messages wait in its queue, in order: it is throttled, never failed.
 enum WireProtocol {
-    static let magic: UInt32 = 0x444D_4131  // "DMA1"
-    static let helloSize = 16
+    static let magic: UInt32 = 0x444D_4132  // "DMA2"
+    static let helloSize = 20
     static let creditMask: UInt32 = 0x00FF_FFFF
     static let creditUpdateFlag: UInt32 = 1 << 31
+    static let rendezvousFlag: UInt32 = 1 << 30
+    static let doneShift: UInt32 = 24
+    /// The most dones one message carries.
+    static let maxDones: UInt32 = 63
+    /// The largest message a side may announce: an arrival's length is 32-bit, as is one read.
+    static let largestMessageLimit = Int(Int32.max)
 
     struct Hello: Equatable {
         var credits: UInt32
         var room: UInt32
         var slotSize: UInt32
+        /// The largest message this side accepts (at least its slot size).
+        var largestMessage: UInt32
 
         var bytes: [UInt8] {
             var bytes: [UInt8] = []
-            for value in [WireProtocol.magic, credits, room, slotSize] {
+            for value in [WireProtocol.magic, credits, room, slotSize, largestMessage] {
                 withUnsafeBytes(of: value.bigEndian) { bytes.append(contentsOf: $0) }
             }
             return bytes
@@ -55,16 +73,19 @@ enum WireProtocol {
             credits = word(1)
             room = word(2)
             slotSize = word(3)
-            guard credits > 0, credits <= WireProtocol.creditMask, room > 0, room <= WireProtocol.creditMask, slotSize > 0 else {
+            largestMessage = word(4)
+            guard credits > 0, credits <= WireProtocol.creditMask, room > 0, room <= WireProtocol.creditMask, slotSize > 0,
+                  largestMessage >= slotSize, largestMessage <= UInt32(WireProtocol.largestMessageLimit) else {
                 throw RDMAError(.connectionFailed, operation: "rdma_cm private data",
-                                message: "the peer announced \(credits) credits, room for \(room) updates and \(slotSize)-byte slots: not usable")
+                                message: "the peer announced \(credits) credits, room for \(room) updates, \(slotSize)-byte slots and messages up to \(largestMessage) bytes: not usable")
             }
         }
 
-        init(credits: UInt32, room: UInt32, slotSize: UInt32) {
+        init(credits: UInt32, room: UInt32, slotSize: UInt32, largestMessage: UInt32) {
             self.credits = credits
             self.room = room
             self.slotSize = slotSize
+            self.largestMessage = largestMessage
         }
     }
 
@@ -94,18 +115,55 @@ enum WireProtocol {
         }
     }
 
-    /// The immediate data of a message that hands back `credits` (at most ``creditMask``), a
-    /// credit update or a data message.
+    /// The immediate data of a message that hands back `credits` (at most ``creditMask``) and
+    /// `dones` (at most ``maxDones``): a credit update, a data message, or a rendezvous request.
     @inline(__always)
-    static func immediate(returning credits: UInt32, creditUpdate: Bool) -> UInt32 {
-        (credits & creditMask) | (creditUpdate ? creditUpdateFlag : 0)
+    static func immediate(returning credits: UInt32, dones: UInt32 = 0, creditUpdate: Bool, rendezvous: Bool = false) -> UInt32 {
+        (credits & creditMask) | dones << doneShift | (creditUpdate ? creditUpdateFlag : 0) | (rendezvous ? rendezvousFlag : 0)
     }
 
     /// What a received message's immediate data says — the inverse of
-    /// ``immediate(returning:creditUpdate:)``: the credits it hands back, and whether it is a
-    /// credit update (no payload, its slot goes straight back) rather than a data message.
+    /// ``immediate(returning:dones:creditUpdate:rendezvous:)``: the credits it hands back, the
+    /// peer's rendezvous reads it reports done, whether it is a credit update (no payload, its
+    /// slot goes straight back) and whether it is a rendezvous request.
     @inline(__always)
     static func decode(immediate: UInt32) -> (credits: Int, isCreditUpdate: Bool) {
         (Int(immediate & creditMask), immediate & creditUpdateFlag != 0)
+    }
+
+    @inline(__always)
+    static func dones(in immediate: UInt32) -> Int { Int(immediate >> doneShift & maxDones) }
+
+    @inline(__always)
+    static func isRendezvous(_ immediate: UInt32) -> Bool { immediate & (creditUpdateFlag | rendezvousFlag) == rendezvousFlag }
+
+    /// The payload of a rendezvous request: where the sender's buffer is and the key that reads
+    /// it. 24 bytes, big-endian: length (u64), address (u64), key (u32), 0 (u32).
+    struct RendezvousRequest: Equatable {
+        static let size = 24
+        var length: UInt64
+        var address: UInt64
+        var key: UInt32
+
+        func write(to bytes: UnsafeMutableRawPointer) {
+            bytes.storeBytes(of: length.bigEndian, toByteOffset: 0, as: UInt64.self)
+            bytes.storeBytes(of: address.bigEndian, toByteOffset: 8, as: UInt64.self)
+            bytes.storeBytes(of: key.bigEndian, toByteOffset: 16, as: UInt32.self)
+            bytes.storeBytes(of: UInt32(0), toByteOffset: 20, as: UInt32.self)
+        }
+
+        init(length: UInt64, address: UInt64, key: UInt32) {
+            self.length = length
+            self.address = address
+            self.key = key
+        }
+
+        /// Nil when `count` bytes cannot be a request (then the peer broke the protocol).
+        init?(reading bytes: UnsafeRawPointer, count: Int) {
+            guard count == Self.size else { return nil }
+            length = UInt64(bigEndian: bytes.loadUnaligned(fromByteOffset: 0, as: UInt64.self))
+            address = UInt64(bigEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+            key = UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: 16, as: UInt32.self))
+        }
     }
 }

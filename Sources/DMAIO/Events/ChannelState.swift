@@ -164,7 +164,16 @@ struct ChannelState: ~Copyable {
         core.pointee.failPendingSends(into: &events)
         // Messages that arrived and were never handed out go back to a shared pool now.
         if let pool = core.pointee.pool {
-            while let arrival = core.pointee.arrivals.popFirst() { try? pool.repost(slot: Int(arrival.slot)) }
+            while let arrival = core.pointee.arrivals.popFirst() {
+                if arrival.slot >= 0 {
+                    try? pool.repost(slot: Int(arrival.slot))
+                } else if let block = arrival.block {
+                    core.pointee.area?.free(block)  // a large message read, never handed out
+                }
+                // An unread large message's slot and block are given back at teardown, once the
+                // queue pair is gone (its read may still be running).
+            }
+            core.pointee.hiddenArrivals = 0
         }
         if let cmID = core.pointee.cmID { connectionsByCMID[cmID.id] = nil }
         if let number = core.pointee.queuePair?.number, connectionsByQueuePair[number] == id.rawValue {

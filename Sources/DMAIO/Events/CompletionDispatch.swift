@@ -229,6 +229,13 @@ extension ChannelState {
         case .dataSend:
             core.pointee.sendQueueFree += 1
             guard let send = core.pointee.inFlight.popFirst() else { return }
+            if send.window >= 0 {
+                // A large message's request: its buffer stays lent until the peer's done.
+                let status = completion.pointee.status
+                core.pointee.requestCompleted(send, success: completion.pointee.isSuccess, into: &events, status: status)
+                if !completion.pointee.isSuccess && status != .flushed { requestFailed(core, status: status, what: "a large message's request") }
+                break
+            }
             if send.offset >= 0 { core.pointee.borrowedArea?.with { $0.free(send.offset) } }
             if completion.pointee.isSuccess {
                 if send.reportsEvent { events.append(.sent(connection: core.pointee.id, cookie: send.cookie)) }
@@ -238,6 +245,10 @@ extension ChannelState {
                 if status != .flushed { requestFailed(core, status: status, what: "a send") }
             }
         case .creditUpdate:
+            if slot >= ConnectionCore.readSlot && slot < ConnectionCore.probeSlot {
+                handleRendezvousWork(completion, slot: slot, core: core)
+                break
+            }
             core.pointee.sendQueueFree += 1
             if slot == ConnectionCore.probeSlot { core.pointee.probeOutstanding = false }
             if !completion.pointee.isSuccess && completion.pointee.status != .flushed {
@@ -247,6 +258,32 @@ extension ChannelState {
             handleReceive(completion, slot: slot, core: core)
         }
         pumpSends(core)
+    }
+
+    /// A completion of a large message's other work: a window's bind (seen only when it
+    /// failed: it is unsignalled), an invalidation, or a read.
+    @inline(never)
+    private mutating func handleRendezvousWork(_ completion: UnsafePointer<WorkCompletion>, slot: Int, core: UnsafeMutablePointer<ConnectionCore>) {
+        let status = completion.pointee.status
+        let success = completion.pointee.isSuccess
+        switch slot {
+        case ConnectionCore.invalidateSlot:
+            core.pointee.invalidationCompleted(success: success, status: status, into: &events)
+            if !success && status != .flushed { requestFailed(core, status: status, what: "a window's invalidation") }
+        case ConnectionCore.readSlot:
+            guard success else {
+                core.pointee.sendQueueFree += 1
+                if status != .flushed { requestFailed(core, status: status, what: "the read of a large message") }
+                return
+            }
+            do {
+                if try core.pointee.readCompleted(), core.pointee.status != .unassociated { announce(core) }
+            } catch {
+                end(core, after: error)
+            }
+        default:  // a bind
+            if !success && status != .flushed { requestFailed(core, status: status, what: "a window's bind") }
+        }
     }
 
     /// A shared receive names its queue pair, not its connection.
@@ -277,8 +314,14 @@ extension ChannelState {
             if let pool = core.pointee.pool { try? pool.repost(slot: slot) }
             return
         }
-        let (credits, isCreditUpdate) = WireProtocol.decode(immediate: completion.pointee.immediateData ?? 0)
+        let immediate = completion.pointee.immediateData ?? 0
+        let (credits, isCreditUpdate) = WireProtocol.decode(immediate: immediate)
         core.pointee.credits += credits
+        let dones = WireProtocol.dones(in: immediate)
+        if dones > 0, !core.pointee.receivedDones(dones) {
+            end(core, after: RDMAError(.connectionFailed, operation: "ibv_poll_cq", errno: .protocolError,
+                                       message: "the peer of \(core.pointee.id) reported more large messages read than it was lent: protocol error"))
+        }
         if isCreditUpdate || core.pointee.status == .closed {
             // A credit update leaves the slot untouched.
             if core.pointee.status != .closed {
@@ -286,6 +329,18 @@ extension ChannelState {
             } else if let pool = core.pointee.pool {
                 try? pool.repost(slot: slot)
             }
+        } else if WireProtocol.isRendezvous(immediate) {
+            // A large message: read into the area, shown in order once read.
+            let bytes = address(ofSlot: Int32(slot), in: core)
+            guard core.pointee.receivedRequest(slot: slot, count: completion.pointee.byteCount, at: bytes) else {
+                end(core, after: RDMAError(.connectionFailed, operation: "ibv_poll_cq", errno: .protocolError,
+                                           message: "the peer of \(core.pointee.id) sent a malformed large-message request, or one larger than the \(core.pointee.largestMessage) bytes this side accepts: protocol error"))
+                return
+            }
+        } else if core.pointee.hiddenArrivals > 0 {
+            // Behind a large message not read yet: it waits, hidden, to keep the order.
+            core.pointee.arrivals.append(.init(slot: Int32(slot), length: Int32(completion.pointee.byteCount)))
+            core.pointee.hiddenArrivals += 1
         } else {
             // Kept also before the connection is marked connected (the peer may send the moment
             // its side is established, while this side's association is still returning) and
@@ -353,8 +408,10 @@ extension ChannelState {
               ConnectionCore.connection(of: requestID) == core.pointee.id.rawValue,
               completion.pointee.isSuccess, core.pointee.arrivals.isEmpty, core.pointee.status == .connected
         else { return nil }
-        let (credits, isCreditUpdate) = WireProtocol.decode(immediate: completion.pointee.immediateData ?? 0)
-        guard !isCreditUpdate else { return nil }
+        let immediate = completion.pointee.immediateData ?? 0
+        // Credit updates, large messages and dones take the long way.
+        guard immediate & ~WireProtocol.creditMask == 0 else { return nil }
+        let credits = Int(immediate)
         core.pointee.activity &+= 1
         core.pointee.credits += credits
         core.pointee.arrived += 1

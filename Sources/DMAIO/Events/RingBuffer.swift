@@ -65,6 +65,10 @@ package struct RingBuffer<Element>: ~Copyable {
             precondition(index >= 0 && index < count, "RingBuffer index out of range")
             return storage[(head &+ index) & (capacity &- 1)]
         }
+        @inline(__always) set {
+            precondition(index >= 0 && index < count, "RingBuffer index out of range")
+            storage[(head &+ index) & (capacity &- 1)] = newValue
+        }
     }
 
     /// The front element, if any.

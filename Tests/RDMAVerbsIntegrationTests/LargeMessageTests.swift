@@ -1,0 +1,155 @@
+import DMAIO
+import Foundation
+import RDMAVerbs
+import Testing
+
+/// Messages larger than the peer's receive slot, by rendezvous (docs/large-messages.md): the
+/// receiver reads them from the sender's buffer into its own area, in order with the others.
+extension RxeIntegration {
+    @Suite struct LargeMessages {
+        init() throws { try RxeEnvironment.requireRxeDevice() }
+
+        /// Byte `index` of message `sequence`.
+        static func byte(_ index: Int, of sequence: Int) -> UInt8 {
+            UInt8(truncatingIfNeeded: index &* 131 &+ index >> 9 &+ sequence &* 71)
+        }
+
+        static func fill(_ buffer: UnsafeMutableRawBufferPointer, sequence: Int) {
+            for index in 0..<buffer.count { buffer[index] = byte(index, of: sequence) }
+        }
+
+        /// The first index where `bytes` differ from message `sequence`, or nil.
+        static func firstDifference(_ bytes: UnsafeRawBufferPointer, sequence: Int) -> Int? {
+            for index in 0..<bytes.count where bytes[index] != byte(index, of: sequence) { return index }
+            return nil
+        }
+
+        /// Sends `sizes` from `sender` (all queued at once), receives them on `receiver` while
+        /// taking the sender's events on the same thread, checks order, length and every byte,
+        /// and that each send was reported `.sent` once.
+        static func exchange(_ sizes: [Int], from sender: Connection, area: DMAArea, to receiver: Connection,
+                             ) throws -> (received: Int, sent: Set<UInt64>) {
+            var next = 0
+            var received = 0
+            var sent = Set<UInt64>()
+            let deadline = ContinuousClock.now + .seconds(60)
+            while received < sizes.count || sent.count < sizes.count {
+                try #require(ContinuousClock.now < deadline, "after 60 s: \(received) of \(sizes.count) received, \(sent.count) reported sent")
+                // Queue the next send when the area has room for it.
+                if next < sizes.count, let buffer = try? area.reserve(sizes[next]) {
+                    buffer.withUnsafeMutableBytes { fill($0, sequence: next) }
+                    try sender.send(buffer, cookie: UInt64(next))
+                    next += 1
+                }
+                while let event = try sender.events.next() {
+                    switch event {
+                    case .sent(_, let cookie):
+                        #expect(sent.insert(cookie).inserted, "send \(cookie) reported twice")
+                    case .sendFailed(_, let cookie, let status):
+                        Issue.record("send \(cookie) failed: \(status)")
+                        return (received, sent)
+                    default: break
+                    }
+                }
+                while let event = try receiver.events.next() {
+                    if case .disconnected = event { Issue.record("the receiver's connection ended"); return (received, sent) }
+                }
+                if let message = try receiver.receive() {
+                    let sequence = received
+                    #expect(message.count == sizes[sequence], "message \(sequence): \(message.count) bytes, not \(sizes[sequence]) (out of order?)")
+                    if message.count == sizes[sequence] {
+                        let difference = message.withUnsafeBytes { firstDifference($0, sequence: sequence) }
+                        #expect(difference == nil, "message \(sequence) (\(sizes[sequence]) bytes) differs at byte \(difference ?? -1)")
+                    }
+                    received += 1
+                    message.release()
+                }
+            }
+            return (received, sent)
+        }
+
+        /// 10 MiB, 3 MiB, 1 MiB + 3 and 200,000-byte messages between eager ones of 1 B to one
+        /// slot: each arrives whole, in the order sent, and each send is reported once.
+        @Test(arguments: [ConnectedPair.Transport.connectionManager, .tcpSocket])
+        func messagesOfAnySizeArriveWholeAndInOrder(transport: ConnectedPair.Transport) throws {
+            let pair = try ConnectedPair(areaSize: 64 << 20, receiveBytes: 64 << 10, slotSize: 4096, transport: transport)
+            #expect(pair.client.peerSlotSize == 4096)
+            #expect(pair.client.peerLargestMessage == 32 << 20)
+            let sizes = [10 << 20, 64, 200_000, 4096, 4097, (1 << 20) + 3, 1, 3 << 20, 100]
+            let rounds = sizes + sizes + sizes
+            let (received, sent) = try Self.exchange(rounds, from: pair.client, area: pair.clientArea, to: pair.server)
+            #expect(received == rounds.count)
+            #expect(sent == Set((0..<rounds.count).map(UInt64.init)))
+            // And back: the server sends large messages too.
+            let (back, backSent) = try Self.exchange([5 << 20, 7, 5 << 20], from: pair.server, area: pair.serverArea, to: pair.client)
+            #expect(back == 3 && backSent.count == 3)
+        }
+
+        /// A receiver whose area holds one large message at a time (a 2 MiB area: its slots in one
+        /// half, one 1 MiB block in the other): each read waits until the message before it was
+        /// released, the sender is throttled, nothing fails.
+        @Test func aFullReceiverThrottlesTheSenderAndLosesNothing() throws {
+            let clientEvents = try EventChannel()
+            let serverEvents = try EventChannel()
+            let clientArea = try DMAArea(size: 16 << 20)
+            let serverArea = try DMAArea(size: 2 << 20)
+            let (client, server) = try ConnectedPair.connect(
+                client: (clientEvents, clientArea), server: (serverEvents, serverArea), receiveBytes: 16 << 10, slotSize: 4096)
+            defer { client.close(); server.close() }
+            #expect(client.peerLargestMessage == 1 << 20)
+            let sizes = [1 << 20, 900_000, 1 << 20, 700_000, 64, 1 << 20, 600_000]
+            let (received, sent) = try Self.exchange(sizes, from: client, area: clientArea, to: server)
+            #expect(received == sizes.count)
+            #expect(sent.count == sizes.count)
+        }
+
+        /// A connection receiving through a shared pool of slots reads large messages into the
+        /// pool's area the same way; `largeMessageBytes` bounds them.
+        @Test func aSharedPoolTakesLargeMessagesToo() throws {
+            let serverEvents = try EventChannel()
+            let serverArea = try DMAArea(size: 16 << 20)
+            let pool = try SharedReceivePool(area: serverArea, receiveBytes: 32 * 4096, slotSize: 4096)
+            let address = "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())"
+            let listener = try Listener(on: address, events: serverEvents)
+            let accepted = OnThread { () throws -> Connection in
+                let connection = try listener.accept(timeout: .seconds(10))
+                try connection.associate(pool, credits: 8, largeMessageBytes: 4 << 20)
+                return connection
+            }
+            let clientEvents = try EventChannel()
+            let clientArea = try DMAArea(size: 16 << 20)
+            let client = try Connection(to: address, events: clientEvents)
+            try client.associate(clientArea, receiveBytes: 8 * 4096, slotSize: 4096)
+            let server = try accepted.join()
+            defer { client.close(); server.close() }
+            #expect(client.peerLargestMessage == 4 << 20)
+            let sizes = [4 << 20, 10, 3 << 20, 4097, 4096, 1 << 20]
+            let (received, sent) = try Self.exchange(sizes, from: client, area: clientArea, to: server)
+            #expect(received == sizes.count && sent.count == sizes.count)
+            #expect(pool.unclaimedSlots == 32 - 16, "the pool's slots are back but for the connection's claim")
+        }
+
+        /// A message larger than the peer accepts is refused before anything is sent, with both
+        /// sizes in the error; the connection goes on.
+        @Test func aMessageLargerThanThePeerAcceptsIsRefusedAtTheSender() throws {
+            let clientEvents = try EventChannel()
+            let serverEvents = try EventChannel()
+            let clientArea = try DMAArea(size: 16 << 20)
+            let serverArea = try DMAArea(size: 2 << 20)
+            let (client, server) = try ConnectedPair.connect(
+                client: (clientEvents, clientArea), server: (serverEvents, serverArea), receiveBytes: 16 << 10, slotSize: 4096)
+            defer { client.close(); server.close() }
+            var refusal: RDMAError?
+            do {
+                try client.send(try clientArea.reserve((1 << 20) + 1), cookie: 1)
+            } catch {
+                refusal = error
+            }
+            #expect(refusal?.code == .messageTooLarge, "\(String(describing: refusal))")
+            #expect(refusal?.message.contains("1048577 bytes") == true && refusal?.message.contains("1048576 bytes") == true,
+                    "the error names both sizes: \(refusal?.message ?? "none")")
+            let (received, sent) = try Self.exchange([1 << 20], from: client, area: clientArea, to: server)
+            #expect(received == 1 && sent.count == 1)
+        }
+    }
+}
