@@ -328,6 +328,9 @@ static void large_main(struct ctx *c)
     if (!side_up(&s, c, LARGE_AREA, 4 * 4096, SLOT_4K))
         return;
     sync_send(c->link, 'G', 0);
+    /* The first message (10 MiB) is larger than 1 MiB: aio_recv of at most 1 MiB leaves it queued. */
+    EXPECT_ERR(recv_wait(&s.log, s.sock, &in, 1 << 20, T(20000)), EMSGSIZE,
+               D("aio_recv of at most 1 MiB when the next message has 10 MiB: EMSGSIZE"));
     for (int i = 0; i < LARGE_N; i++)
         if (expect_message(&s.log, s.sock, large_sizes[i], 500 + (uint64_t)i, &in, D("message %d, in the order sent", i)))
             EXPECT_OK(sio_release_buffer(s.area, in), D("sio_release_buffer of message %d (%zu bytes)", i, large_sizes[i]));

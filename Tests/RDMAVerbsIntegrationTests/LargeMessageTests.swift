@@ -28,7 +28,7 @@ extension RxeIntegration {
         /// taking the sender's events on the same thread, checks order, length and every byte,
         /// and that each send was reported `.sent` once.
         static func exchange(_ sizes: [Int], from sender: Connection, area: DMAArea, to receiver: Connection,
-                             ) throws -> (received: Int, sent: Set<UInt64>) {
+                             receiverArea: DMAArea? = nil) throws -> (received: Int, sent: Set<UInt64>) {
             var next = 0
             var received = 0
             var sent = Set<UInt64>()
@@ -56,6 +56,11 @@ extension RxeIntegration {
                 }
                 if let message = try receiver.receive() {
                     let sequence = received
+                    // Zero copy: the message lies in the receiver's area, where the device put it.
+                    let inArea = message.withUnsafeBytes { bytes in
+                        receiverArea.map { $0.contains(bytes.baseAddress!, count: bytes.count) } ?? true
+                    }
+                    #expect(inArea, "message \(sequence) is not inside the receiver's area")
                     #expect(message.count == sizes[sequence], "message \(sequence): \(message.count) bytes, not \(sizes[sequence]) (out of order?)")
                     if message.count == sizes[sequence] {
                         let difference = message.withUnsafeBytes { firstDifference($0, sequence: sequence) }
@@ -77,7 +82,7 @@ extension RxeIntegration {
             #expect(pair.client.peerLargestMessage == 32 << 20)
             let sizes = [10 << 20, 64, 200_000, 4096, 4097, (1 << 20) + 3, 1, 3 << 20, 100]
             let rounds = sizes + sizes + sizes
-            let (received, sent) = try Self.exchange(rounds, from: pair.client, area: pair.clientArea, to: pair.server)
+            let (received, sent) = try Self.exchange(rounds, from: pair.client, area: pair.clientArea, to: pair.server, receiverArea: pair.serverArea)
             #expect(received == rounds.count)
             #expect(sent == Set((0..<rounds.count).map(UInt64.init)))
             // And back: the server sends large messages too.
@@ -101,6 +106,52 @@ extension RxeIntegration {
             let (received, sent) = try Self.exchange(sizes, from: client, area: clientArea, to: server)
             #expect(received == sizes.count)
             #expect(sent.count == sizes.count)
+        }
+
+        /// A receiver that holds every large message it gets (no release) takes as many as its
+        /// budget allows (half its 8 MiB area: four of 1 MiB), and no more arrive while it holds
+        /// them — the sender is throttled, nothing fails; releasing lets the rest through.
+        @Test func aReceiverHoldingEverythingThrottlesTheSenderUntilItReleases() throws {
+            let clientEvents = try EventChannel()
+            let serverEvents = try EventChannel()
+            let clientArea = try DMAArea(size: 16 << 20)
+            let serverArea = try DMAArea(size: 8 << 20)
+            let (client, server) = try ConnectedPair.connect(
+                client: (clientEvents, clientArea), server: (serverEvents, serverArea), receiveBytes: 16 << 10, slotSize: 4096)
+            defer { client.close(); server.close() }
+            #expect(client.peerLargestMessage == 4 << 20)
+            let count = 6, size = 1 << 20
+            for sequence in 0..<count {
+                let buffer = try clientArea.reserve(size)
+                buffer.withUnsafeMutableBytes { Self.fill($0, sequence: sequence) }
+                try client.send(buffer, cookie: UInt64(sequence))
+            }
+            var received = 0, sent = 0
+            /// Takes events and messages (held: receiveRetained) until `until` or the deadline.
+            func pump(until done: () -> Bool, for duration: Duration) throws {
+                let deadline = ContinuousClock.now + duration
+                while !done(), ContinuousClock.now < deadline {
+                    while let event = try clientEvents.next() {
+                        if case .sent = event { sent += 1 }
+                        if case .sendFailed(_, let cookie, let status) = event { Issue.record("send \(cookie) failed: \(status)") }
+                    }
+                    _ = try serverEvents.next()
+                    if let bytes = try server.receiveRetained() {
+                        #expect(bytes.count == size)
+                        #expect(Self.firstDifference(bytes, sequence: received) == nil, "message \(received) differs")
+                        received += 1
+                    }
+                }
+            }
+            try pump(until: { received == 4 && sent == 4 }, for: .seconds(30))
+            #expect(received == 4 && sent == 4, "held: \(received) received, \(sent) reported sent")
+            // Holding them, nothing more comes.
+            try pump(until: { false }, for: .seconds(1))
+            #expect(received == 4, "\(received) received while four were held")
+            try serverArea.releaseOldest(bytes: 4 * size)
+            try pump(until: { received == count && sent == count }, for: .seconds(30))
+            #expect(received == count && sent == count, "after the release: \(received) received, \(sent) reported sent")
+            try serverArea.releaseOldest(bytes: (count - 4) * size)
         }
 
         /// A connection receiving through a shared pool of slots reads large messages into the

@@ -269,11 +269,15 @@ extension RxeIntegration {
         }
 
         /// Reserve, send, receive, release and event delivery allocate nothing per message once
-        /// warm: counted by a malloc hook, per thread, over 10,000 messages.
-        @Test func steadyStateAllocatesNothingPerMessage() throws {
+        /// warm: counted by a malloc hook, per thread, over 10,000 messages of up to a slot —
+        /// and over 2,000 where every other one is 64 KiB, sixteen slots, sent by rendezvous
+        /// (window bind, read, invalidation; docs/large-messages.md).
+        @Test(arguments: [false, true])
+        func steadyStateAllocatesNothingPerMessage(large: Bool) throws {
             try #require(malloc_counter_is_active() == 1, "this test bundle was built without the malloc counter (a sanitizer build): nothing can be counted")
             let pair = try ConnectedPair()
-            let warmUp = 2000, measured = 10_000
+            let warmUp = large ? 400 : 2000, measured = large ? 2000 : 10_000
+            func size(_ sequence: Int) -> Int { large ? (sequence % 2 == 0 ? 64 << 10 : 100) : StreamMessage.size(sequence, slotSize: 4096) }
             // Set TRACE_ALLOCATIONS to print where allocations in the measured loop come from.
             let trace = ProcessInfo.processInfo.environment["TRACE_ALLOCATIONS"] != nil
             let receiver = OnThread { () throws -> (Int, UInt) in
@@ -303,7 +307,7 @@ extension RxeIntegration {
                     start = malloc_counter_thread_allocations()
                     if trace { malloc_counter_trace_next(8) }
                 }
-                let size = StreamMessage.size(sequence, slotSize: 4096)
+                let size = size(sequence)
                 while sequence - sent >= window {
                     if case .sent = try pair.clientEvents.wait(timeout: .seconds(30)) { sent += 1 }
                 }

@@ -25,7 +25,7 @@ extension ConnectionCore {
         let (bind, request) = (requestID(.creditUpdate, slot: Self.bindSlot), requestID(.dataSend))
         let lent = windows[Int(window)]
         let key = try queuePair.with { queuePair throws(RDMAError) -> UInt32 in
-            let key = try queuePair.postBind(lent, to: region, address: segment.address, length: send.count, access: [.remoteRead],
+            let key = try queuePair.postBind(lent, to: region, address: segment.address, length: send.count, access: .remoteRead,
                                              requestID: bind, signaled: false)
             var descriptor: (UInt64, UInt64, UInt64) = (0, 0, 0)
             try withUnsafeMutableBytes(of: &descriptor) { bytes throws(RDMAError) in

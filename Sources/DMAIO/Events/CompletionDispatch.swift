@@ -335,6 +335,8 @@ extension ChannelState {
             guard core.pointee.receivedRequest(slot: slot, count: completion.pointee.byteCount, at: bytes) else {
                 end(core, after: RDMAError(.connectionFailed, operation: "ibv_poll_cq", errno: .protocolError,
                                            message: "the peer of \(core.pointee.id) sent a malformed large-message request, or one larger than the \(core.pointee.largestMessage) bytes this side accepts: protocol error"))
+                // The connection is over; a shared pool's slot serves its other connections.
+                if let pool = core.pointee.pool { try? pool.repost(slot: slot) }
                 return
             }
         } else if core.pointee.hiddenArrivals > 0 {
