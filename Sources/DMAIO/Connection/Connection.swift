@@ -485,7 +485,7 @@ public final class Connection: Sendable {
     private func buffer(for arrival: ConnectionCore.Arrival, in state: inout ChannelState) -> ReceivedBuffer {
         let core = state.connections.core(id.rawValue)!
         let start = state.address(ofSlot: arrival.slot, in: core)
-        return ReceivedBuffer(channel: events, connection: id.rawValue, slot: Int(arrival.slot),
+        return ReceivedBuffer(channel: events, connection: id.rawValue, slot: arrival.slot,
                               bytes: UnsafeRawBufferPointer(start: start, count: Int(arrival.length)))
     }
 

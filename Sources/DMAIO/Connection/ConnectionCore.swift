@@ -39,17 +39,16 @@ struct ConnectionCore: ~Copyable {
 
     /// A received message in order: a slot, or a large message (read into a block of the area).
     /// `slot` is the slot's number; ``largeUnread`` for a large message whose read has not
-    /// completed; `-2 - offset / minimumBlock` for one read into the block at `offset` (blocks
-    /// are aligned to the allocator's smallest, so 32 bits reach 8 TiB).
+    /// completed; `-2 - offset` for one read into the block at `offset`.
     struct Arrival {
-        var slot: Int32
+        var slot: Int
         var length: Int32
 
-        static let largeUnread: Int32 = -1
-        static func large(block: Int) -> Int32 { Int32(-2 - block / DMAArea.minimumBlock) }
+        static let largeUnread = -1
+        static func large(block: Int) -> Int { -2 - block }
         var isLarge: Bool { slot < 0 }
         /// The block of a large message that was read (nil for a slot or an unread one).
-        var block: Int? { slot <= -2 ? (-2 - Int(slot)) * DMAArea.minimumBlock : nil }
+        var block: Int? { slot <= -2 ? -2 - slot : nil }
     }
 
     /// A rendezvous request received: the peer's buffer, and where it is read to.

@@ -153,13 +153,13 @@ extension ChannelState {
 
     /// The address of slot `slot` of connection `core` (or of a large message's block).
     @inline(__always)
-    func address(ofSlot slot: Int32, in core: UnsafeMutablePointer<ConnectionCore>) -> UnsafeMutableRawPointer {
+    func address(ofSlot slot: Int, in core: UnsafeMutablePointer<ConnectionCore>) -> UnsafeMutableRawPointer {
         if slot < 0 { return address(ofLarge: slot, in: core) }
-        return core.pointee.borrowedArea!.with { $0.address(core.pointee.slotOffsets[Int(slot)]) }
+        return core.pointee.borrowedArea!.with { $0.address(core.pointee.slotOffsets[slot]) }
     }
 
     @inline(never)
-    private func address(ofLarge slot: Int32, in core: UnsafeMutablePointer<ConnectionCore>) -> UnsafeMutableRawPointer {
+    private func address(ofLarge slot: Int, in core: UnsafeMutablePointer<ConnectionCore>) -> UnsafeMutableRawPointer {
         let block = ConnectionCore.Arrival(slot: slot, length: 0).block!
         return core.pointee.borrowedArea!.with { $0.address(block) }
     }
@@ -197,7 +197,7 @@ extension ChannelState {
     @inline(never)
     private mutating func releaseLarge(slot: Int, of raw: UInt32, core: UnsafeMutablePointer<ConnectionCore>) -> EventChannel? {
         core.pointee.held -= 1
-        core.pointee.releaseLarge(block: ConnectionCore.Arrival(slot: Int32(slot), length: 0).block!)
+        core.pointee.releaseLarge(block: ConnectionCore.Arrival(slot: slot, length: 0).block!)
         guard core.pointee.status == .connected else {
             return core.pointee.status == .closed ? forgetIfFinished(raw) : nil
         }

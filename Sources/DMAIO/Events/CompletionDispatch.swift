@@ -331,7 +331,7 @@ extension ChannelState {
             }
         } else if WireProtocol.isRendezvous(immediate) {
             // A large message: read into the area, shown in order once read.
-            let bytes = address(ofSlot: Int32(slot), in: core)
+            let bytes = address(ofSlot: slot, in: core)
             guard core.pointee.receivedRequest(slot: slot, count: completion.pointee.byteCount, at: bytes) else {
                 end(core, after: RDMAError(.connectionFailed, operation: "ibv_poll_cq", errno: .protocolError,
                                            message: "the peer of \(core.pointee.id) sent a malformed large-message request, or one larger than the \(core.pointee.largestMessage) bytes this side accepts: protocol error"))
@@ -341,13 +341,13 @@ extension ChannelState {
             }
         } else if core.pointee.hiddenArrivals > 0 {
             // Behind a large message not read yet: it waits, hidden, to keep the order.
-            core.pointee.arrivals.append(.init(slot: Int32(slot), length: Int32(completion.pointee.byteCount)))
+            core.pointee.arrivals.append(.init(slot: slot, length: Int32(completion.pointee.byteCount)))
             core.pointee.hiddenArrivals += 1
         } else {
             // Kept also before the connection is marked connected (the peer may send the moment
             // its side is established, while this side's association is still returning) and
             // after it ended (what arrived before the peer left is handed out, then the end).
-            core.pointee.arrivals.append(.init(slot: Int32(slot), length: Int32(completion.pointee.byteCount)))
+            core.pointee.arrivals.append(.init(slot: slot, length: Int32(completion.pointee.byteCount)))
             core.pointee.arrived += 1
             // The receive() that polled takes this message as soon as the poll is over: an
             // announcement would only be dropped when the events are taken. Before the
@@ -418,7 +418,7 @@ extension ChannelState {
         core.pointee.credits += credits
         core.pointee.arrived += 1
         pumpSends(core)
-        return .init(slot: Int32(truncatingIfNeeded: requestID), length: Int32(completion.pointee.byteCount))
+        return .init(slot: Int(UInt32(truncatingIfNeeded: requestID)), length: Int32(completion.pointee.byteCount))
     }
 
     /// Posts what `core` may send now; a refusal ends the connection.
