@@ -23,16 +23,14 @@ extension Registry {
         var index = 0
         while let source = reference.source(at: index) {
             index += 1
-            try? source.withOpen(operation) { channel throws(Failure) in
-                while let event = try swiftCall({ () throws(RDMAError) in try channel.channel.next() }) { translate(event, on: channel, source) }
-            }
+            try? source.withOpen(operation) { channel throws(Failure) in try drain(channel, source) }
             source.updateWake()
         }
         return reference.popEvent()
     }
 
-    /// Translates every event `channel` has ready (its lock held), then shows them on its
-    /// descriptor.
+    /// Translates every event `channel` has ready (its lock held); the caller shows them on its
+    /// descriptor (``ChannelReference/updateWake()``).
     func drain(_ channel: ChannelState, _ reference: ChannelReference) throws(Failure) {
         while let event = try swiftCall({ () throws(RDMAError) in try channel.channel.next() }) { translate(event, on: channel, reference) }
     }

@@ -60,15 +60,9 @@ final class Registry: Sendable {
     /// ec_create: opens a channel in a free slot.
     func openChannel(_ channel: EventChannel, pollDescriptor: Int32, wakeDescriptor: Int32) throws(Failure) -> ChannelReference {
         try control.withLock { control throws(Failure) -> ChannelReference in
-            let slot: ChannelSlot
-            if let index = control.freeChannelSlots.popLast() {
-                slot = control.channelSlots[index]
-            } else {
-                slot = ChannelSlot(index: control.channelSlots.count)
-                guard dmaio_table_set(DMAIO_TABLE_CHANNELS, UInt32(slot.index), UInt64(UInt(bitPattern: Unmanaged.passUnretained(slot).toOpaque()))) else {
-                    throw Failure(ENOMEM, "ec_create: no room for another event channel (\(slot.index) are open)")
-                }
-                control.channelSlots.append(slot)
+            guard let slot = Self.freeSlot(&control.channelSlots, free: &control.freeChannelSlots, table: DMAIO_TABLE_CHANNELS,
+                                           make: ChannelSlot.init(index:)) else {
+                throw Failure(ENOMEM, "ec_create: no room for another event channel (\(control.channelSlots.count) are open)")
             }
             return slot.open(channel, pollDescriptor: pollDescriptor, wakeDescriptor: wakeDescriptor)
         }
@@ -103,18 +97,25 @@ final class Registry: Sendable {
     /// dma_alloc: records the area in a free slot.
     func openArea(_ area: DMAArea) throws(Failure) -> AreaReference {
         try control.withLock { control throws(Failure) -> AreaReference in
-            let slot: AreaSlot
-            if let index = control.freeAreaSlots.popLast() {
-                slot = control.areaSlots[index]
-            } else {
-                slot = AreaSlot(index: control.areaSlots.count)
-                guard dmaio_table_set(DMAIO_TABLE_AREAS, UInt32(slot.index), UInt64(UInt(bitPattern: Unmanaged.passUnretained(slot).toOpaque()))) else {
-                    throw Failure(ENOMEM, "dma_alloc: no room for another area (\(slot.index) are allocated)")
-                }
-                control.areaSlots.append(slot)
+            guard let slot = Self.freeSlot(&control.areaSlots, free: &control.freeAreaSlots, table: DMAIO_TABLE_AREAS,
+                                           make: AreaSlot.init(index:)) else {
+                throw Failure(ENOMEM, "dma_alloc: no room for another area (\(control.areaSlots.count) are allocated)")
             }
             return slot.open(area)
         }
+    }
+
+    /// A free slot of `slots` (`control` locked): one freed before, or a new one, made and
+    /// published in `table` under its index. Nil when the table has no room for it.
+    private static func freeSlot<Slot: AnyObject>(_ slots: inout [Slot], free: inout [Int], table: dmaio_table,
+                                                  make: (Int) -> Slot) -> Slot? {
+        if let index = free.popLast() { return slots[index] }
+        let slot = make(slots.count)
+        guard dmaio_table_set(table, UInt32(slots.count), UInt64(UInt(bitPattern: Unmanaged.passUnretained(slot).toOpaque()))) else {
+            return nil
+        }
+        slots.append(slot)
+        return slot
     }
 
     /// dma_free: frees the area (EBUSY while sockets use it or the program holds its buffers).

@@ -94,13 +94,8 @@ extension RxeIntegration {
         /// half, one 1 MiB block in the other): each read waits until the message before it was
         /// released, the sender is throttled, nothing fails.
         @Test func aFullReceiverThrottlesTheSenderAndLosesNothing() throws {
-            let clientEvents = try EventChannel()
-            let serverEvents = try EventChannel()
-            let clientArea = try DMAArea(size: 16 << 20)
-            let serverArea = try DMAArea(size: 2 << 20)
-            let (client, server) = try ConnectedPair.connect(
-                client: (clientEvents, clientArea), server: (serverEvents, serverArea), receiveBytes: 16 << 10, slotSize: 4096)
-            defer { client.close(); server.close() }
+            let pair = try ConnectedPair(areaSize: 16 << 20, serverAreaSize: 2 << 20, receiveBytes: 16 << 10, slotSize: 4096)
+            let (client, server, clientArea) = (pair.client, pair.server, pair.clientArea)
             #expect(client.peerLargestMessage == 1 << 20)
             let sizes = [1 << 20, 900_000, 1 << 20, 700_000, 64, 1 << 20, 600_000]
             let (received, sent) = try Self.exchange(sizes, from: client, area: clientArea, to: server)
@@ -112,13 +107,9 @@ extension RxeIntegration {
         /// budget allows (half its 8 MiB area: four of 1 MiB), and no more arrive while it holds
         /// them — the sender is throttled, nothing fails; releasing lets the rest through.
         @Test func aReceiverHoldingEverythingThrottlesTheSenderUntilItReleases() throws {
-            let clientEvents = try EventChannel()
-            let serverEvents = try EventChannel()
-            let clientArea = try DMAArea(size: 16 << 20)
-            let serverArea = try DMAArea(size: 8 << 20)
-            let (client, server) = try ConnectedPair.connect(
-                client: (clientEvents, clientArea), server: (serverEvents, serverArea), receiveBytes: 16 << 10, slotSize: 4096)
-            defer { client.close(); server.close() }
+            let pair = try ConnectedPair(areaSize: 16 << 20, serverAreaSize: 8 << 20, receiveBytes: 16 << 10, slotSize: 4096)
+            let (client, server, clientArea, serverArea) = (pair.client, pair.server, pair.clientArea, pair.serverArea)
+            let (clientEvents, serverEvents) = (pair.clientEvents, pair.serverEvents)
             #expect(client.peerLargestMessage == 4 << 20)
             let count = 6, size = 1 << 20
             for sequence in 0..<count {
@@ -183,13 +174,8 @@ extension RxeIntegration {
         /// A message larger than the peer accepts is refused before anything is sent, with both
         /// sizes in the error; the connection goes on.
         @Test func aMessageLargerThanThePeerAcceptsIsRefusedAtTheSender() throws {
-            let clientEvents = try EventChannel()
-            let serverEvents = try EventChannel()
-            let clientArea = try DMAArea(size: 16 << 20)
-            let serverArea = try DMAArea(size: 2 << 20)
-            let (client, server) = try ConnectedPair.connect(
-                client: (clientEvents, clientArea), server: (serverEvents, serverArea), receiveBytes: 16 << 10, slotSize: 4096)
-            defer { client.close(); server.close() }
+            let pair = try ConnectedPair(areaSize: 16 << 20, serverAreaSize: 2 << 20, receiveBytes: 16 << 10, slotSize: 4096)
+            let (client, server, clientArea) = (pair.client, pair.server, pair.clientArea)
             var refusal: RDMAError?
             do {
                 try client.send(try clientArea.reserve((1 << 20) + 1), cookie: 1)

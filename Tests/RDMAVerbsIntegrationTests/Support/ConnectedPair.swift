@@ -25,10 +25,12 @@ final class ConnectedPair: @unchecked Sendable {
     /// The TCP sockets under a socket pair (client, server); closed with the pair.
     let sockets: (client: Int32, server: Int32)?
 
-    init(areaSize: Int = 4 << 20, receiveBytes: Int = 256 << 10, slotSize: Int = 4096, transport: Transport = .connectionManager) throws {
+    /// `serverAreaSize`: the server's area, when it differs from the client's (`areaSize`).
+    init(areaSize: Int = 4 << 20, serverAreaSize: Int? = nil, receiveBytes: Int = 256 << 10, slotSize: Int = 4096,
+         transport: Transport = .connectionManager) throws {
         serverEvents = try EventChannel()
         clientEvents = try EventChannel()
-        serverArea = try DMAArea(size: areaSize)
+        serverArea = try DMAArea(size: serverAreaSize ?? areaSize)
         clientArea = try DMAArea(size: areaSize)
         switch transport {
         case .connectionManager:
