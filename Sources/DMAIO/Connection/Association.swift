@@ -294,6 +294,13 @@ struct Association: Handshake, ~Copyable {
             core.pointee.arrivals.reserveCapacity(slots)
             core.pointee.inFlight.reserveCapacity(sendDepth)
             core.pointee.pending.reserveCapacity(sendDepth)
+            // A large message's queues, sized once: they never grow on the data path.
+            core.pointee.awaitingDone.reserveCapacity(sendDepth)
+            core.pointee.invalidating.reserveCapacity(sendDepth)
+            core.pointee.largeReceives.reserveCapacity(slots)
+            core.pointee.windows.reserveCapacity(sendDepth)
+            core.pointee.freeWindows.reserveCapacity(sendDepth)
+            core.pointee.largeHeld.reserveCapacity(slots)
             if pool == nil {
                 for slot in 0..<slots { try core.pointee.postReceive(slot: slot) }
             }
