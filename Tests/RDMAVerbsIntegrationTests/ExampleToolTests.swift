@@ -63,6 +63,23 @@ extension RxeIntegration {
             }
         }
 
+        /// Messages larger than the receiver's slots (4 KiB by default above 64 KiB) go by
+        /// rendezvous: the receiver reads each into its area; every byte is checked.
+        @Test(.serialized, arguments: [(1 << 20, 40, [String]()), (16 << 20, 6, ["-e"])])
+        func streamSendsLargeMessagesByRendezvous(size: Int, count: Int, mode: [String]) throws {
+            let port = String(RxeEnvironment.freshPort())
+            let common = ["-p", port, "-s", String(size), "-n", String(count), "--verify"] + mode
+            let (receiverOutput, sender, receiverStatus) = try runPair(
+                "stream", receiver: common + ["-b", RxeEnvironment.address], sender: common + [RxeEnvironment.address])
+            #expect(sender.status == 0, "sender: \(sender.standardError)")
+            #expect(receiverStatus == 0)
+            for text in [receiverOutput, sender.standardOutput] {
+                let rows = text.split(separator: "\n").map { $0.split(separator: " ").prefix(2).map(String.init) }
+                #expect(rows.contains([String(size), String(count)]), "no row for \(size) bytes × \(count) in: \(text)")
+                #expect(text.contains("content of all \(count) messages checked: OK"))
+            }
+        }
+
         @Test func streamPrintsJSON() throws {
             let port = String(RxeEnvironment.freshPort())
             let common = ["-p", port, "-s", "4096", "-n", "200", "--json"]
@@ -134,7 +151,8 @@ extension RxeIntegration {
         }
 
         @Test func wrongOptionsGiveAUsageError() throws {
-            for (name, arguments) in [("stream", ["-s", "0"]), ("stream", ["--bogus"]), ("pingpong", ["-n", "-3"]), ("pingpong", ["-s", "x"]),
+            for (name, arguments) in [("stream", ["-s", "0"]), ("stream", ["--bogus"]), ("stream", ["--slot-size", "0"]),
+                                      ("stream", ["--tcp", "--slot-size", "4096"]), ("pingpong", ["-n", "-3"]), ("pingpong", ["-s", "x"]),
                                       ("pingpong", ["--against-verbs", "-e"]), ("pingpong", ["--against-verbs", "-c"]),
                                       ("pingpong", ["--against-verbs", "-n", "255"]), ("pingpong", ["--verbs-only", "-e"]),
                                       ("pingpong", ["--verbs-only", "--against-verbs"]), ("echo", ["client", "10.99.0.1", "--max-size", "0"])] {

@@ -3,33 +3,50 @@ import ExampleSupport
 import RDMAVerbs
 
 /// The stream over the proposal's API: the sender reserves, fills and sends buffers of its
-/// area; the receiver takes each message where the device wrote it and releases it.
+/// area; the receiver takes each message where the device wrote it (or, for a message larger
+/// than its slots, where it read it) and releases it.
 struct RDMATransport {
     let events: EventChannel
     let area: DMAArea
     let size: Int
     let slotSize: Int
+    /// Bytes of the area large messages may hold (nil: every message fits a slot).
+    let largeMessageBytes: Int?
     let window: Int
     let useEvents: Bool
     let pattern: Pattern?
 
-    init(size: Int, window: Int, device: String?, useEvents: Bool, pattern: Pattern?) throws(RDMAError) {
+    /// Large messages in flight are bounded by this many bytes of each side's area.
+    static let largeBytesInFlight = 64 << 20
+
+    init(size: Int, slotSize requestedSlotSize: Int, window: Int, device: String?, useEvents: Bool, pattern: Pattern?) throws(RDMAError) {
         self.size = size
         self.window = window
         self.useEvents = useEvents
         self.pattern = pattern
-        slotSize = ExampleSupport.slotSize(for: size)
+        slotSize = ExampleSupport.slotSize(for: min(size, requestedSlotSize))
         events = try EventChannel(capacity: max(256, 8 * window), device: device)
         // Each side: `window` receive slots and as many for credit updates, side by side in one
-        // block (a power of two), plus send buffers (at least the area's smallest block each):
-        // `window` in flight and as many queued.
+        // block (a power of two), plus room for messages.
         let slotBlock = ExampleSupport.slotSize(for: 2 * window * slotSize)
-        area = try DMAArea(size: max(slotBlock + 2 * window * max(slotSize, DMAArea.minimumBlock), 1 << 16), device: device)
+        if size <= slotSize {
+            // Send buffers (at least the area's smallest block each): `window` in flight and as
+            // many queued.
+            largeMessageBytes = nil
+            area = try DMAArea(size: max(slotBlock + 2 * window * max(slotSize, DMAArea.minimumBlock), 1 << 16), device: device)
+        } else {
+            // Rendezvous: the sender's buffers stay lent until the receiver has read them, and
+            // the receiver reads into blocks of its area; both sides keep `inFlight` blocks.
+            let block = ExampleSupport.slotSize(for: size)
+            let inFlight = max(2, min(window, Self.largeBytesInFlight / block))
+            largeMessageBytes = inFlight * size
+            area = try DMAArea(size: slotBlock + inFlight * block, device: device)
+        }
     }
 
     func send(to host: String, from source: String?, port: UInt16, limit: Limit, meter: Meter) throws(RDMAError) {
         let connection = try Connection(to: "\(host.contains(":") ? "[\(host)]" : host):\(port)", from: source, events: events)
-        try connection.associate(area, receiveBytes: window * slotSize, slotSize: slotSize)
+        try connection.associate(area, receiveBytes: window * slotSize, slotSize: slotSize, largeMessageBytes: largeMessageBytes)
         let clock = ContinuousClock()
         var deadline: ContinuousClock.Instant? = nil
         var sent = 0, completed = 0
@@ -70,7 +87,7 @@ struct RDMATransport {
         let listener = try Listener(on: "\(address):\(port)", events: events, backlog: 1)
         announce("  listening on \(address):\(port)")
         let connection = try listener.accept(timeout: nil)
-        try connection.associate(area, receiveBytes: window * slotSize, slotSize: slotSize)
+        try connection.associate(area, receiveBytes: window * slotSize, slotSize: slotSize, largeMessageBytes: largeMessageBytes)
         announce("  accepted a sender over \(events.deviceName)")
         var sequence: UInt64 = 0
         while true {

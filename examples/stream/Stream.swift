@@ -1,7 +1,7 @@
 // stream: one-way streaming, like rstream and perftest's ib_send_bw, on the proposal's API —
 // or, with --tcp, the same workload over ordinary TCP sockets, to compare the two.
 //
-//   receiver:  stream [-p PORT] [-d DEV] [-s SIZE] [-n COUNT] [--verify] [-b ADDR]
+//   receiver:  stream [-p PORT] [-d DEV] [-s SIZE] [-n COUNT] [--slot-size S] [--verify] [-b ADDR]
 //   sender:    stream [same options] RECEIVER
 
 import ArgumentParser
@@ -22,6 +22,9 @@ struct Stream: ParsableCommand {
             Start the receiver first (no RECEIVER argument), then the sender with the receiver's \
             IP address. Both print perftest's summary columns. With a terminal attached, a \
             progress line is updated each second.
+            Messages up to the receiver's slot size (--slot-size) go eagerly, one send each; \
+            larger ones by rendezvous: the sender lends the buffer, the receiver reads it into its \
+            own area (at most 64 MiB of them in flight).
             Example on soft-RoCE:  stream -s 65536 -n 5000 &  stream -s 65536 -n 5000 10.99.0.1
             """)
 
@@ -49,6 +52,11 @@ struct Stream: ParsableCommand {
     @Option(name: [.customShort("w"), .customLong("window")], help: "Messages in flight (receive slots granted to the sender).")
     var window: Int = 16
 
+    @Option(name: .customLong("slot-size"), help: ArgumentHelp(
+        "The receiver's slot size: a larger message goes by rendezvous (the receiver reads it into its area).",
+        discussion: "Default: the message size up to 64 KiB, 4096 above it."))
+    var slotSize: Int?
+
     @Flag(name: [.short, .customLong("events")], help: "Sleep on the event channel instead of busy-polling.")
     var events = false
 
@@ -66,6 +74,8 @@ struct Stream: ParsableCommand {
         guard count > 0 else { throw ValidationError("-n/--iters must be positive, not \(count)") }
         guard (1...4096).contains(window) else { throw ValidationError("-w/--window must be between 1 and 4096, not \(window)") }
         if let duration, duration <= 0 { throw ValidationError("-D/--duration must be positive") }
+        if let slotSize, !(1...(1 << 30)).contains(slotSize) { throw ValidationError("--slot-size must be between 1 and 1073741824, not \(slotSize)") }
+        if slotSize != nil, tcp { throw ValidationError("--slot-size is for RDMA; --tcp has no slots") }
     }
 
     func run() throws {
@@ -83,7 +93,7 @@ struct Stream: ParsableCommand {
             } else {
                 // Without -d, the device is the one that owns the bound address.
                 let deviceName = try device ?? bindAddress.map { address throws(RDMAError) in try ConnectionID.deviceName(owning: address) }
-                let transport = try RDMATransport(size: size, window: window, device: deviceName, useEvents: events, pattern: pattern)
+                let transport = try RDMATransport(size: size, slotSize: slotSize ?? (size <= 64 << 10 ? size : 4096), window: window, device: deviceName, useEvents: events, pattern: pattern)
                 if let receiver {
                     try transport.send(to: receiver, from: bindAddress, port: port, limit: limit, meter: meter)
                 } else {
