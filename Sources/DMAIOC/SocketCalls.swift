@@ -180,8 +180,8 @@ private func largeMessageBytes(_ flags: Int32) throws(Failure) -> Int? {
     }
     if none { return 0 }
     guard log2 != 0 else { return nil }
-    guard (6...31).contains(log2) else { throw Failure(EINVAL, "dma_assoc: DMA_LARGE_LOG2(\(log2)): give 6 to 31") }
-    return log2 == 31 ? Int(Int32.max) : 1 << log2
+    guard (6...40).contains(log2) else { throw Failure(EINVAL, "dma_assoc: DMA_LARGE_LOG2(\(log2)): give 6 to 40") }
+    return 1 << log2
 }
 
 extension Registry {
@@ -254,7 +254,7 @@ private func send(_ entry: SocketState, _ buffer: UnsafeMutableRawPointer?, _ si
         let largest = connection.peerLargestMessage
         guard size <= UInt(largest) else {
             throw Failure(EMSGSIZE, "\(operation): a message of \(size) bytes exceeds the \(largest) bytes the peer accepts at most "
-                + "(half its area, at most 2^31 - 1): send smaller messages, or have the peer allocate a larger area")
+                + "(half its area by default): send smaller messages, or have the peer allocate a larger area")
         }
         guard connection.isConnected else {
             throw Failure(ECONNRESET, "\(operation): the peer of socket \(socket) went away: sio_close it and connect again")

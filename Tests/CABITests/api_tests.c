@@ -388,7 +388,7 @@ void test_sockets(void)
     EXPECT_NULL_ERR(dma_assoc_footprint(100, DMA_SLOT_DEFAULT, 1), EINVAL, "dma_assoc_footprint of less than one slot");
     EXPECT_NULL_ERR(dma_assoc_footprint(1 << 16, 0x8000, 1), EINVAL, "dma_assoc_footprint with unknown flags");
     EXPECT_ERR(dma_assoc(s, area, 1 << 16, DMA_LARGE_LOG2(12) | DMA_LARGE_NONE), EINVAL, "dma_assoc with DMA_LARGE_LOG2 and DMA_LARGE_NONE");
-    EXPECT_ERR(dma_assoc(s, area, 1 << 16, DMA_LARGE_LOG2(32)), EINVAL, "dma_assoc with DMA_LARGE_LOG2(32)");
+    EXPECT_ERR(dma_assoc(s, area, 1 << 16, DMA_LARGE_LOG2(41)), EINVAL, "dma_assoc with DMA_LARGE_LOG2(41)");
     EXPECT_ERR(dma_assoc(s, area, 4 << 20, 0), ENOBUFS, "dma_assoc of 4 MiB from a 1 MiB area");
     last_error_says("dma_assoc of 4 MiB", "dma_assoc: 4194304 receive bytes");
     /* size_t is unsigned all the way in: the largest sizes are sizes, not negative numbers. */

@@ -12,15 +12,25 @@ import Testing
     @Test func helloRoundTrips() throws {
         #expect(Self.valid.bytes.count == SocketHandshake.helloSize)
         #expect(try SocketHandshake.Hello(parsing: Self.valid.bytes) == Self.valid)
+        // The largest message's high half sits at offset 8: 5 GiB goes through.
+        var large = Self.valid
+        large.largestMessage = 5 << 30
+        #expect(try SocketHandshake.Hello(parsing: large.bytes) == large)
     }
 
     @Test(arguments: [
-        (0, "magic"), (4, "version"), (6, "MTU"), (8, "reserved"), (12, "PSN"), (36, "credits"), (40, "slot size"), (44, "largest message"),
+        (0, "magic"), (4, "version"), (6, "MTU"), (8, "largest message (high 32 bits)"), (7, "reserved"), (12, "PSN"), (36, "credits"), (40, "slot size"),
     ])
     func eachCheckedFieldIsRefused(offset: Int, field: String) {
         var bytes = Self.valid.bytes
         bytes[offset] ^= 0xFF
         #expect(throws: RDMAError.self, "a corrupted \(field) was accepted") { try SocketHandshake.Hello(parsing: bytes) }
+    }
+
+    @Test func aLargestMessageBelowTheSlotSizeIsRefused() {
+        var bytes = Self.valid.bytes
+        bytes.replaceSubrange(44..<48, with: [0, 0, 0x0F, 0xFF])  // 4095, below 4 KiB slots
+        #expect(throws: RDMAError.self) { try SocketHandshake.Hello(parsing: bytes) }
     }
 
     @Test func queuePairNumbersAre24BitsAndNotZero() throws {
@@ -60,7 +70,7 @@ import Testing
                 #expect((1...5).contains(hello.mtu))
                 #expect(hello.credits >= 1 && hello.credits <= WireProtocol.creditMask)
                 #expect(hello.slotSize >= 64 && hello.slotSize <= 1 << 30 && hello.slotSize.nonzeroBitCount == 1)
-                #expect(hello.largestMessage >= hello.slotSize && hello.largestMessage <= UInt32(Int32.max))
+                #expect(hello.largestMessage >= hello.slotSize && hello.largestMessage <= UInt64(WireProtocol.largestMessageLimit))
                 #expect(hello.endpoint.packetSequenceNumber <= 0xFF_FFFF)
                 #expect(hello.bytes == bytes, "an accepted hello does not re-encode to its input")
             } catch {

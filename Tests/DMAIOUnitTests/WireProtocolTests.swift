@@ -8,16 +8,24 @@ import RDMAVerbs
         #expect(hello.bytes.count == WireProtocol.helloSize)
         let padded = hello.bytes + Array(repeating: 0, count: 40)  // rdma_cm pads private data
         #expect(try WireProtocol.Hello(parsing: padded) == hello)
+        // The largest message is 64-bit: 5 GiB and the 1 TiB limit go through.
+        for largest: UInt64 in [5 << 30, 1 << 40] {
+            let large = WireProtocol.Hello(credits: 1, room: 1, slotSize: 4096, largestMessage: largest)
+            #expect(try WireProtocol.Hello(parsing: large.bytes) == large)
+        }
     }
 
     @Test(arguments: [
         ([UInt8](), "not a DMAIO hello"),
         (WireProtocol.Hello(credits: 1, room: 0, slotSize: 64, largestMessage: 64).bytes, "not usable"),
-        ([UInt8](repeating: 0, count: 20), "does not start with the DMAIO magic"),
+        ([UInt8](repeating: 0, count: 24), "does not start with the DMAIO magic"),
         (WireProtocol.Hello(credits: 0, room: 1, slotSize: 64, largestMessage: 64).bytes, "not usable"),
         (WireProtocol.Hello(credits: 1 << 25, room: 1, slotSize: 64, largestMessage: 64).bytes, "not usable"),
         (WireProtocol.Hello(credits: 1, room: 1, slotSize: 4096, largestMessage: 64).bytes, "not usable"),
-        (WireProtocol.Hello(credits: 1, room: 1, slotSize: 64, largestMessage: 1 << 31).bytes, "not usable"),
+        (WireProtocol.Hello(credits: 1, room: 1, slotSize: 64, largestMessage: (1 << 40) + 1).bytes, "not usable"),
+        // A version 2 peer's hello ("DMA2", 20 bytes, padded by rdma_cm).
+        ([0x44, 0x4D, 0x41, 0x32, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0x10, 0, 0, 0x10, 0, 0] + [UInt8](repeating: 0, count: 36),
+         "does not start with the DMAIO magic (wrong protocol or version)"),
     ])
     func malformedHellosAreRefused(bytes: [UInt8], expected: String) {
         #expect {

@@ -82,6 +82,41 @@ extension RxeIntegration {
             #expect(received == 3 && sent.count == 3)
         }
 
+        /// Dones for large messages the peer was never lent break the protocol: a client that
+        /// reports three reads done before it was sent anything ends its connection (later calls
+        /// on it say `disconnected`, and why: a protocol error); another connection on the same
+        /// channel goes on.
+        @Test func donesOfMessagesNeverLentEndOnlyThatConnection() throws {
+            let pair = try ConnectedPair(areaSize: 16 << 20, receiveBytes: 32 << 10, slotSize: 4096)
+            let (otherEvents, otherArea) = (try EventChannel(), try DMAArea(size: 16 << 20))
+            let other = try ConnectedPair.connect(client: (otherEvents, otherArea), server: (pair.serverEvents, pair.serverArea),
+                                                  receiveBytes: 32 << 10, slotSize: 4096)
+            defer {
+                other.client.close()
+                other.server.close()
+            }
+            let queuePair = try #require(pair.client.queuePair)
+            try queuePair.postSend(
+                ScatterGatherElement(address: 0, length: 0, localKey: 0), requestID: Self.strayRequest,
+                operation: .sendWithImmediate(WireProtocol.immediate(returning: 0, dones: 3, creditUpdate: true)))
+            var ended: RDMAError?
+            let deadline = ContinuousClock.now + .seconds(10)
+            while ended == nil, ContinuousClock.now < deadline {
+                guard let event = try pair.serverEvents.wait(timeout: .milliseconds(200)) else { continue }
+                if case .disconnected(let id) = event {
+                    #expect(id == pair.server.id, "only the hostile client's connection ends")
+                    do { _ = try pair.server.receive() } catch { ended = error }
+                }
+            }
+            let error = try #require(ended, "the server's connection to the hostile client did not end")
+            #expect(error.code == .disconnected)
+            #expect(error.message.contains("reported more large messages read than it was lent: protocol error"), "\(error.message)")
+            // The other client's large message still goes through on the same server channel.
+            let (received, sent) = try RxeIntegration.LargeMessages.exchange(
+                [1 << 20], from: other.client, area: otherArea, to: other.server, receiverArea: pair.serverArea)
+            #expect(received == 1 && sent.count == 1)
+        }
+
         /// Once a large message was reported sent, the key it was lent under reads nothing: a
         /// read with it, from the receiving side's queue pair, fails (remote access error) and
         /// ends that connection.

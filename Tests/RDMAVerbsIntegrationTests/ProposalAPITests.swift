@@ -280,7 +280,12 @@ extension RxeIntegration {
             func size(_ sequence: Int) -> Int { large ? (sequence % 2 == 0 ? 64 << 10 : 100) : StreamMessage.size(sequence, slotSize: 4096) }
             // Set TRACE_ALLOCATIONS to print where allocations in the measured loop come from.
             let trace = ProcessInfo.processInfo.environment["TRACE_ALLOCATIONS"] != nil
+            // The receiver starts once the sender's first window is out: the most sends the
+            // connection ever has in flight (and, for large ones, the most windows it makes)
+            // are then reached in the warm-up, whatever the load on the machine.
+            let windowSent = DispatchSemaphore(value: 0)
             let receiver = OnThread { () throws -> (Int, UInt) in
+                windowSent.wait()
                 var sequence = 0, start: UInt = 0
                 while sequence < warmUp + measured {
                     if sequence == warmUp {
@@ -308,6 +313,7 @@ extension RxeIntegration {
                     if trace { malloc_counter_trace_next(8) }
                 }
                 let size = size(sequence)
+                if sequence == window { windowSent.signal() }
                 while sequence - sent >= window {
                     if case .sent = try pair.clientEvents.wait(timeout: .seconds(30)) { sent += 1 }
                 }

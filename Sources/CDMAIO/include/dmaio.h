@@ -101,18 +101,18 @@ int dma_alloc(dma_mem_t *handle, size_t size, int flags);
 int dma_free(dma_mem_t handle);
 
 /* dma_assoc flags: the receive slot size, as a power of two. A message up to one slot of its
- * receiver is sent at once; a larger one, up to half the receiver's area (at most 2^31 - 1
- * bytes), is read by the receiver from the sender's buffer into a block of its own area (still
- * no copy, delivered in order with the others; see docs/large-messages.md). Larger still is
- * refused (EMSGSIZE), never split. */
+ * receiver is sent at once; a larger one, up to half the receiver's area, is read by the
+ * receiver from the sender's buffer into a block of its own area (still no copy, delivered in
+ * order with the others, in several reads beyond the port's max_msg_sz; see
+ * docs/large-messages.md). Larger still is refused (EMSGSIZE). */
 #define DMA_SLOT_LOG2(n) ((unsigned)(n) <= 0x3f ? (int)(n) : DMA_SLOT_INVALID) /* slots of 2^n bytes, 6 <= n <= 30 */
 #define DMA_SLOT_INVALID 0x80 /* what DMA_SLOT_LOG2 gives for n above 63: dma_assoc refuses it (EINVAL) */
 #define DMA_SLOT_DEFAULT 0                   /* 64 KiB slots */
 /* dma_assoc flags: how much of the area this side's messages larger than a slot may hold at
  * once (read, or received and not released), and so the largest one the peer may send: 2^n
- * bytes, 6 <= n <= 31 (not above half the area; 2^31 means 2^31 - 1). Without it, half the
- * area; DMA_LARGE_NONE: no message larger than a slot (the peer's aio_send says EMSGSIZE). */
-#define DMA_LARGE_LOG2(n) ((unsigned)(n) - 6u <= 25u ? (int)((unsigned)(n) << 8) : DMA_SLOT_INVALID)
+ * bytes, 6 <= n <= 40 (not above half the area). Without it, half the area; DMA_LARGE_NONE:
+ * no message larger than a slot (the peer's aio_send says EMSGSIZE). */
+#define DMA_LARGE_LOG2(n) ((unsigned)(n) - 6u <= 34u ? (int)((unsigned)(n) << 8) : DMA_SLOT_INVALID)
 #define DMA_LARGE_NONE 0x4000
 #define DMA_NONBLOCK 0x40 /* dma_assoc returns at once; the handshake ends in an event */
 
@@ -292,8 +292,8 @@ int ec_delay(ec_t ec, struct ec_event *event, int timeout_ms);
  *   Errors: EBADF  socket is not a DMAIO socket.     ENOTCONN  not associated (dma_assoc) yet.
  *           EINVAL buffer is not a reserved, unsent buffer of the socket's area, or size is 0 or
  *                  more than was reserved.
- *           EMSGSIZE size exceeds the largest message the peer accepts (half its area, at
- *                    most 2^31 - 1 bytes; the message says both sizes).
+ *           EMSGSIZE size exceeds the largest message the peer accepts (half its area by
+ *                    default; the message says both sizes).
  *           ECONNRESET the peer went away.
  * On error the buffer stays reserved (release it with sio_release_buffer or send it again).
  * The corresponding verbs call is ibv_post_send (IBV_WR_SEND_WITH_IMM, signalled). */

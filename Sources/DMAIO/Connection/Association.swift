@@ -114,7 +114,7 @@ struct Association: Handshake, ~Copyable {
                 sharedReceiveQueue: pool?.queue)
             try install(queuePair, granted: granted, slotOffsets: offsets, sendDepth: sendDepth)
             let hello = WireProtocol.Hello(credits: UInt32(granted), room: UInt32(room), slotSize: UInt32(slotSize),
-                                           largestMessage: UInt32(largestMessage))
+                                           largestMessage: UInt64(largestMessage))
             // One RDMA read each way (a large message's receiver reads it: docs/large-messages.md),
             // no atomics. The queue pair allows remote write for the zero-length keepalive writes
             // (see PeerTimeout) and remote read for windows the sender binds, one buffer at a
@@ -183,7 +183,7 @@ struct Association: Handshake, ~Copyable {
             let hello = SocketHandshake.Hello(
                 mtu: UInt8(port.activeMTU.rawValue),
                 endpoint: QueuePairEndpoint(queuePairNumber: 0, packetSequenceNumber: UInt32.random(in: 0...0xFF_FFFF), gid: local.gid),
-                credits: UInt32(credits), slotSize: UInt32(slotSize), largestMessage: UInt32(largestMessage))
+                credits: UInt32(credits), slotSize: UInt32(slotSize), largestMessage: UInt64(largestMessage))
             exchange.start(sending: hello.bytes, receiving: SocketHandshake.helloSize)
             step = .exchangingHellos(hello, gidIndex: gidIndex)
             return try advance(over: socket)
@@ -240,10 +240,17 @@ struct Association: Handshake, ~Copyable {
     /// than a slot may hold at once: they are read into blocks of the area
     /// (docs/large-messages.md). By default half the area's largest power of two — the largest
     /// block the allocator can give while the association's slots lie in the other half; at
-    /// most `largeMessageBytes` when given (a slot: no large messages); at most 2^31 - 1 bytes.
+    /// most `largeMessageBytes` when given (a slot: no large messages).
     private var largestMessage: Int {
         let half = (1 << (Int.bitWidth - 1 - area.size.leadingZeroBitCount)) / 2
         return max(slotSize, min(half, largeMessageBytes ?? half, WireProtocol.largestMessageLimit))
+    }
+
+    /// The most one RDMA read of a large message carries: ``ConnectionCore/readPieceLimit``, or
+    /// less when the port's `max_msg_sz` says so.
+    private var readPiece: Int {
+        let reported = (try? area.context.port().maxMessageSize) ?? 0
+        return reported >= DMAArea.minimumBlock ? min(reported, ConnectionCore.readPieceLimit) : ConnectionCore.readPieceLimit
     }
 
     private static func capabilities(sendDepth: Int, receives: Int, pool: SharedReceivePool?) -> QueuePairCapabilities {
@@ -289,6 +296,7 @@ struct Association: Handshake, ~Copyable {
             core.pointee.slotSize = slotSize
             core.pointee.creditsGranted = granted
             core.pointee.largestMessage = largestMessage
+            core.pointee.readPiece = readPiece
             core.pointee.releasedSlots = ReceiveBatch(capacity: ConnectionCore.repostBatchSize(granting: granted))
             core.pointee.sendQueueFree = sendDepth
             core.pointee.arrivals.reserveCapacity(slots)
@@ -298,8 +306,8 @@ struct Association: Handshake, ~Copyable {
             core.pointee.awaitingDone.reserveCapacity(sendDepth)
             core.pointee.invalidating.reserveCapacity(sendDepth)
             core.pointee.largeReceives.reserveCapacity(slots)
-            core.pointee.windows.reserveCapacity(sendDepth)
-            core.pointee.freeWindows.reserveCapacity(sendDepth)
+            core.pointee.windows.reserveCapacity(ConnectionCore.maximumWindows)
+            core.pointee.freeWindows.reserveCapacity(ConnectionCore.maximumWindows)
             core.pointee.largeHeld.reserveCapacity(slots)
             if pool == nil {
                 for slot in 0..<slots { try core.pointee.postReceive(slot: slot) }
@@ -318,6 +326,7 @@ struct Association: Handshake, ~Copyable {
             core.pointee.credits += peerCredits
             core.pointee.peerSlotSize = peerSlotSize
             core.pointee.peerLargestMessage = peerLargestMessage
+            core.pointee.windowLimit = min(peerCredits, ConnectionCore.maximumWindows)
             core.pointee.associating = false
         }
         try events.connected(id, cmID: connection.cmID)

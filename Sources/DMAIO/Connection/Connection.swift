@@ -193,7 +193,7 @@ public final class Connection: Sendable {
     /// 0 before association.
     public var peerSlotSize: Int { events.state.withLock { $0.connections.core(id.rawValue)?.pointee.peerSlotSize ?? 0 } }
 
-    /// The largest message the peer accepts (its area, at most 2^31 - 1 bytes); 0 before
+    /// The largest message the peer accepts (half its area by default); 0 before
     /// association.
     public var peerLargestMessage: Int { events.state.withLock { $0.connections.core(id.rawValue)?.pointee.peerLargestMessage ?? 0 } }
 

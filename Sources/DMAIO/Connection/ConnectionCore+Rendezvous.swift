@@ -6,10 +6,11 @@ import RDMAVerbs
 extension ConnectionCore {
     // MARK: - Sender
 
-    /// A free window, made on first need; nil when one cannot be had now.
+    /// A free window, made on first need; nil when one cannot be had now (all
+    /// ``windowLimit`` are lent: an invalidation frees one).
     mutating func takeWindow() throws(RDMAError) -> Int32? {
         if let window = freeWindows.popLast() { return window }
-        guard let pd = queuePair?.protectionDomain else { return nil }
+        guard windows.count < windowLimit, let pd = queuePair?.protectionDomain else { return nil }
         windows.append(try MemoryWindow(protectionDomain: pd))
         return Int32(windows.count - 1)
     }
@@ -78,7 +79,7 @@ extension ConnectionCore {
 
     /// Posts what the rendezvous calls for and the send queue allows: invalidations of
     /// windows the peer is done with, then reads of requests, in order, while the area has
-    /// room for them.
+    /// room for them — one read per ``readPiece`` bytes.
     mutating func postRendezvousWork(on queuePair: Borrowed<QueuePair>) throws(RDMAError) {
         while donesReceived > 0, sendQueueFree > 1, let send = awaitingDone.front {
             let request = requestID(.creditUpdate, slot: Self.invalidateSlot)
@@ -91,22 +92,29 @@ extension ConnectionCore {
         guard let borrowedArea else { return }
         while largeReads < largeReceives.count, sendQueueFree > 1 {
             var receive = largeReceives[largeReads]
-            guard largeBytesInUse + receive.length <= largestMessage,
-                  let block = borrowedArea.with({ $0.tryAllocate(receive.length) }) else { return }
-            let segment = borrowedArea.with { $0.segment(at: block, count: receive.length) }
+            if receive.posted == 0 {
+                guard largeBytesInUse + receive.length <= largestMessage,
+                      let block = borrowedArea.with({ $0.tryAllocate(receive.length) }) else { return }
+                receive.block = block
+            }
+            let count = min(readPiece, receive.length - receive.posted)
+            let segment = borrowedArea.with { $0.segment(at: receive.block + receive.posted, count: count) }
             let request = requestID(.creditUpdate, slot: Self.readSlot)
             do throws(RDMAError) {
                 try queuePair.with { queuePair throws(RDMAError) in
-                    try queuePair.postRead(into: segment, remoteAddress: receive.address, remoteKey: receive.key, requestID: request)
+                    try queuePair.postRead(into: segment, remoteAddress: receive.address + UInt64(receive.posted), remoteKey: receive.key,
+                                           requestID: request)
                 }
             } catch {
-                borrowedArea.with { $0.free(block) }
+                // A block no read went to yet is given back; one with reads posted stays with
+                // the request (the connection is torn down: its reads flush).
+                if receive.posted == 0 { borrowedArea.with { $0.free(receive.block) } }
                 throw error
             }
-            receive.block = block
+            if receive.posted == 0 { largeBytesInUse += receive.length }
+            receive.posted += count
             largeReceives[largeReads] = receive
-            largeReads += 1
-            largeBytesInUse += receive.length
+            if receive.posted == receive.length { largeReads += 1 }
             sendQueueFree -= 1
         }
     }
@@ -131,18 +139,21 @@ extension ConnectionCore {
         guard let request = WireProtocol.RendezvousRequest(reading: bytes, count: count),
               request.length > UInt64(slotSize), request.length <= UInt64(largestMessage) else { return false }
         largeReceives.append(LargeReceive(requestSlot: Int32(slot), length: Int(request.length), address: request.address, key: request.key))
-        arrivals.append(Arrival(slot: Arrival.largeUnread, length: Int32(request.length)))
+        arrivals.append(Arrival(slot: Arrival.largeUnread, length: Int(request.length)))
         hiddenArrivals += 1
         return true
     }
 
-    /// A read completed (reads complete in order): its request's slot is re-posted, a credit
-    /// and a done are owed, and what was hidden behind it shows. Returns whether arrivals
-    /// became visible.
+    /// A read completed (reads complete in order). When it was its message's last, the
+    /// request's slot is re-posted, a credit and a done are owed, and what was hidden behind it
+    /// shows. Returns whether arrivals became visible.
     mutating func readCompleted() throws(RDMAError) -> Bool {
         sendQueueFree += 1
-        guard largeCompleted < largeReads else { return false }
+        guard largeCompleted < largeReceives.count, largeReceives[largeCompleted].posted > 0 else { return false }
         let receive = largeReceives[largeCompleted]
+        piecesCompleted += 1
+        guard piecesCompleted == receive.reads(of: readPiece) else { return false }
+        piecesCompleted = 0
         largeCompleted += 1
         try postReceive(slot: Int(receive.requestSlot))
         creditsToReturn += 1
@@ -180,7 +191,7 @@ extension ConnectionCore {
 
     /// A large message handed out: its block is held until released.
     mutating func handOutLarge(_ arrival: Arrival) {
-        if let block = arrival.block { largeHeld[block] = Int(arrival.length) }
+        if let block = arrival.block { largeHeld[block] = arrival.length }
     }
 
     /// `sio_release` of a large message: its block goes back to the area (waiting reads may

@@ -42,7 +42,7 @@ struct ConnectionCore: ~Copyable {
     /// completed; `-2 - offset` for one read into the block at `offset`.
     struct Arrival {
         var slot: Int
-        var length: Int32
+        var length: Int
 
         static let largeUnread = -1
         static func large(block: Int) -> Int { -2 - block }
@@ -59,8 +59,13 @@ struct ConnectionCore: ~Copyable {
         var length: Int
         var address: UInt64
         var key: UInt32
-        /// The block it is read into, once the read is posted.
+        /// The block it is read into, once its first read is posted.
         var block = -1
+        /// Bytes whose read is posted (a message larger than ``ConnectionCore/readPiece`` takes
+        /// several reads).
+        var posted = 0
+        /// Reads it takes.
+        func reads(of piece: Int) -> Int { (length + piece - 1) / piece }
     }
 
     /// How the connection was made, and so how it is torn down and how its end is noticed.
@@ -145,9 +150,17 @@ struct ConnectionCore: ~Copyable {
     /// The largest message the peer accepts (its slot size when it takes no large ones).
     var peerLargestMessage = 0
     /// Windows lent to the peer, one per large send between its bind and its invalidation
-    /// (made on demand, at most the peer's grant), and those free.
+    /// (made on first need, at most ``windowLimit``), and those free.
     var windows: [MemoryWindow] = []
     var freeWindows: [Int32] = []
+    /// The most windows this connection makes: the peer's grant, at most
+    /// ``maximumWindows``. A large send that finds none free waits in the queue (in order) for
+    /// an invalidation to complete, so a connection makes a bounded number of windows, once,
+    /// and none in its steady state.
+    var windowLimit = 0
+    /// More large sends in flight than this gain nothing (the receiver reads them one after
+    /// another) and would cost the device a window each.
+    static let maximumWindows = 16
     /// Large sends whose request completed, waiting for the peer's done (oldest first).
     var awaitingDone = RingBuffer<PendingSend>()
     /// Large sends in `inFlight` (their request not yet completed).
@@ -161,11 +174,21 @@ struct ConnectionCore: ~Copyable {
     /// may hold at once (read or handed out).
     var largestMessage = 0
     var largeBytesInUse = 0
-    /// Requests not yet revealed, in order: `largeReads` of them have their read posted, the
-    /// first `largeCompleted` of those have completed.
+    /// The most bytes one read carries (``readPieceLimit``, or the port's `max_msg_sz` if less).
+    var readPiece = ConnectionCore.readPieceLimit
+    /// A large message is read in pieces of at most 128 KiB, one after another. On soft-RoCE a
+    /// read's response comes as one burst of packets, and a burst of 1 MiB lost packets every
+    /// time (one ACK timeout, 268 ms, per MiB: 3 MB/s at 16 MiB; docs/large-messages.md);
+    /// 16-256 KiB pieces lost none and moved 21-32 MB/s. 128 KiB stays below the 208 KiB a
+    /// UDP socket buffers by default (rxe carries RoCE in UDP).
+    static let readPieceLimit = 128 << 10
+    /// Requests not yet revealed, in order: `largeReads` of them have all their reads posted
+    /// (the next may have some), the first `largeCompleted` of those have completed;
+    /// `piecesCompleted` reads of the first not completed have.
     var largeReceives = RingBuffer<LargeReceive>()
     var largeReads = 0
     var largeCompleted = 0
+    var piecesCompleted = 0
     /// Arrivals at the tail of `arrivals` not counted in `arrived` yet: from the first large
     /// message whose read has not completed on, messages wait hidden, so that none is handed out
     /// before one sent ahead of it.

@@ -88,7 +88,7 @@ extension ChannelState {
         guard send.count <= core.pointee.peerLargestMessage else {
             throw RDMAError(.messageTooLarge, operation: operation, errno: .messageTooLong,
                             message: "a message of \(send.count) bytes exceeds the \(core.pointee.peerLargestMessage) bytes the peer accepts at most "
-                                + "(its area, or 2^31 - 1): send smaller messages, or have the peer allocate a larger area")
+                                + "(half its area by default): send smaller messages, or have the peer allocate a larger area")
         }
     }
 

@@ -21,11 +21,14 @@ import Glibc
 /// The hello is 48 bytes, big-endian:
 ///
 /// ```
-///  0  magic "DMAS"          4  version (2)     6  MTU (ibv_mtu, 1...5)    7  0
-///  8  0 (reserved)         12  first PSN      16  GID (16 bytes)
+///  0  magic "DMAS"          4  version (3)     6  MTU (ibv_mtu, 1...5)    7  0
+///  8  largest message, high 32 bits          12  first PSN      16  GID (16 bytes)
 /// 32  LID (16 bits)        34  0 (16 bits)    36  credits granted
-/// 40  slot size            44  largest message accepted (``WireProtocol``'s rendezvous)
+/// 40  slot size            44  largest message, low 32 bits
 /// ```
+///
+/// The largest message is the one the side accepts (``WireProtocol``'s rendezvous), at most
+/// 1 TiB.
 ///
 /// Credits: each side grants one credit per data slot it has (what `dma_assoc`'s size says),
 /// and posts one more slot per credit the peer grants, to absorb the peer's credit updates
@@ -33,7 +36,7 @@ import Glibc
 /// before creating their queue pairs, so neither has to shrink its grant.
 enum SocketHandshake {
     static let magic: UInt32 = 0x444D_4153  // "DMAS"
-    static let version: UInt16 = 2
+    static let version: UInt16 = 3
     static let helloSize = 48
     static let readyByte: UInt8 = 0x52  // "R"
 
@@ -42,7 +45,7 @@ enum SocketHandshake {
         var endpoint: QueuePairEndpoint
         var credits: UInt32
         var slotSize: UInt32
-        var largestMessage: UInt32
+        var largestMessage: UInt64
 
         var bytes: [UInt8] {
             var bytes = [UInt8](repeating: 0, count: SocketHandshake.helloSize)
@@ -52,17 +55,17 @@ enum SocketHandshake {
             put(SocketHandshake.magic, at: 0)
             put(SocketHandshake.version, at: 4)
             bytes[6] = mtu
-            put(UInt32(0), at: 8)
+            put(UInt32(truncatingIfNeeded: largestMessage >> 32), at: 8)
             put(endpoint.packetSequenceNumber, at: 12)
             withUnsafeBytes(of: endpoint.gid.bytes) { bytes.replaceSubrange(16..<32, with: $0) }
             put(endpoint.lid, at: 32)
             put(credits, at: 36)
             put(slotSize, at: 40)
-            put(largestMessage, at: 44)
+            put(UInt32(truncatingIfNeeded: largestMessage), at: 44)
             return bytes
         }
 
-        init(mtu: UInt8, endpoint: QueuePairEndpoint, credits: UInt32, slotSize: UInt32, largestMessage: UInt32) {
+        init(mtu: UInt8, endpoint: QueuePairEndpoint, credits: UInt32, slotSize: UInt32, largestMessage: UInt64) {
             self.mtu = mtu
             self.endpoint = endpoint
             self.credits = credits
@@ -88,7 +91,7 @@ enum SocketHandshake {
             let mtu = bytes[6]
             guard (1...5).contains(mtu) else { throw refuse("names MTU code \(mtu), not 1...5") }
             // Reserved bytes are 0: a later version may give them a meaning only with a new version.
-            guard bytes[7] == 0, word(UInt32.self, at: 8) == 0, word(UInt16.self, at: 34) == 0 else {
+            guard bytes[7] == 0, word(UInt16.self, at: 34) == 0 else {
                 throw refuse("has reserved bytes that are not 0")
             }
             let psn = word(UInt32.self, at: 12)
@@ -99,9 +102,9 @@ enum SocketHandshake {
             guard slotSize >= 64, slotSize <= 1 << 30, slotSize & (slotSize - 1) == 0 else {
                 throw refuse("announces \(slotSize)-byte slots, not a power of two from 64 B to 1 GiB")
             }
-            let largestMessage = word(UInt32.self, at: 44)
-            guard largestMessage >= slotSize, largestMessage <= UInt32(WireProtocol.largestMessageLimit) else {
-                throw refuse("accepts messages up to \(largestMessage) bytes, less than its \(slotSize)-byte slots or more than 2^31 - 1")
+            let largestMessage = UInt64(word(UInt32.self, at: 8)) << 32 | UInt64(word(UInt32.self, at: 44))
+            guard largestMessage >= slotSize, largestMessage <= UInt64(WireProtocol.largestMessageLimit) else {
+                throw refuse("accepts messages up to \(largestMessage) bytes, less than its \(slotSize)-byte slots or more than 1 TiB")
             }
             let gid = GID(bytes: bytes[16..<32])!
             self.mtu = mtu

@@ -2,16 +2,18 @@ import RDMAVerbs
 
 /// What two associated peers tell each other, and how credits ride on messages.
 ///
-/// **Handshake.** The connect request and its accept carry a 20-byte hello in rdma_cm's private
-/// data: magic `"DMA2"`, then, as big-endian 32-bit integers, the *credits* the sender grants
+/// **Handshake.** The connect request and its accept carry a 24-byte hello in rdma_cm's private
+/// data: magic `"DMA3"`, then, as big-endian 32-bit integers, the *credits* the sender grants
 /// (how many data messages the peer may have in flight), its *room* (how many credit updates it
-/// can absorb), the size of its receive slots, and the *largest message* it accepts (larger
-/// than a slot: by rendezvous, below; at most 2^31 - 1 bytes).
+/// can absorb) and the size of its receive slots, and as a big-endian 64-bit integer the
+/// *largest message* it accepts (larger than a slot: by rendezvous, below; at most 1 TiB, the
+/// largest area).
 ///
 /// **Rendezvous** (messages larger than the peer's slot; docs/large-messages.md). The sender
 /// binds a memory window to the buffer (remote read only, this queue pair only) and sends a
 /// *request*: a data message, bit 30 of its immediate data set, whose 24-byte payload is the
-/// ``RendezvousRequest``. The receiver reads the buffer into a block of its own area, hands it
+/// ``RendezvousRequest``. The receiver reads the buffer into a block of its own area (in pieces of
+/// at most its port's `max_msg_sz`), hands it
 /// out in order with the other messages, and tells the sender in bits 24–29 of a later message's
 /// immediate data (*dones*, oldest first); the sender then invalidates the window and reports
 /// the send. A done always travels with at least one credit: the request's slot is re-posted
@@ -30,29 +32,30 @@ import RDMAVerbs
 /// never needed for correctness. A slow receiver keeps its slots, hands back no credits, and
 /// the sender's messages wait in its queue, in order: it is throttled, never failed.
 enum WireProtocol {
-    static let magic: UInt32 = 0x444D_4132  // "DMA2"
-    static let helloSize = 20
+    static let magic: UInt32 = 0x444D_4133  // "DMA3"
+    static let helloSize = 24
     static let creditMask: UInt32 = 0x00FF_FFFF
     static let creditUpdateFlag: UInt32 = 1 << 31
     static let rendezvousFlag: UInt32 = 1 << 30
     static let doneShift: UInt32 = 24
     /// The most dones one message carries.
     static let maxDones: UInt32 = 63
-    /// The largest message a side may announce: an arrival's length is 32-bit, as is one read.
-    static let largestMessageLimit = Int(Int32.max)
+    /// The largest message a side may announce: the largest area (`dma_alloc`'s limit).
+    static let largestMessageLimit = 1 << 40
 
     struct Hello: Equatable {
         var credits: UInt32
         var room: UInt32
         var slotSize: UInt32
         /// The largest message this side accepts (at least its slot size).
-        var largestMessage: UInt32
+        var largestMessage: UInt64
 
         var bytes: [UInt8] {
             var bytes: [UInt8] = []
-            for value in [WireProtocol.magic, credits, room, slotSize, largestMessage] {
+            for value in [WireProtocol.magic, credits, room, slotSize] {
                 withUnsafeBytes(of: value.bigEndian) { bytes.append(contentsOf: $0) }
             }
+            withUnsafeBytes(of: largestMessage.bigEndian) { bytes.append(contentsOf: $0) }
             return bytes
         }
 
@@ -73,15 +76,15 @@ enum WireProtocol {
             credits = word(1)
             room = word(2)
             slotSize = word(3)
-            largestMessage = word(4)
+            largestMessage = UInt64(word(4)) << 32 | UInt64(word(5))
             guard credits > 0, credits <= WireProtocol.creditMask, room > 0, room <= WireProtocol.creditMask, slotSize > 0,
-                  largestMessage >= slotSize, largestMessage <= UInt32(WireProtocol.largestMessageLimit) else {
+                  largestMessage >= slotSize, largestMessage <= UInt64(WireProtocol.largestMessageLimit) else {
                 throw RDMAError(.connectionFailed, operation: "rdma_cm private data",
                                 message: "the peer announced \(credits) credits, room for \(room) updates, \(slotSize)-byte slots and messages up to \(largestMessage) bytes: not usable")
             }
         }
 
-        init(credits: UInt32, room: UInt32, slotSize: UInt32, largestMessage: UInt32) {
+        init(credits: UInt32, room: UInt32, slotSize: UInt32, largestMessage: UInt64) {
             self.credits = credits
             self.room = room
             self.slotSize = slotSize

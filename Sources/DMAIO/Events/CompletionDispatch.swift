@@ -341,13 +341,13 @@ extension ChannelState {
             }
         } else if core.pointee.hiddenArrivals > 0 {
             // Behind a large message not read yet: it waits, hidden, to keep the order.
-            core.pointee.arrivals.append(.init(slot: slot, length: Int32(completion.pointee.byteCount)))
+            core.pointee.arrivals.append(.init(slot: slot, length: Int(completion.pointee.byteCount)))
             core.pointee.hiddenArrivals += 1
         } else {
             // Kept also before the connection is marked connected (the peer may send the moment
             // its side is established, while this side's association is still returning) and
             // after it ended (what arrived before the peer left is handed out, then the end).
-            core.pointee.arrivals.append(.init(slot: slot, length: Int32(completion.pointee.byteCount)))
+            core.pointee.arrivals.append(.init(slot: slot, length: Int(completion.pointee.byteCount)))
             core.pointee.arrived += 1
             // The receive() that polled takes this message as soon as the poll is over: an
             // announcement would only be dropped when the events are taken. Before the
@@ -418,7 +418,7 @@ extension ChannelState {
         core.pointee.credits += credits
         core.pointee.arrived += 1
         pumpSends(core)
-        return .init(slot: Int(UInt32(truncatingIfNeeded: requestID)), length: Int32(completion.pointee.byteCount))
+        return .init(slot: Int(UInt32(truncatingIfNeeded: requestID)), length: Int(completion.pointee.byteCount))
     }
 
     /// Posts what `core` may send now; a refusal ends the connection.

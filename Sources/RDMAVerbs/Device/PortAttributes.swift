@@ -44,6 +44,9 @@ public struct PortAttributes: Sendable, Hashable {
     public let lid: UInt16
     /// Whether the link layer is Ethernet (RoCE) rather than InfiniBand.
     public let isEthernet: Bool
+    /// The largest message one work request may carry (`max_msg_sz`): 2 GiB on rxe, 1 GiB on
+    /// ConnectX NICs.
+    public let maxMessageSize: Int
 
     init(number: UInt8, _ raw: ibv_port_attr) {
         self.number = number
@@ -53,6 +56,7 @@ public struct PortAttributes: Sendable, Hashable {
         gidTableLength = Int(raw.gid_tbl_len)
         lid = raw.lid
         isEthernet = raw.link_layer == UInt8(IBV_LINK_LAYER_ETHERNET)
+        maxMessageSize = Int(raw.max_msg_sz)
     }
 
     /// The active MTU in bytes (256 ... 4096).
