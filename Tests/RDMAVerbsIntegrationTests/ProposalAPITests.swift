@@ -507,6 +507,40 @@ extension RxeIntegration {
             #expect(pool.unclaimedSlots == 64, "closing returns every claimed slot")
         }
 
+        /// A pool that nothing holds any more — its connections closed, the program dropped it
+        /// — gives its slots back to the area (and its shared receive queue to the device),
+        /// while the event channel lives on. The channel used to keep every pool it had seen.
+        @Test func aPoolNothingHoldsGivesItsSlotsBack() throws {
+            let serverEvents = try EventChannel()
+            let serverArea = try DMAArea(size: 4 << 20)
+            try {
+                let pool = try SharedReceivePool(area: serverArea, receiveBytes: 32 * 4096, slotSize: 4096)
+                let address = "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())"
+                let listener = try Listener(on: address, events: serverEvents)
+                let accepted = OnThread { () throws -> Connection in
+                    let connection = try listener.accept(timeout: .seconds(10))
+                    try connection.associate(pool, credits: 8)
+                    return connection
+                }
+                let clientEvents = try EventChannel()
+                let clientArea = try DMAArea(size: 4 << 20)
+                let client = try Connection(to: address, events: clientEvents)
+                try client.associate(clientArea, receiveBytes: 8 * 4096, slotSize: 4096)
+                let server = try accepted.join()
+                let (received, sent) = try RxeIntegration.LargeMessages.exchange(
+                    [100, 4096, 1 << 20, 7], from: client, area: clientArea, to: server, receiverArea: serverArea)
+                #expect(received == 4 && sent.count == 4)
+                client.close()
+                server.close()
+            }()
+            let deadline = ContinuousClock.now + .seconds(10)
+            while serverArea.bytesInUse != 0, ContinuousClock.now < deadline {
+                while try serverEvents.next() != nil {}
+                usleep(20_000)
+            }
+            #expect(serverArea.bytesInUse == 0, "\(serverArea.bytesInUse) bytes of the area still held after the pool and its connection went")
+        }
+
         /// Two connections on one server channel, each echoing 1,000 messages of varying size, the
         /// server polling both with aio_recv: each poll brings one connection's messages mixed with
         /// the other's and with the completions of earlier echoes. Every message and every echo

@@ -35,8 +35,13 @@ struct ChannelState: ~Copyable {
     /// completion names the queue pair, not the connection.
     var connectionsByQueuePair: [UInt32: UInt32] = [:]
     /// The pool behind each such queue pair, kept after the connection closed so that late
-    /// completions still return their slots.
-    var poolsByQueuePair: [UInt32: SharedReceivePool] = [:]
+    /// completions still return their slots — weakly: a pool nothing else holds (its
+    /// connections gone, the program done with it) goes, and its slots with it.
+    var poolsByQueuePair: [UInt32: WeakPool] = [:]
+
+    struct WeakPool {
+        weak var pool: SharedReceivePool?
+    }
     var events = RingBuffer<Event>()
     /// Connections with a `.received` (or a deferred `.disconnected`) to report, in order.
     var announcements = RingBuffer<UInt32>()
@@ -148,7 +153,9 @@ struct ChannelState: ~Copyable {
     /// Routes shared receives of `queuePairNumber` to connection `id`.
     mutating func attach(_ id: Connection.ID, queuePairNumber: UInt32, pool: SharedReceivePool) {
         connectionsByQueuePair[queuePairNumber] = id.rawValue
-        poolsByQueuePair[queuePairNumber] = pool
+        // Entries of pools that went are dropped here (an association, not the data path).
+        poolsByQueuePair = poolsByQueuePair.filter { $0.value.pool != nil }
+        poolsByQueuePair[queuePairNumber] = WeakPool(pool: pool)
     }
 
     /// Closes connection `id`: disconnects it, fails its queued sends and ends its waits, and

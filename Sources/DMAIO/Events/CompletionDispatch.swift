@@ -294,7 +294,7 @@ extension ChannelState {
         else {
             // The connection closed meanwhile: the slot still belongs to the pool. (A pool whose
             // queue refuses it has failed as a whole; its connections learn it by their own.)
-            try? poolsByQueuePair[queuePairNumber]?.repost(slot: slot)
+            try? poolsByQueuePair[queuePairNumber]?.pool?.repost(slot: slot)
             return
         }
         core.pointee.activity &+= 1
