@@ -117,7 +117,7 @@ extension RxeIntegration {
         /// A large message is read in pieces small enough that soft-RoCE loses none of the
         /// read's response: read whole, every 16 MiB message cost rxe 16 retransmissions after
         /// an ACK timeout (268 ms each: 3 MB/s, and a connection that ran out of retries on a
-        /// busy machine); in 128 KiB pieces, none. Counted by rxe itself
+        /// busy machine); in 32 KiB pieces, none. Counted by rxe itself
         /// (`hw_counters/completer_retry_err` of every device; a stray one is tolerated), between
         /// two devices (rxe0 and rxe1): within one device rxe loops packets back and loses none.
         @Test func largeReadsCostRxeNoRetransmission() throws {

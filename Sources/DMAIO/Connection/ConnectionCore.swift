@@ -176,12 +176,12 @@ struct ConnectionCore: ~Copyable {
     var largeBytesInUse = 0
     /// The most bytes one read carries (``readPieceLimit``, or the port's `max_msg_sz` if less).
     var readPiece = ConnectionCore.readPieceLimit
-    /// A large message is read in pieces of at most 128 KiB, one after another. On soft-RoCE a
-    /// read's response comes as one burst of packets, and a burst of 1 MiB lost packets every
-    /// time (one ACK timeout, 268 ms, per MiB: 3 MB/s at 16 MiB; docs/large-messages.md);
-    /// 16-256 KiB pieces lost none and moved 21-32 MB/s. 128 KiB stays below the 208 KiB a
-    /// UDP socket buffers by default (rxe carries RoCE in UDP).
-    static let readPieceLimit = 128 << 10
+    /// A large message is read in pieces of at most 32 KiB, one after another. On soft-RoCE a
+    /// read's response comes as one burst of packets, and bursts get lost: 1 MiB every time
+    /// within one host (an ACK timeout, 268 ms, per MiB: 3 MB/s at 16 MiB), 128 KiB often
+    /// between two hosts (hundreds of retransmissions a minute, and once a queue pair that
+    /// stopped making progress); 32 KiB pieces lost nothing in either (docs/large-messages.md).
+    static let readPieceLimit = 32 << 10
     /// Requests not yet revealed, in order: `largeReads` of them have all their reads posted
     /// (the next may have some), the first `largeCompleted` of those have completed;
     /// `piecesCompleted` reads of the first not completed have.
