@@ -73,6 +73,34 @@ extension RxeIntegration {
             }
         }
 
+        /// What the TCP socket said is the reason later calls give: bytes after the handshake
+        /// (a protocol error), or a reset TCP connection (its errno), rather than a plain
+        /// "disconnected" that hides which.
+        @Test(arguments: ["bytes", "reset"])
+        func theSocketsEndIsTheReasonGiven(how: String) throws {
+            let pair = try ConnectedPair(transport: .tcpSocket)
+            let socket = pair.sockets!.server
+            if how == "bytes" {
+                var byte: UInt8 = 0x58
+                #expect(write(socket, &byte, 1) == 1)
+            } else {
+                var linger = Glibc.linger(l_onoff: 1, l_linger: 0)  // closing sends a reset
+                #expect(setsockopt(socket, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size)) == 0)
+                // Closed by putting /dev/null in its place: the pair still closes that number.
+                let null = open("/dev/null", O_RDONLY)
+                #expect(dup2(null, socket) == socket)
+                close(null)
+            }
+            var reason: String?
+            let deadline = ContinuousClock.now + .seconds(10)
+            while reason == nil, ContinuousClock.now < deadline {
+                guard case .disconnected? = try pair.clientEvents.wait(timeout: .milliseconds(200)) else { continue }
+                do { _ = try pair.client.receive() } catch { reason = error.message }
+            }
+            let expected = how == "bytes" ? "sent bytes on its TCP socket after the handshake (protocol error)" : "failed (Connection reset by peer)"
+            #expect(reason?.contains(expected) == true, "\(reason ?? "no disconnect within 10 s")")
+        }
+
         /// Descriptors that are not connected stream sockets are refused with their errno.
         @Test func onlyConnectedStreamSocketsAreUpgraded() throws {
             let events = try EventChannel()

@@ -1,5 +1,6 @@
 import CRDMA
 import RDMAVerbs
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -474,6 +475,27 @@ extension ChannelState {
         }
     }
 
+    /// What a connection's readable TCP socket says: nothing (a wake-up with nothing to read),
+    /// an orderly close (EOF: the peer closed it, or its process ended), or a failure — the TCP
+    /// connection's error, or bytes a peer should not have sent — for the reason later calls give.
+    private enum SocketEnd {
+        case nothing, closed, failed(RDMAError)
+    }
+
+    private static func socketEnd(_ socket: Int32, of id: Connection.ID) -> SocketEnd {
+        var byte: UInt8 = 0
+        let count = recv(socket, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+        if count == 0 { return .closed }
+        if count > 0 {
+            return .failed(RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
+                                     message: "the peer of \(id) sent bytes on its TCP socket after the handshake (protocol error): the connection ended"))
+        }
+        let code = errno
+        if code == EAGAIN || code == EWOULDBLOCK || code == EINTR { return .nothing }
+        return .failed(RDMAError(.connectionFailed, operation: "recv", errno: Errno(rawValue: code),
+                                 message: "the TCP connection under \(id) failed (\(String(cString: strerror(code)))), which ends the connection: is the peer's host reachable?"))
+    }
+
     /// Some watched TCP socket became readable: after the handshake a peer sends nothing more on
     /// it, so that is its end (EOF when it closed or died; stray bytes are a protocol error and
     /// end the connection too).
@@ -486,8 +508,12 @@ extension ChannelState {
             }
             guard !ready.isEmpty else { return }
             for data in ready {
-                if let core = connections.core(UInt32(truncatingIfNeeded: data)), core.pointee.socketWatched {
-                    peerWentAway(core)
+                if let core = connections.core(UInt32(truncatingIfNeeded: data)), core.pointee.socketWatched, let socket = core.pointee.socket {
+                    switch Self.socketEnd(socket, of: core.pointee.id) {
+                    case .nothing: continue
+                    case .closed: peerWentAway(core)
+                    case .failed(let error): end(core, after: error)
+                    }
                 } else {
                     // No connection watches it any more: stop watching it.
                     epoll_ctl(watch, EPOLL_CTL_DEL, Int32(bitPattern: UInt32(truncatingIfNeeded: data >> 32)), nil)
