@@ -209,6 +209,18 @@ public final class Connection: Sendable {
         }
     }
 
+    /// The rendezvous state, for failure reports of tests.
+    package var rendezvousCounters: String {
+        events.state.withLock { state in
+            guard let core = state.connections.core(id.rawValue) else { return "no connection" }
+            let c = core
+            return "send queue free \(c.pointee.sendQueueFree), large in flight \(c.pointee.largeInFlight), awaiting done \(c.pointee.awaitingDone.count), "
+                + "dones received \(c.pointee.donesReceived), invalidating \(c.pointee.invalidating.count), windows \(c.pointee.windows.count)/\(c.pointee.windowLimit), "
+                + "large receives \(c.pointee.largeReceives.count) (reads posted \(c.pointee.largeReads), completed \(c.pointee.largeCompleted), pieces \(c.pointee.piecesCompleted)), "
+                + "arrivals \(c.pointee.arrivals.count) (hidden \(c.pointee.hiddenArrivals)), owed credits \(c.pointee.creditsToReturn), owed dones \(c.pointee.donesToReturn), held \(c.pointee.held)"
+        }
+    }
+
     /// The connection's queue pair; for tests that break it on purpose.
     var queuePair: QueuePair? { events.state.withLock { $0.connections.core(id.rawValue)?.pointee.queuePair } }
 
