@@ -103,7 +103,7 @@ int dma_free(dma_mem_t handle);
 /* dma_assoc flags: the receive slot size, as a power of two. A message up to one slot of its
  * receiver is sent at once; a larger one, up to half the receiver's area, is read by the
  * receiver from the sender's buffer into a block of its own area (still no copy, delivered in
- * order with the others, in several reads beyond the port's max_msg_sz; see
+ * order with the others, read in pieces of 32 KiB; see
  * docs/large-messages.md). Larger still is refused (EMSGSIZE). */
 #define DMA_SLOT_LOG2(n) ((unsigned)(n) <= 0x3f ? (int)(n) : DMA_SLOT_INVALID) /* slots of 2^n bytes, 6 <= n <= 30 */
 #define DMA_SLOT_INVALID 0x80 /* what DMA_SLOT_LOG2 gives for n above 63: dma_assoc refuses it (EINVAL) */

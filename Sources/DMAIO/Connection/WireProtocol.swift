@@ -13,7 +13,7 @@ import RDMAVerbs
 /// binds a memory window to the buffer (remote read only, this queue pair only) and sends a
 /// *request*: a data message, bit 30 of its immediate data set, whose 24-byte payload is the
 /// ``RendezvousRequest``. The receiver reads the buffer into a block of its own area (in pieces of
-/// at most its port's `max_msg_sz`), hands it
+/// at most 32 KiB, ``ConnectionCore/readPieceLimit``), hands it
 /// out in order with the other messages, and tells the sender in bits 24–29 of a later message's
 /// immediate data (*dones*, oldest first); the sender then invalidates the window and reports
 /// the send. A done always travels with at least one credit: the request's slot is re-posted
