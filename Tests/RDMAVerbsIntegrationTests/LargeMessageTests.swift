@@ -128,20 +128,12 @@ extension RxeIntegration {
                     return sum + (Int((try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0)
                 }
             }
-            let serverEvents = try EventChannel(device: RxeEnvironment.deviceName)
             let serverArea = try DMAArea(size: 64 << 20, device: RxeEnvironment.deviceName)
-            let address = "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())"
-            let listener = try Listener(on: address, events: serverEvents)
-            let accepted = OnThread { () throws -> Connection in
-                let connection = try listener.accept(timeout: .seconds(10))
-                try connection.associate(serverArea, receiveBytes: 32 << 10, slotSize: 4096)
-                return connection
-            }
-            let clientEvents = try EventChannel(device: RxeEnvironment.peerDeviceName)
             let clientArea = try DMAArea(size: 64 << 20, device: RxeEnvironment.peerDeviceName)
-            let client = try Connection(to: address, from: RxeEnvironment.peerAddress, events: clientEvents)
-            try client.associate(clientArea, receiveBytes: 32 << 10, slotSize: 4096)
-            let server = try accepted.join()
+            let (client, server) = try ConnectedPair.connect(
+                client: (try EventChannel(device: RxeEnvironment.peerDeviceName), clientArea),
+                server: (try EventChannel(device: RxeEnvironment.deviceName), serverArea),
+                receiveBytes: 32 << 10, slotSize: 4096, from: RxeEnvironment.peerAddress)
             defer {
                 client.close()
                 server.close()
@@ -213,18 +205,9 @@ extension RxeIntegration {
             let serverEvents = try EventChannel()
             let serverArea = try DMAArea(size: 16 << 20)
             let pool = try SharedReceivePool(area: serverArea, receiveBytes: 32 * 4096, slotSize: 4096)
-            let address = "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())"
-            let listener = try Listener(on: address, events: serverEvents)
-            let accepted = OnThread { () throws -> Connection in
-                let connection = try listener.accept(timeout: .seconds(10))
-                try connection.associate(pool, credits: 8, largeMessageBytes: 4 << 20)
-                return connection
-            }
-            let clientEvents = try EventChannel()
             let clientArea = try DMAArea(size: 16 << 20)
-            let client = try Connection(to: address, events: clientEvents)
-            try client.associate(clientArea, receiveBytes: 8 * 4096, slotSize: 4096)
-            let server = try accepted.join()
+            let (client, server) = try ConnectedPair.connect(
+                client: (try EventChannel(), clientArea), toPool: pool, serverEvents: serverEvents, credits: 8, largeMessageBytes: 4 << 20)
             defer { client.close(); server.close() }
             #expect(client.peerLargestMessage == 4 << 20)
             let sizes = [4 << 20, 10, 3 << 20, 4097, 4096, 1 << 20]

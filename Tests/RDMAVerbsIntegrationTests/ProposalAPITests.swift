@@ -515,18 +515,9 @@ extension RxeIntegration {
             let serverArea = try DMAArea(size: 4 << 20)
             try {
                 let pool = try SharedReceivePool(area: serverArea, receiveBytes: 32 * 4096, slotSize: 4096)
-                let address = "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())"
-                let listener = try Listener(on: address, events: serverEvents)
-                let accepted = OnThread { () throws -> Connection in
-                    let connection = try listener.accept(timeout: .seconds(10))
-                    try connection.associate(pool, credits: 8)
-                    return connection
-                }
-                let clientEvents = try EventChannel()
                 let clientArea = try DMAArea(size: 4 << 20)
-                let client = try Connection(to: address, events: clientEvents)
-                try client.associate(clientArea, receiveBytes: 8 * 4096, slotSize: 4096)
-                let server = try accepted.join()
+                let (client, server) = try ConnectedPair.connect(
+                    client: (try EventChannel(), clientArea), toPool: pool, serverEvents: serverEvents, credits: 8)
                 let (received, sent) = try RxeIntegration.LargeMessages.exchange(
                     [100, 4096, 1 << 20, 7], from: client, area: clientArea, to: server, receiverArea: serverArea)
                 #expect(received == 4 && sent.count == 4)

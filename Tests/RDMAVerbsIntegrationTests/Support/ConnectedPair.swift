@@ -54,18 +54,39 @@ final class ConnectedPair: @unchecked Sendable {
 
     /// Connects a client to a fresh listener through rdma_cm and associates both ends; for a
     /// test that must own the two connections itself (drop one while the other lives on).
-    /// Nothing else keeps a reference to either connection.
+    /// Nothing else keeps a reference to either connection. `source`: the client's address
+    /// (default: as routed).
     static func connect(client: (events: EventChannel, area: DMAArea), server: (events: EventChannel, area: DMAArea),
-                        receiveBytes: Int, slotSize: Int) throws -> (client: Connection, server: Connection) {
-        let address = "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())"
-        let listener = try Listener(on: address, events: server.events)
+                        receiveBytes: Int, slotSize: Int, from source: String? = nil) throws -> (client: Connection, server: Connection) {
         let serverArea = server.area
+        return try connect(client: client, from: source, receiveBytes: receiveBytes, slotSize: slotSize, serverEvents: server.events) { connection in
+            try connection.associate(serverArea, receiveBytes: receiveBytes, slotSize: slotSize)
+        }
+    }
+
+    /// As ``connect(client:server:receiveBytes:slotSize:from:)``, the server's end receiving
+    /// through `pool` with `credits` (and `largeMessageBytes`, when given).
+    static func connect(client: (events: EventChannel, area: DMAArea), toPool pool: SharedReceivePool, serverEvents: EventChannel,
+                        credits: Int, largeMessageBytes: Int? = nil) throws -> (client: Connection, server: Connection) {
+        try connect(client: client, from: nil, receiveBytes: credits * pool.slotSize, slotSize: pool.slotSize, serverEvents: serverEvents) { connection in
+            try connection.associate(pool, credits: credits, largeMessageBytes: largeMessageBytes)
+        }
+    }
+
+    /// A fresh listener on `serverEvents` whose one accepted connection `associateServer`
+    /// associates (on a thread of its own), and a client from `source` associated with its area.
+    private static func connect(
+        client: (events: EventChannel, area: DMAArea), from source: String?, receiveBytes: Int, slotSize: Int, serverEvents: EventChannel,
+        associateServer: @escaping @Sendable (Connection) throws -> Void
+    ) throws -> (client: Connection, server: Connection) {
+        let address = "\(RxeEnvironment.address):\(RxeEnvironment.freshPort())"
+        let listener = try Listener(on: address, events: serverEvents)
         let accepted = OnThread { () throws -> Connection in
             let connection = try listener.accept(timeout: .seconds(10))
-            try connection.associate(serverArea, receiveBytes: receiveBytes, slotSize: slotSize)
+            try associateServer(connection)
             return connection
         }
-        let connection = try Connection(to: address, events: client.events)
+        let connection = try Connection(to: address, from: source, events: client.events)
         try connection.associate(client.area, receiveBytes: receiveBytes, slotSize: slotSize)
         return (connection, try accepted.join())
     }
