@@ -10,8 +10,6 @@ struct RDMATransport {
     let area: DMAArea
     let size: Int
     let slotSize: Int
-    /// Bytes of the area large messages may hold (nil: every message fits a slot).
-    let largeMessageBytes: Int?
     let window: Int
     let useEvents: Bool
     let pattern: Pattern?
@@ -32,21 +30,20 @@ struct RDMATransport {
         if size <= slotSize {
             // Send buffers (at least the area's smallest block each): `window` in flight and as
             // many queued.
-            largeMessageBytes = nil
             area = try DMAArea(size: max(slotBlock + 2 * window * max(slotSize, DMAArea.minimumBlock), 1 << 16), device: device)
         } else {
             // Rendezvous: the sender's buffers stay lent until the receiver has read them, and
-            // the receiver reads into blocks of its area; both sides keep `inFlight` blocks.
+            // the receiver reads into blocks of its area, at most half of it (the library's
+            // default): the sender has up to `inFlight` blocks out, the receiver half as many.
             let block = ExampleSupport.slotSize(for: size)
             let inFlight = max(2, min(window, Self.largeBytesInFlight / block))
-            largeMessageBytes = inFlight * size
             area = try DMAArea(size: slotBlock + inFlight * block, device: device)
         }
     }
 
     func send(to host: String, from source: String?, port: UInt16, limit: Limit, meter: Meter) throws(RDMAError) {
         let connection = try Connection(to: "\(host.contains(":") ? "[\(host)]" : host):\(port)", from: source, events: events)
-        try connection.associate(area, receiveBytes: window * slotSize, slotSize: slotSize, largeMessageBytes: largeMessageBytes)
+        try connection.associate(area, receiveBytes: window * slotSize, slotSize: slotSize)
         let clock = ContinuousClock()
         var deadline: ContinuousClock.Instant? = nil
         var sent = 0, completed = 0
@@ -87,7 +84,7 @@ struct RDMATransport {
         let listener = try Listener(on: "\(address):\(port)", events: events, backlog: 1)
         announce("  listening on \(address):\(port)")
         let connection = try listener.accept(timeout: nil)
-        try connection.associate(area, receiveBytes: window * slotSize, slotSize: slotSize, largeMessageBytes: largeMessageBytes)
+        try connection.associate(area, receiveBytes: window * slotSize, slotSize: slotSize)
         announce("  accepted a sender over \(events.deviceName)")
         var sequence: UInt64 = 0
         while true {

@@ -213,11 +213,10 @@ public final class Connection: Sendable {
     package var rendezvousCounters: String {
         events.state.withLock { state in
             guard let core = state.connections.core(id.rawValue) else { return "no connection" }
-            let c = core
-            return "send queue free \(c.pointee.sendQueueFree), large in flight \(c.pointee.largeInFlight), awaiting done \(c.pointee.awaitingDone.count), "
-                + "dones received \(c.pointee.donesReceived), invalidating \(c.pointee.invalidating.count), windows \(c.pointee.windows.count)/\(c.pointee.windowLimit), "
-                + "large receives \(c.pointee.largeReceives.count) (reads posted \(c.pointee.largeReads), completed \(c.pointee.largeCompleted), pieces \(c.pointee.piecesCompleted)), "
-                + "arrivals \(c.pointee.arrivals.count) (hidden \(c.pointee.hiddenArrivals)), owed credits \(c.pointee.creditsToReturn), owed dones \(c.pointee.donesToReturn), held \(c.pointee.held)"
+            return "send queue free \(core.pointee.sendQueueFree), large in flight \(core.pointee.largeInFlight), awaiting done \(core.pointee.awaitingDone.count), "
+                + "dones received \(core.pointee.donesReceived), invalidating \(core.pointee.invalidating.count), windows \(core.pointee.windows.count)/\(core.pointee.windowLimit), "
+                + "large receives \(core.pointee.largeReceives.count) (reads posted \(core.pointee.largeReads), completed \(core.pointee.largeCompleted), pieces \(core.pointee.piecesCompleted)), "
+                + "arrivals \(core.pointee.arrivals.count) (hidden \(core.pointee.hiddenArrivals)), owed credits \(core.pointee.creditsToReturn), owed dones \(core.pointee.donesToReturn), held \(core.pointee.held)"
         }
     }
 
