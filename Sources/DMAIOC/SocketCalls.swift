@@ -24,6 +24,7 @@ public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: UInt, _ 
         let dmaArea = try areaReference.withOpen("dma_assoc") { $0.area }
         let slotSize = try receiveSlotSize(flags, "dma_assoc")
         let largeBytes = try largeMessageBytes(flags)
+        let sendCredits = sendCredits(flags)
         guard size >= UInt(slotSize) else {
             throw Failure(EINVAL, "dma_assoc: \(size) receive bytes hold no slot of \(slotSize) bytes: give at least one slot, or smaller slots (DMA_SLOT_LOG2)")
         }
@@ -63,7 +64,8 @@ public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: UInt, _ 
                 let task = Task {
                     var failure: Failure?
                     do {
-                        try await connection.associate(dmaArea, receiveBytes: receiveBytes, slotSize: slotSize, largeMessageBytes: largeBytes)
+                        try await connection.associate(dmaArea, receiveBytes: receiveBytes, slotSize: slotSize, largeMessageBytes: largeBytes,
+                                                               sendCredits: sendCredits)
                     } catch let error as RDMAError {
                         failure = Failure(error)
                     } catch {
@@ -79,7 +81,7 @@ public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: UInt, _ 
         // The handshake blocks (up to 10 s): without the lock.
         var failure: Failure?
         do throws(RDMAError) {
-            try connection.associate(dmaArea, receiveBytes: receiveBytes, slotSize: slotSize, largeMessageBytes: largeBytes)
+            try connection.associate(dmaArea, receiveBytes: receiveBytes, slotSize: slotSize, largeMessageBytes: largeBytes, sendCredits: sendCredits)
         } catch {
             failure = Failure(error)
         }
@@ -113,7 +115,9 @@ public func dmaAssocFootprint(_ size: UInt, _ flags: Int32, _ peerCredits: UInt)
         Glibc.errno = error.errno
         return 0
     }
-    let (slots, overflow) = (size / slot).addingReportingOverflow(peerCredits)
+    // A side takes at most as many of the peer's credits as it grants, or DMA_SEND_CREDITS (Association).
+    let taken = min(peerCredits, sendCredits(flags).map(UInt.init) ?? size / slot)
+    let (slots, overflow) = (size / slot).addingReportingOverflow(taken)
     guard size >= slot, !overflow, slots <= UInt(Int.max) / slot else {
         LastError.set(size < slot ? "dma_assoc_footprint: \(size) receive bytes hold no slot of \(slot) bytes"
                                   : "dma_assoc_footprint: \(size) receive bytes and \(peerCredits) credits are more than any area")
@@ -160,14 +164,21 @@ public func sioGetsockname(_ socket: Int32, _ address: UnsafeMutablePointer<sock
 /// EINVAL for a slot size out of range or flags dma_assoc does not know.
 private func receiveSlotSize(_ flags: Int32, _ operation: String) throws(Failure) -> Int {
     guard flags & Int32(DMA_SLOT_INVALID) == 0 else {
-        throw Failure(EINVAL, "\(operation): DMA_SLOT_LOG2 of a number above 63 (slots are 2^6 to 2^30 bytes), or DMA_LARGE_LOG2 out of 6 ... 31")
+        throw Failure(EINVAL, "\(operation): DMA_SLOT_LOG2 of a number above 63 (slots are 2^6 to 2^30 bytes), DMA_LARGE_LOG2 out of 6 ... 40, or DMA_SEND_CREDITS out of 1 ... 32767")
     }
-    guard flags & ~(0x3f | Int32(DMA_NONBLOCK) | 0x3f00 | Int32(DMA_LARGE_NONE)) == 0 else { throw .flags(operation, flags) }
+    guard flags & ~(0x3f | Int32(DMA_NONBLOCK) | 0x3f00 | Int32(DMA_LARGE_NONE) | 0x7fff_0000) == 0 else { throw .flags(operation, flags) }
     let log2 = Int(flags & 0x3f)
     guard log2 == 0 || (6...30).contains(log2) else {
         throw Failure(EINVAL, "\(operation): DMA_SLOT_LOG2(\(log2)): slots are 2^6 (64 B) to 2^30 (1 GiB) bytes")
     }
     return log2 == 0 ? 64 << 10 : 1 << log2
+}
+
+/// The most of the peer's credits this side takes, from dma_assoc's `flags` (DMA_SEND_CREDITS):
+/// nil for the default (as many as it grants).
+private func sendCredits(_ flags: Int32) -> Int? {
+    let credits = Int(flags >> 16 & 0x7fff)
+    return credits == 0 ? nil : credits
 }
 
 /// How much of the area large messages may hold, from dma_assoc's `flags` (DMA_LARGE_LOG2,

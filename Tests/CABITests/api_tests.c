@@ -385,10 +385,16 @@ void test_sockets(void)
     EXPECT_RET(dma_assoc_footprint(3 << 16, DMA_SLOT_DEFAULT, 0), 256 << 10,
                "dma_assoc_footprint: 3 slots of 64 KiB, rounded up to a power of two");
     EXPECT_RET(dma_assoc_footprint(16 * 64, DMA_SLOT_LOG2(6), 16), 2048, "dma_assoc_footprint: 32 slots of 64 bytes");
+    EXPECT_RET(dma_assoc_footprint(64 << 10, DMA_SLOT_LOG2(12), 100000), 128 << 10,
+               "dma_assoc_footprint against a peer that grants 100000 credits: room for no more than the 16 granted");
+    EXPECT_RET(dma_assoc_footprint(64 << 10, DMA_SLOT_LOG2(12) | DMA_SEND_CREDITS(32), 100000), 256 << 10,
+               "dma_assoc_footprint with DMA_SEND_CREDITS(32): (16 + 32) x 4 KiB, rounded up to a power of two");
     EXPECT_NULL_ERR(dma_assoc_footprint(100, DMA_SLOT_DEFAULT, 1), EINVAL, "dma_assoc_footprint of less than one slot");
     EXPECT_NULL_ERR(dma_assoc_footprint(1 << 16, 0x8000, 1), EINVAL, "dma_assoc_footprint with unknown flags");
     EXPECT_ERR(dma_assoc(s, area, 1 << 16, DMA_LARGE_LOG2(12) | DMA_LARGE_NONE), EINVAL, "dma_assoc with DMA_LARGE_LOG2 and DMA_LARGE_NONE");
     EXPECT_ERR(dma_assoc(s, area, 1 << 16, DMA_LARGE_LOG2(41)), EINVAL, "dma_assoc with DMA_LARGE_LOG2(41)");
+    EXPECT_ERR(dma_assoc(s, area, 1 << 16, DMA_SEND_CREDITS(0)), EINVAL, "dma_assoc with DMA_SEND_CREDITS(0)");
+    EXPECT_ERR(dma_assoc(s, area, 1 << 16, DMA_SEND_CREDITS(32768)), EINVAL, "dma_assoc with DMA_SEND_CREDITS(32768)");
     EXPECT_ERR(dma_assoc(s, area, 4 << 20, 0), ENOBUFS, "dma_assoc of 4 MiB from a 1 MiB area");
     last_error_says("dma_assoc of 4 MiB", "dma_assoc: 4194304 receive bytes");
     /* size_t is unsigned all the way in: the largest sizes are sizes, not negative numbers. */

@@ -564,12 +564,12 @@ static void flow_peer(struct ctx *c)
 /* ==== credits: the receiver's slots are the sender's credits ================================== */
 
 /* dma_assoc: "The bytes become receive slots (size / slot size of them, each a credit granted to
- * the peer ...)". The receiver here has two slots and the sender one: the sender may have two
- * messages in flight, whatever its own slot count. */
+ * the peer ...)". The receiver here has two slots and the sender one: with DMA_SEND_CREDITS(2)
+ * the sender may have two messages in flight, whatever its own slot count. */
 static void credits_main(struct ctx *c)
 {
     struct side s;
-    if (!side_up(&s, c, 1 << 20, 4096, SLOT_4K))
+    if (!side_up(&s, c, 1 << 20, 4096, SLOT_4K | DMA_SEND_CREDITS(2)))
         return;
     send_message(&s, 4096, 0);
     send_message(&s, 4096, 1);
@@ -598,6 +598,47 @@ static void credits_peer(struct ctx *c)
         if (tap_last.ret != 4096)
             second = NULL;
     }
+    if (second != NULL)
+        EXPECT_OK(sio_release_buffer(s.area, second), D("sio_release_buffer of message 1"));
+    sync_send(c->link, 'R', 0);
+    if (!sync_wait(c->link, 'X', NULL, SYNC_MS))
+        return;
+    side_down(&s);
+}
+
+/* ==== credits-default: a side takes no more credits than it grants ============================== */
+
+/* dma_assoc: "a side takes no more than it grants, so both directions use the smaller grant,
+ * whatever the peer announces" (DMA_SEND_CREDITS says otherwise). The receiver has two slots, the
+ * sender one and no flag: one message in flight, so message 1 arrives only once message 0 is
+ * released. */
+static void credits_default_main(struct ctx *c)
+{
+    struct side s;
+    if (!side_up(&s, c, 1 << 20, 4096, SLOT_4K))
+        return;
+    send_message(&s, 4096, 0);
+    send_message(&s, 4096, 1);
+    expect_sent_within(&s, 2, T(12000));
+    if (!sync_wait(c->link, 'R', NULL, SYNC_MS))
+        return;
+    side_down(&s);
+    sync_send(c->link, 'X', 0);
+}
+
+static void credits_default_peer(struct ctx *c)
+{
+    struct side s;
+    void *first = NULL, *second = NULL;
+    if (!side_up(&s, c, 1 << 20, 2 * 4096, SLOT_4K))
+        return;
+    expect_message(&s.log, s.sock, 4096, 0, &first, D("message 0"));
+    EXPECT_ERR(recv_wait(&s.log, s.sock, &second, 4096, T(1000)), ETIMEDOUT,
+               D("message 1 does not come while message 0 is held (the sender took one credit: it grants one)"));
+    if (first != NULL)
+        EXPECT_OK(sio_release_buffer(s.area, first), D("sio_release_buffer of message 0"));
+    second = NULL;
+    expect_message(&s.log, s.sock, 4096, 1, &second, D("message 1, once message 0 was released"));
     if (second != NULL)
         EXPECT_OK(sio_release_buffer(s.area, second), D("sio_release_buffer of message 1"));
     sync_send(c->link, 'R', 0);
@@ -1265,8 +1306,10 @@ static const struct scenario scenarios[] = {
       false, false, large_main, large_peer },
     { "flow", "a slow receiver throttles the sender; a full area gives ENOBUFS; EMSGSIZE beyond the peer's DMA_LARGE_LOG2", false, false, flow_main,
       flow_peer },
-    { "credits", "a receiver with two slots grants two credits to a sender with one slot", false, false,
+    { "credits", "a receiver with two slots grants two credits to a sender with one slot (DMA_SEND_CREDITS(2))", false, false,
       credits_main, credits_peer },
+    { "credits-default", "a sender with one slot takes one of the two credits granted", false, false,
+      credits_default_main, credits_default_peer },
     { "small-slots", "dma_assoc of 16 slots of 64 bytes in a one-page (4 KiB) area, and a message each way", false,
       false, small_slots_main, small_slots_peer },
     { "aiocb", "aio_send_cb / aio_recv_cb: cookies, the named channel, in-order requests", false, false, aiocb_main,

@@ -33,10 +33,24 @@ import Testing
         #expect(throws: RDMAError.self) { try SocketHandshake.Hello(parsing: bytes) }
     }
 
-    @Test func queuePairNumbersAre24BitsAndNotZero() throws {
-        #expect(try SocketHandshake.queuePairNumber(parsing: SocketHandshake.queuePairNumberBytes(0x11)) == 0x11)
-        for bad: [UInt8] in [[0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 1], [], [0, 0, 0, 1, 0]] {
-            #expect(throws: RDMAError.self) { try SocketHandshake.queuePairNumber(parsing: bad) }
+    /// The second exchange: a 24-bit queue pair number that is not 0, and the credits the peer
+    /// takes, 1 to this side's grant (8 here).
+    @Test func queuePairNumbersAre24BitsAndTheCreditsTakenAtMostTheGrant() throws {
+        let numbers = SocketHandshake.QueuePairNumbers(queuePairNumber: 0x11, creditsTaken: 8)
+        #expect(numbers.bytes == [0, 0, 0, 0x11, 0, 0, 0, 8])
+        #expect(try SocketHandshake.QueuePairNumbers(parsing: numbers.bytes, granted: 8) == numbers)
+        let bad: [([UInt8], String)] = [
+            ([0, 0, 0, 0, 0, 0, 0, 1], "queue pair number 0"), ([1, 0, 0, 0, 0, 0, 0, 1], "queue pair number 16777216"),
+            ([0, 0, 0, 1, 0, 0, 0, 0], "takes 0 credits"), ([0, 0, 0, 1, 0, 0, 0, 9], "takes 9 credits of the 8"),
+            ([0, 0, 0, 1], "4 bytes"), ([], "0 bytes"), ([0, 0, 0, 1, 0, 0, 0, 1, 0], "9 bytes"),
+        ]
+        for (bytes, reason) in bad {
+            #expect {
+                try SocketHandshake.QueuePairNumbers(parsing: bytes, granted: 8)
+            } throws: { error in
+                let error = error as? RDMAError
+                return error?.errno == .protocolError && error?.message.contains(reason) == true
+            }
         }
     }
 

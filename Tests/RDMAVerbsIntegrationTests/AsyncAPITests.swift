@@ -204,11 +204,12 @@ struct HalfOpenPeer {
     let id: ConnectionID
 
     /// Sends the request, announcing a queue pair `number` that does not exist (each peer its
-    /// own: the connection manager refuses a second request from the same queue pair).
-    init(connectingTo address: String, announcing number: UInt32) throws {
+    /// own: the connection manager refuses a second request from the same queue pair), and a
+    /// grant of `credits`.
+    init(connectingTo address: String, announcing number: UInt32, credits: UInt32 = 8) throws {
         id = try ConnectionID(channel: try ConnectionEventChannel())
         try id.resolve(to: try SocketAddress(parsing: address), timeout: .seconds(5))
-        let hello = WireProtocol.Hello(credits: 8, room: 8, slotSize: 4096, largestMessage: 4096)
+        let hello = WireProtocol.Hello(credits: credits, room: 8, slotSize: 4096, largestMessage: 4096)
         try id.startConnecting(ConnectionParameters(
             privateData: hello.bytes, responderResources: 0, initiatorDepth: 0, retryCount: 6, queuePairNumber: number))
     }

@@ -121,13 +121,7 @@ extension RxeIntegration {
         /// (`hw_counters/completer_retry_err` of every device; a stray one is tolerated), between
         /// two devices (rxe0 and rxe1): within one device rxe loops packets back and loses none.
         @Test func largeReadsCostRxeNoRetransmission() throws {
-            func retries() -> Int {
-                let devices = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/class/infiniband")) ?? []
-                return devices.reduce(0) { sum, device in
-                    let path = "/sys/class/infiniband/\(device)/ports/1/hw_counters/completer_retry_err"
-                    return sum + (Int((try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0)
-                }
-            }
+            func retries() -> Int { RxeEnvironment.counter("completer_retry_err") }
             let serverArea = try DMAArea(size: 64 << 20, device: RxeEnvironment.deviceName)
             let clientArea = try DMAArea(size: 64 << 20, device: RxeEnvironment.peerDeviceName)
             let (client, server) = try ConnectedPair.connect(

@@ -106,7 +106,7 @@ int dma_free(dma_mem_t handle);
  * order with the others, read in pieces of 32 KiB; see
  * docs/large-messages.md). Larger still is refused (EMSGSIZE). */
 #define DMA_SLOT_LOG2(n) ((unsigned)(n) <= 0x3f ? (int)(n) : DMA_SLOT_INVALID) /* slots of 2^n bytes, 6 <= n <= 30 */
-#define DMA_SLOT_INVALID 0x80 /* what DMA_SLOT_LOG2 gives for n above 63: dma_assoc refuses it (EINVAL) */
+#define DMA_SLOT_INVALID 0x80 /* what DMA_SLOT_LOG2 (and the others) give out of range: dma_assoc refuses it (EINVAL) */
 #define DMA_SLOT_DEFAULT 0                   /* 64 KiB slots */
 /* dma_assoc flags: how much of the area this side's messages larger than a slot may hold at
  * once (read, or received and not released), and so the largest one the peer may send: 2^n
@@ -115,12 +115,23 @@ int dma_free(dma_mem_t handle);
 #define DMA_LARGE_LOG2(n) ((unsigned)(n) - 6u <= 34u ? (int)((unsigned)(n) << 8) : DMA_SLOT_INVALID)
 #define DMA_LARGE_NONE 0x4000
 #define DMA_NONBLOCK 0x40 /* dma_assoc returns at once; the handshake ends in an event */
+/* dma_assoc flags: the most of the peer's credits this side takes, 1 <= n <= 32767: how many
+ * messages it may have in flight to the peer, and so how many slots it sets aside for the peer's
+ * credit updates. Without it, as many as it grants (size / slot size), so both directions use
+ * the smaller of the two grants; give more for a side that mostly sends to a peer that grants
+ * more. The peer's grant bounds it in any case. */
+#define DMA_SEND_CREDITS(n) ((unsigned)(n) - 1u < 0x7fffu ? (int)((unsigned)(n) << 16) : DMA_SLOT_INVALID)
 
 /* Associates `size` bytes of the area with `socket` for incoming data, and brings the
  * connection up over RDMA (a reliable-connected queue pair). The bytes become receive slots:
- * size / slot size of them, each a credit granted to the peer, plus one slot per credit the
- * peer grants, to absorb its credit updates (over rdma_cm the accepting side grants at most as
- * many credits as the connecting side grants it). The slots lie side by side in one block of
+ * size / slot size of them, each a credit granted to the peer, plus one slot per credit of the
+ * peer's grant this side takes, to absorb its credit updates; a side takes no more than it
+ * grants, so both directions use the smaller grant, whatever the peer announces (over rdma_cm
+ * the accepting side also grants at most as many credits as the connecting side grants it). A
+ * peer that breaks the credit protocol afterwards (a message beyond its credits, credits handed
+ * back that were never spent) ends its connection: EC_EVENT_DISCONNECTED, and the socket's later
+ * calls fail with ECONNRESET, dma_last_error() saying "protocol error" and what the peer did.
+ * The slots lie side by side in one block of
  * the area (the allocator rounds it up to a power of two).
  *
  * `socket` is either
@@ -165,11 +176,12 @@ int dma_assoc(int socket, dma_mem_t handle, size_t size, int flags);
 
 /* How many bytes of the area dma_assoc(socket, area, size, flags) takes, when the peer grants
  * `peer_credits` credits (its own dma_assoc size divided by its slot size): the receive slots
- * (size / slot size, plus one per peer credit, for its credit updates) lie side by side in one
- * block of the area's allocator, whose size is a power of two. For example, 64 KiB with 4 KiB
- * slots against a peer that does the same: (16 + 16) x 4 KiB = 128 KiB. An area serving N such
- * connections needs N times that, plus what its sends reserve. Over rdma_cm the connecting side
- * makes room for as many credit updates as it grants (pass its own size / slot size as
+ * (size / slot size, plus one per peer credit taken — at most size / slot size of them, or
+ * DMA_SEND_CREDITS — for its credit updates) lie side by side in one block of the area's
+ * allocator, whose size is a power of two. For example, 64 KiB with 4 KiB slots against a peer that does the same:
+ * (16 + 16) x 4 KiB = 128 KiB, and no more against a peer that grants more. An area serving N
+ * such connections needs N times that, plus what its sends reserve. Over rdma_cm the connecting
+ * side makes room for as many credit updates as it grants (pass its own size / slot size as
  * peer_credits), and the accepting side grants at most that many: it may take less.
  *   Returns 0 with errno EINVAL for a size below one slot or flags that are not dma_assoc's. */
 size_t dma_assoc_footprint(size_t size, int flags, size_t peer_credits);

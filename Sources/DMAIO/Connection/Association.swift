@@ -23,6 +23,9 @@ struct Association: Handshake, ~Copyable {
     let slotSize: Int
     /// The credits this side offers (a server grants at most the client's room).
     let credits: Int
+    /// The most of the peer's credits this side takes, and so the most slots it sets aside for
+    /// the peer's credit updates: `sendCredits`, or as many as it grants.
+    let creditsToTake: Int
     let pool: SharedReceivePool?
     /// How much of the area messages larger than a slot may hold at once (nil: half the area).
     let largeMessageBytes: Int?
@@ -35,21 +38,23 @@ struct Association: Handshake, ~Copyable {
     private enum Step {
         case start
         /// rdma_cm: the connect request (or accept) is out; waiting for ESTABLISHED.
-        case awaitingEstablished(QueuePair, room: Int)
+        case awaitingEstablished(QueuePair, granted: Int, room: Int)
         /// Socket: hellos are being exchanged.
         case exchangingHellos(SocketHandshake.Hello, gidIndex: Int)
         /// Socket: queue pair numbers are being exchanged.
         case exchangingQueuePairs(QueuePair, SocketHandshake.Hello, peer: SocketHandshake.Hello, gidIndex: Int, offsets: [Int], sendDepth: Int)
         /// Socket: ready bytes are being exchanged.
-        case exchangingReady(room: Int, peerSlotSize: Int, peerLargestMessage: Int)
+        case exchangingReady(room: Int, grantUsed: Int, peerSlotSize: Int, peerLargestMessage: Int)
         case done
     }
 
-    init(_ connection: Connection, area: DMAArea, slotSize: Int, credits: Int, pool: SharedReceivePool?, largeMessageBytes: Int?, timeout: Duration) {
+    init(_ connection: Connection, area: DMAArea, slotSize: Int, credits: Int, sendCredits: Int?, pool: SharedReceivePool?,
+         largeMessageBytes: Int?, timeout: Duration) {
         self.connection = connection
         self.area = area
         self.slotSize = slotSize
         self.credits = credits
+        creditsToTake = sendCredits ?? credits
         self.pool = pool
         self.largeMessageBytes = largeMessageBytes
         deadline = .now + timeout
@@ -92,20 +97,22 @@ struct Association: Handshake, ~Copyable {
 
     // MARK: - rdma_cm
 
-    /// A client grants all its credits and makes room for as many credit updates; a server
-    /// grants no more than the client's room, and makes room for the client's grant.
+    /// A client grants all its credits and makes room for as many credit updates as it takes
+    /// credits (``creditsToTake``); a server grants no more than the client's room, and makes
+    /// room for — takes — no more of the client's grant than its own ``creditsToTake``: what a
+    /// client announces never decides how much of the server's area (or pool) it gets.
     private mutating func advance(over cmID: ConnectionID) throws(RDMAError) -> HandshakeProgress {
         switch step {
         case .start:
             let granted: Int, room: Int
             if let request = connection.peerHello {
                 granted = min(credits, Int(request.room))
-                room = Int(request.credits)
+                room = min(Int(request.credits), creditsToTake)
             } else {
                 granted = credits
-                room = credits
+                room = creditsToTake
             }
-            let sendDepth = Self.sendDepth(granting: granted)
+            let sendDepth = Self.sendDepth(granting: granted, taking: room)
             try events.reserveCapacity(sendDepth + granted + room, for: id)
             let offsets = try claimSlots(granted + room)
             let queuePair = try cmID.createQueuePair(
@@ -127,9 +134,9 @@ struct Association: Handshake, ~Copyable {
             } else {
                 try cmID.startConnecting(parameters)
             }
-            step = .awaitingEstablished(queuePair, room: room)
+            step = .awaitingEstablished(queuePair, granted: granted, room: room)
             return try advance(over: cmID)
-        case .awaitingEstablished(let queuePair, let room):
+        case .awaitingEstablished(let queuePair, let granted, let room):
             var progress = HandshakeProgress.done
             guard let event = try cmID.channel.nextEvent(orWait: &progress) else { return progress }
             if event.kind == .rejected, connection.peerHello == nil, let refusal = WireProtocol.Refusal(parsing: event.privateData) {
@@ -142,18 +149,21 @@ struct Association: Handshake, ~Copyable {
                 throw RDMAError(connectionEvent: event, expected: .established,
                                 while: connection.peerHello == nil ? "connecting to \(cmID.peerAddress.map(String.init(describing:)) ?? "the peer")" : "accepting a connection")
             }
-            let peer: WireProtocol.Hello
+            let peer: WireProtocol.Hello, taken: Int, grantUsed: Int
             if let request = connection.peerHello {
                 peer = request
+                (taken, grantUsed) = (room, granted)
             } else {
                 peer = try WireProtocol.Hello(parsing: event.privateData)
                 guard Int(peer.credits) <= room else {
                     throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
                                     message: "the peer granted \(peer.credits) credits, more than the \(room) this side can absorb: protocol error")
                 }
+                // The server takes as many of this side's credits as it made room for.
+                (taken, grantUsed) = (Int(peer.credits), min(granted, Int(peer.room)))
             }
             try queuePair.setRemoteAccess(.peerAccess)
-            try finish(credits: Int(peer.credits), peerSlotSize: Int(peer.slotSize), peerLargestMessage: Int(peer.largestMessage))
+            try finish(credits: taken, grantUsed: grantUsed, peerSlotSize: Int(peer.slotSize), peerLargestMessage: Int(peer.largestMessage))
             return .done
         case .done:
             return .done
@@ -190,9 +200,11 @@ struct Association: Handshake, ~Copyable {
         case .exchangingHellos(let hello, let gidIndex):
             if case let progress = try exchange.advance(on: socket), !progress.isDone { return progress }
             let peer = try SocketHandshake.Hello(parsing: exchange.incoming)
-            // This side's grant, and room for the peer's credit updates: one slot per peer credit.
-            let room = Int(peer.credits)
-            let sendDepth = Self.sendDepth(granting: credits)
+            // This side's grant, and room for the peer's credit updates: one slot per peer credit
+            // it takes, at most ``creditsToTake``, so the peer's announcement never decides how
+            // much of the area it gets. The peer says how many of this side's it takes next.
+            let room = min(Int(peer.credits), creditsToTake)
+            let sendDepth = Self.sendDepth(granting: credits, taking: room)
             try events.reserveCapacity(sendDepth + credits + room, for: id)
             let offsets = try claimSlots(credits + room)
             let queuePair = try QueuePair(
@@ -200,12 +212,14 @@ struct Association: Handshake, ~Copyable {
                 capabilities: Self.capabilities(sendDepth: sendDepth, receives: credits + room, pool: pool),
                 sharedReceiveQueue: pool?.queue)
             try queuePair.moveToInit(port: 1, access: .peerAccess)
-            exchange.start(sending: SocketHandshake.queuePairNumberBytes(queuePair.number), receiving: 4)
+            let numbers = SocketHandshake.QueuePairNumbers(queuePairNumber: queuePair.number, creditsTaken: UInt32(room))
+            exchange.start(sending: numbers.bytes, receiving: SocketHandshake.QueuePairNumbers.size)
             step = .exchangingQueuePairs(queuePair, hello, peer: peer, gidIndex: gidIndex, offsets: offsets, sendDepth: sendDepth)
             return try advance(over: socket)
         case .exchangingQueuePairs(let queuePair, let hello, let peer, let gidIndex, let offsets, let sendDepth):
             if case let progress = try exchange.advance(on: socket), !progress.isDone { return progress }
-            let peerQueuePair = try SocketHandshake.queuePairNumber(parsing: exchange.incoming)
+            let peerNumbers = try SocketHandshake.QueuePairNumbers(parsing: exchange.incoming, granted: UInt32(credits))
+            let peerQueuePair = peerNumbers.queuePairNumber
             try install(queuePair, granted: credits, slotOffsets: offsets, sendDepth: sendDepth)
             var remote = peer.endpoint
             remote.queuePairNumber = peerQueuePair
@@ -213,15 +227,16 @@ struct Association: Handshake, ~Copyable {
             try queuePair.moveToReadyToSend(packetSequenceNumber: hello.endpoint.packetSequenceNumber, timeout: PeerTimeout.ackTimeout, retryCount: PeerTimeout.retryCount)
             // Both sides have posted their receives: data may flow once the peer says so.
             exchange.start(sending: [SocketHandshake.readyByte], receiving: 1)
-            step = .exchangingReady(room: Int(peer.credits), peerSlotSize: Int(peer.slotSize), peerLargestMessage: Int(peer.largestMessage))
+            step = .exchangingReady(room: min(Int(peer.credits), creditsToTake), grantUsed: Int(peerNumbers.creditsTaken),
+                                    peerSlotSize: Int(peer.slotSize), peerLargestMessage: Int(peer.largestMessage))
             return try advance(over: socket)
-        case .exchangingReady(let room, let peerSlotSize, let peerLargestMessage):
+        case .exchangingReady(let room, let grantUsed, let peerSlotSize, let peerLargestMessage):
             if case let progress = try exchange.advance(on: socket), !progress.isDone { return progress }
             guard exchange.incoming == [SocketHandshake.readyByte] else {
                 throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
                                 message: "the peer sent \(exchange.incoming[0]) instead of the handshake's ready byte: is it a DMAIO peer?")
             }
-            try finish(credits: room, peerSlotSize: peerSlotSize, peerLargestMessage: peerLargestMessage)
+            try finish(credits: room, grantUsed: grantUsed, peerSlotSize: peerSlotSize, peerLargestMessage: peerLargestMessage)
             return .done
         case .done:
             return .done
@@ -232,9 +247,9 @@ struct Association: Handshake, ~Copyable {
 
     // MARK: - Shared steps
 
-    /// Send-queue depth: data sends for every credit, credit updates, a large message's bind,
-    /// its invalidation and reads, and spare.
-    private static func sendDepth(granting credits: Int) -> Int { max(16, 4 * credits + 4) }
+    /// Send-queue depth: data sends for every credit taken, credit updates for every credit
+    /// granted, a large message's bind, its invalidation and reads, and spare.
+    private static func sendDepth(granting credits: Int, taking taken: Int) -> Int { max(16, 4 * max(credits, taken) + 4) }
 
     /// The largest message this side accepts, and how much of the area its messages larger
     /// than a slot may hold at once: they are read into blocks of the area
@@ -295,6 +310,7 @@ struct Association: Handshake, ~Copyable {
             core.pointee.slotBlocks = blocks
             core.pointee.slotSize = slotSize
             core.pointee.creditsGranted = granted
+            core.pointee.peerCredits = granted
             core.pointee.largestMessage = largestMessage
             core.pointee.readPiece = readPiece
             core.pointee.releasedSlots = ReceiveBatch(capacity: ConnectionCore.repostBatchSize(granting: granted))
@@ -317,13 +333,27 @@ struct Association: Handshake, ~Copyable {
         self.blocks = []  // the connection owns them now
     }
 
-    /// The peer's grant and slot size are known: data may flow.
-    private mutating func finish(credits peerCredits: Int, peerSlotSize: Int, peerLargestMessage: Int) throws(RDMAError) {
+    /// The peer's grant and slot size are known: data may flow. This side takes `peerCredits`
+    /// of the peer's grant, and the peer takes `grantUsed` of this side's.
+    private mutating func finish(credits peerCredits: Int, grantUsed: Int, peerSlotSize: Int, peerLargestMessage: Int) throws(RDMAError) {
         let id = self.id
-        events.state.withLock { state in
+        try events.state.withLock { state throws(RDMAError) in
             guard let core = state.connections.core(id.rawValue) else { return }
-            // Added: a message that arrived meanwhile may have handed credits back already.
-            core.pointee.credits += peerCredits
+            // The peer may have sent already (its side was established first): what it spent
+            // counts against the grant it took, and a message that broke the protocol meanwhile
+            // ends the association here.
+            core.pointee.peerCredits -= core.pointee.creditsGranted - grantUsed
+            core.pointee.creditsGranted = grantUsed
+            core.pointee.creditLimit = peerCredits
+            if core.pointee.releasedSlots.isEmpty {
+                core.pointee.releasedSlots = ReceiveBatch(capacity: ConnectionCore.repostBatchSize(granting: grantUsed))
+            }
+            if let failure = core.pointee.failure { throw failure }
+            guard core.pointee.peerCredits >= 0, core.pointee.credits == 0 else {
+                throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
+                                message: "the peer of \(id) sent more messages than the \(grantUsed) credits it took, or handed credits back before this side sent anything: protocol error (a broken or hostile peer)")
+            }
+            core.pointee.credits = peerCredits
             core.pointee.peerSlotSize = peerSlotSize
             core.pointee.peerLargestMessage = peerLargestMessage
             core.pointee.windowLimit = min(peerCredits, ConnectionCore.maximumWindows)

@@ -256,13 +256,22 @@ public final class Connection: Sendable {
     /// `receiveBytes` of the area become `receiveBytes / slotSize` receive slots of `slotSize`
     /// bytes, posted as receive work requests; each is a credit granted to the peer (a server
     /// grants at most as many as the client has slots). Slots of the same size are added to
-    /// absorb the peer's credit updates, as many as credits the peer grants (see
-    /// ``WireProtocol``), so an association takes up to twice `receiveBytes` of the area — in
-    /// one contiguous block, rounded up to a power of two by the area's allocator.
+    /// absorb the peer's credit updates, one per credit of the peer's grant this side takes, so
+    /// an association takes up to twice `receiveBytes` of the area (in one contiguous block,
+    /// rounded up to a power of two by the area's allocator) whatever the peer announces. A peer
+    /// that then breaks the credit protocol ends its connection (`disconnected`, a protocol
+    /// error).
+    ///
+    /// `sendCredits` is the most of the peer's credits this side takes — how many messages it may
+    /// have in flight to the peer, and so how many slots it sets aside for the peer's credit
+    /// updates. Nil: as many as it grants (`receiveBytes / slotSize`), so by default both
+    /// directions use the smaller of the two grants. Give more for a side that mostly sends to a
+    /// peer that grants more (a server streaming to clients with large receive windows); the
+    /// peer's grant bounds it in any case (see ``WireProtocol``).
     ///
     /// - Throws: ``RDMAError/Code/alreadyAssociated`` the second time;
     ///   ``RDMAError/Code/invalidArgument`` for a slot size that is not a power of two from 64 B
-    ///   to 1 GiB, or fewer receive bytes than one slot;
+    ///   to 1 GiB, fewer receive bytes than one slot, or `sendCredits` below 1 or above 2^24 - 1;
     ///   ``RDMAError/Code/wrongArea`` when the area is on another device;
     ///   ``RDMAError/Code/areaExhausted`` when the area cannot hold the slots;
     ///   connection errors from rdma_cm (refused, unreachable, timed out). A failed association
@@ -271,8 +280,9 @@ public final class Connection: Sendable {
     /// The corresponding C functions are `rdma_create_qp`, `ibv_post_recv` and `rdma_connect`
     /// or `rdma_accept`.
     public func associate(_ area: DMAArea, receiveBytes: Int, slotSize: Int = 64 << 10, largeMessageBytes: Int? = nil,
-                          timeout: Duration = .seconds(10)) throws(RDMAError) {
-        var association = try association(area, receiveBytes: receiveBytes, slotSize: slotSize, largeMessageBytes: largeMessageBytes, timeout: timeout)
+                          sendCredits: Int? = nil, timeout: Duration = .seconds(10)) throws(RDMAError) {
+        var association = try association(area, receiveBytes: receiveBytes, slotSize: slotSize, largeMessageBytes: largeMessageBytes,
+                                          sendCredits: sendCredits, timeout: timeout)
         do { try association.runBlocking() } catch {
             association.abandon(after: error)
             throw error
@@ -284,8 +294,9 @@ public final class Connection: Sendable {
     /// ``associate(_:receiveBytes:slotSize:timeout:)``, and throws `CancellationError` when the
     /// task is cancelled (the connection is then closed).
     public func associate(_ area: DMAArea, receiveBytes: Int, slotSize: Int = 64 << 10, largeMessageBytes: Int? = nil,
-                          timeout: Duration = .seconds(10)) async throws {
-        var association = try association(area, receiveBytes: receiveBytes, slotSize: slotSize, largeMessageBytes: largeMessageBytes, timeout: timeout)
+                          sendCredits: Int? = nil, timeout: Duration = .seconds(10)) async throws {
+        var association = try association(area, receiveBytes: receiveBytes, slotSize: slotSize, largeMessageBytes: largeMessageBytes,
+                                          sendCredits: sendCredits, timeout: timeout)
         do { try await association.run() } catch {
             association.abandon(after: error)
             throw error
@@ -296,15 +307,18 @@ public final class Connection: Sendable {
     /// through one shared receive queue — `dma_assoc` where one area serves many connections.
     ///
     /// The connection grants its peer `credits` (a server at most the client's room) and claims
-    /// that many slots of the pool, plus room for the peer's credit updates; the association
+    /// that many slots of the pool, plus room for the peer's credit updates: one per credit of
+    /// the peer's it takes, at most `sendCredits` (nil: `credits`), whatever the peer announces;
+    /// the association
     /// fails with ``RDMAError/Code/areaExhausted`` when the pool has not that many unclaimed.
     /// Slots a connection's messages occupy return to the pool when released, also after the
     /// connection closed.
     ///
     /// The corresponding C functions are `rdma_create_qp` (with the pool's `ibv_srq`) and
     /// `rdma_connect` or `rdma_accept`.
-    public func associate(_ pool: SharedReceivePool, credits: Int, largeMessageBytes: Int? = nil, timeout: Duration = .seconds(10)) throws(RDMAError) {
-        var association = try association(pool, credits: credits, largeMessageBytes: largeMessageBytes, timeout: timeout)
+    public func associate(_ pool: SharedReceivePool, credits: Int, largeMessageBytes: Int? = nil, sendCredits: Int? = nil,
+                          timeout: Duration = .seconds(10)) throws(RDMAError) {
+        var association = try association(pool, credits: credits, largeMessageBytes: largeMessageBytes, sendCredits: sendCredits, timeout: timeout)
         do { try association.runBlocking() } catch {
             association.abandon(after: error)
             throw error
@@ -314,16 +328,19 @@ public final class Connection: Sendable {
     /// Associates the connection with a shared pool without holding a thread; as the blocking
     /// ``associate(_:credits:timeout:)``, and throws `CancellationError` when the task is
     /// cancelled.
-    public func associate(_ pool: SharedReceivePool, credits: Int, largeMessageBytes: Int? = nil, timeout: Duration = .seconds(10)) async throws {
-        var association = try association(pool, credits: credits, largeMessageBytes: largeMessageBytes, timeout: timeout)
+    public func associate(_ pool: SharedReceivePool, credits: Int, largeMessageBytes: Int? = nil, sendCredits: Int? = nil,
+                          timeout: Duration = .seconds(10)) async throws {
+        var association = try association(pool, credits: credits, largeMessageBytes: largeMessageBytes, sendCredits: sendCredits, timeout: timeout)
         do { try await association.run() } catch {
             association.abandon(after: error)
             throw error
         }
     }
 
-    private func association(_ area: DMAArea, receiveBytes: Int, slotSize: Int, largeMessageBytes: Int?, timeout: Duration) throws(RDMAError) -> Association {
+    private func association(_ area: DMAArea, receiveBytes: Int, slotSize: Int, largeMessageBytes: Int?, sendCredits: Int?,
+                             timeout: Duration) throws(RDMAError) -> Association {
         try Self.checkLargeMessageBytes(largeMessageBytes)
+        try Self.checkSendCredits(sendCredits)
         try SharedReceivePool.checkSlotSize(slotSize)
         let dataSlots = receiveBytes / slotSize
         guard dataSlots >= 1, dataSlots <= Int(WireProtocol.creditMask) else {
@@ -331,17 +348,27 @@ public final class Connection: Sendable {
                             message: "\(receiveBytes) receive bytes make \(dataSlots) slots of \(slotSize) bytes; at least one is needed")
         }
         try checkAssociable(area)
-        return Association(self, area: area, slotSize: slotSize, credits: dataSlots, pool: nil, largeMessageBytes: largeMessageBytes, timeout: timeout)
+        return Association(self, area: area, slotSize: slotSize, credits: dataSlots, sendCredits: sendCredits, pool: nil,
+                           largeMessageBytes: largeMessageBytes, timeout: timeout)
     }
 
-    private func association(_ pool: SharedReceivePool, credits: Int, largeMessageBytes: Int?, timeout: Duration) throws(RDMAError) -> Association {
+    private func association(_ pool: SharedReceivePool, credits: Int, largeMessageBytes: Int?, sendCredits: Int?,
+                             timeout: Duration) throws(RDMAError) -> Association {
         try Self.checkLargeMessageBytes(largeMessageBytes)
+        try Self.checkSendCredits(sendCredits)
         guard credits >= 1, credits <= Int(WireProtocol.creditMask) else {
             throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .invalidArgument,
                             message: "a connection needs at least 1 credit, not \(credits)")
         }
         try checkAssociable(pool.area)
-        return Association(self, area: pool.area, slotSize: pool.slotSize, credits: credits, pool: pool, largeMessageBytes: largeMessageBytes, timeout: timeout)
+        return Association(self, area: pool.area, slotSize: pool.slotSize, credits: credits, sendCredits: sendCredits, pool: pool,
+                           largeMessageBytes: largeMessageBytes, timeout: timeout)
+    }
+
+    private static func checkSendCredits(_ credits: Int?) throws(RDMAError) {
+        guard let credits, credits < 1 || credits > Int(WireProtocol.creditMask) else { return }
+        throw RDMAError(.invalidArgument, operation: "dma_assoc", errno: .invalidArgument,
+                        message: "sendCredits \(credits): give how many of the peer's credits this side may use, 1 to \(WireProtocol.creditMask), or nil for as many as it grants")
     }
 
     private static func checkLargeMessageBytes(_ bytes: Int?) throws(RDMAError) {

@@ -105,10 +105,19 @@ struct ConnectionCore: ~Copyable {
     /// The area blocks the slots lie in (none for a pool's slots).
     var slotBlocks: [Int] = []
     var slotSize = 0
+    /// The credits the peer may use: this side's grant, or fewer when the peer takes fewer
+    /// (each side takes at most as many as it grants itself: ``WireProtocol``).
     var creditsGranted = 0
+    /// Credits the peer holds: ``creditsGranted``, less its data messages received, plus the
+    /// credits handed back to it. A data message that arrives when it holds none breaks the
+    /// protocol (it would take a slot another message was promised): the connection ends.
+    var peerCredits = 0
     var peerSlotSize = 0
     /// Data messages this side may still send before the peer hands credits back.
     var credits = 0
+    /// The most credits this side holds at once: the peer's grant as this side took it.
+    /// Credits handed back beyond it were never spent: the peer broke the protocol.
+    var creditLimit = 0
     /// Slots released and re-posted since the last message; handed back on the next one.
     var creditsToReturn: UInt32 = 0
     /// Released slots gathered for one `ibv_post_recv`; their credits are owed once posted.
@@ -388,6 +397,7 @@ struct ConnectionCore: ~Copyable {
         let credits = creditsToReturn - left
         creditsToReturn = left
         donesToReturn = left
+        peerCredits &+= Int(credits)
         return (credits, dones)
     }
 

@@ -13,7 +13,8 @@ import Glibc
 /// 1. a ``Hello``: what each side grants and needs. Each side then knows how many receives it
 ///    must post — its own data slots plus room for the peer's credit updates — and creates its
 ///    queue pair that large;
-/// 2. the queue pair number (4 bytes, big-endian, 24 bits, not 0). Each side posts its receive
+/// 2. the queue pair number and the credits taken (``QueuePairNumbers``): how many of the
+///    peer's credits this side uses, at most the peer's grant. Each side posts its receive
 ///    slots and moves its queue pair to RTR and RTS;
 /// 3. one ``readyByte``: data may flow once the peer's has arrived, so no message can reach a
 ///    queue pair that is not ready.
@@ -21,7 +22,7 @@ import Glibc
 /// The hello is 48 bytes, big-endian:
 ///
 /// ```
-///  0  magic "DMAS"          4  version (3)     6  MTU (ibv_mtu, 1...5)    7  0
+///  0  magic "DMAS"          4  version (4)     6  MTU (ibv_mtu, 1...5)    7  0
 ///  8  largest message, high 32 bits          12  first PSN      16  GID (16 bytes)
 /// 32  LID (16 bits)        34  0 (16 bits)    36  credits granted
 /// 40  slot size            44  largest message, low 32 bits
@@ -31,12 +32,15 @@ import Glibc
 /// 1 TiB.
 ///
 /// Credits: each side grants one credit per data slot it has (what `dma_assoc`'s size says),
-/// and posts one more slot per credit the peer grants, to absorb the peer's credit updates
-/// (see ``WireProtocol``): unlike rdma_cm's one-shot exchange, both sides learn the peer's grant
-/// before creating their queue pairs, so neither has to shrink its grant.
+/// takes as many of the peer's credits as it may (at most as many as it grants, unless
+/// `sendCredits` says otherwise), and posts one more slot per credit taken, to absorb the peer's
+/// credit updates (see ``WireProtocol``): unlike rdma_cm's one-shot exchange, both sides learn
+/// the peer's grant before creating their queue pairs, so neither has to shrink its grant; the
+/// second exchange tells each side how much of its grant the peer uses. (Version 3 sent the
+/// queue pair number alone, and took the whole grant.)
 enum SocketHandshake {
     static let magic: UInt32 = 0x444D_4153  // "DMAS"
-    static let version: UInt16 = 3
+    static let version: UInt16 = 4
     static let helloSize = 48
     static let readyByte: UInt8 = 0x52  // "R"
 
@@ -115,19 +119,40 @@ enum SocketHandshake {
         }
     }
 
-    /// The second exchange: a queue pair number.
-    static func queuePairNumberBytes(_ number: UInt32) -> [UInt8] {
-        withUnsafeBytes(of: number.bigEndian) { Array($0) }
-    }
+    /// The second exchange, 8 bytes, big-endian: the queue pair number (24 bits, not 0), then
+    /// how many of the peer's credits the sender takes (1 to the peer's grant).
+    struct QueuePairNumbers: Equatable {
+        static let size = 8
+        var queuePairNumber: UInt32
+        var creditsTaken: UInt32
 
-    /// Parses the peer's queue pair number.
-    static func queuePairNumber(parsing bytes: [UInt8]) throws(RDMAError) -> UInt32 {
-        let number = bytes.reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
-        guard bytes.count == 4, number != 0, number <= 0xFF_FFFF else {
-            throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
-                            message: "the peer sent queue pair number \(number), not a 24-bit queue pair number: is it a DMAIO peer?")
+        var bytes: [UInt8] {
+            withUnsafeBytes(of: (queuePairNumber.bigEndian, creditsTaken.bigEndian)) { Array($0) }
         }
-        return number
+
+        init(queuePairNumber: UInt32, creditsTaken: UInt32) {
+            self.queuePairNumber = queuePairNumber
+            self.creditsTaken = creditsTaken
+        }
+
+        /// Parses the peer's numbers, checking them against this side's grant.
+        init(parsing bytes: [UInt8], granted: UInt32) throws(RDMAError) {
+            func word(_ index: Int) -> UInt32 { bytes[index * 4..<index * 4 + 4].reduce(0) { $0 << 8 | UInt32($1) } }
+            guard bytes.count == Self.size else {
+                throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
+                                message: "the peer sent \(bytes.count) bytes of queue pair numbers, not \(Self.size): is it a DMAIO peer of this version?")
+            }
+            queuePairNumber = word(0)
+            creditsTaken = word(1)
+            guard queuePairNumber != 0, queuePairNumber <= 0xFF_FFFF else {
+                throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
+                                message: "the peer sent queue pair number \(queuePairNumber), not a 24-bit queue pair number: is it a DMAIO peer?")
+            }
+            guard creditsTaken >= 1, creditsTaken <= granted else {
+                throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
+                                message: "the peer takes \(creditsTaken) credits of the \(granted) this side granted: protocol error")
+            }
+        }
     }
 
     // MARK: - Socket I/O

@@ -3,9 +3,9 @@ import RDMAVerbs
 /// What two associated peers tell each other, and how credits ride on messages.
 ///
 /// **Handshake.** The connect request and its accept carry a 24-byte hello in rdma_cm's private
-/// data: magic `"DMA3"`, then, as big-endian 32-bit integers, the *credits* the sender grants
+/// data: magic `"DMA4"`, then, as big-endian 32-bit integers, the *credits* the sender grants
 /// (how many data messages the peer may have in flight), its *room* (how many credit updates it
-/// can absorb) and the size of its receive slots, and as a big-endian 64-bit integer the
+/// can absorb: as many as it takes of the peer's credits) and the size of its receive slots, and as a big-endian 64-bit integer the
 /// *largest message* it accepts (larger than a slot: by rendezvous, below; at most 1 TiB, the
 /// largest area).
 ///
@@ -31,8 +31,17 @@ import RDMAVerbs
 /// that room). No message ever meets an empty receive queue: receiver-not-ready retries are
 /// never needed for correctness. A slow receiver keeps its slots, hands back no credits, and
 /// the sender's messages wait in its queue, in order: it is throttled, never failed.
+///
+/// A side takes no more of the peer's grant than it grants itself (a server's room is at most
+/// its own grant; over a socket both take the smaller grant), so both directions use the smaller
+/// grant and a peer's announcement never decides how much of the other side's area it gets. The
+/// receiver checks every message (``ConnectionCore/creditViolation(credits:dones:isCreditUpdate:)``):
+/// a data message when the peer holds no credit, credits handed back beyond those spent, and a
+/// credit update that hands back nothing are protocol errors that end the connection.
 enum WireProtocol {
-    static let magic: UInt32 = 0x444D_4133  // "DMA3"
+    /// Version 4: a server's room says how many of the client's credits it takes (at most its
+    /// own grant); version 3 took them all.
+    static let magic: UInt32 = 0x444D_4134  // "DMA4"
     static let helloSize = 24
     static let creditMask: UInt32 = 0x00FF_FFFF
     static let creditUpdateFlag: UInt32 = 1 << 31

@@ -317,8 +317,15 @@ extension ChannelState {
         }
         let immediate = completion.pointee.immediateData ?? 0
         let (credits, isCreditUpdate) = WireProtocol.decode(immediate: immediate)
-        core.pointee.credits += credits
         let dones = WireProtocol.dones(in: immediate)
+        if let violation = core.pointee.creditViolation(credits: credits, dones: dones, isCreditUpdate: isCreditUpdate) {
+            // Ended at the first such message; a shared pool's slot goes back at once, so that
+            // the pool's other connections keep every slot they were promised.
+            end(core, after: violation)
+            if let pool = core.pointee.pool { try? pool.repost(slot: slot) }
+            return
+        }
+        core.pointee.credits += credits
         if dones > 0, !core.pointee.receivedDones(dones) {
             end(core, after: RDMAError(.connectionFailed, operation: "ibv_poll_cq", errno: .protocolError,
                                        message: "the peer of \(core.pointee.id) reported more large messages read than it was lent: protocol error"))
@@ -412,10 +419,14 @@ extension ChannelState {
               completion.pointee.isSuccess, core.pointee.arrivals.isEmpty, core.pointee.status == .connected
         else { return nil }
         let immediate = completion.pointee.immediateData ?? 0
-        // Credit updates, large messages and dones take the long way.
-        guard immediate & ~WireProtocol.creditMask == 0 else { return nil }
+        // Credit updates, large messages and dones take the long way, as does a message that
+        // breaks the credit protocol.
         let credits = Int(immediate)
+        guard immediate & ~WireProtocol.creditMask == 0, core.pointee.peerCredits > 0,
+              core.pointee.credits + credits <= core.pointee.creditLimit
+        else { return nil }
         core.pointee.activity &+= 1
+        core.pointee.peerCredits -= 1
         core.pointee.credits += credits
         core.pointee.arrived += 1
         pumpSends(core)

@@ -43,6 +43,16 @@ enum RxeEnvironment {
     nonisolated(unsafe) private static var nextPort: UInt16 = UInt16(20000 + getpid() % 20000)
     private static let portLock = NSLock()
 
+    /// A hardware counter of soft-RoCE (`ports/1/hw_counters/NAME`), summed over every device:
+    /// `completer_retry_err` (ACK timeouts), `rcvd_rnr_err` (receiver-not-ready answers).
+    static func counter(_ name: String) -> Int {
+        let devices = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/class/infiniband")) ?? []
+        return devices.reduce(0) { sum, device in
+            let path = "/sys/class/infiniband/\(device)/ports/1/hw_counters/\(name)"
+            return sum + (Int((try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0)
+        }
+    }
+
     /// The directory holding the built products (the test bundle sits next to them).
     static var productsDirectory: URL {
         URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
