@@ -83,6 +83,14 @@ struct ibv_cq *ibv_create_cq(struct ibv_context *context, int cqe, void *cq_cont
         real = (struct ibv_cq * (*)(struct ibv_context *, int, void *, struct ibv_comp_channel *, int))
             dlsym(RTLD_NEXT, "ibv_create_cq");
     if (real == NULL) {
+        // A program that loads libibverbs with dlopen (UCX's transport modules) keeps it out of
+        // the global scope that RTLD_NEXT searches: ask the library itself, loaded by now.
+        void *verbs = dlopen("libibverbs.so.1", RTLD_NOW | RTLD_NOLOAD);
+        if (verbs != NULL)
+            real = (struct ibv_cq * (*)(struct ibv_context *, int, void *, struct ibv_comp_channel *, int))
+                dlsym(verbs, "ibv_create_cq");
+    }
+    if (real == NULL) {
         fprintf(stderr, "poll-count: ibv_create_cq not found after the shim\n");
         abort();
     }
