@@ -5,9 +5,9 @@ import RDMAVerbs
 /// **Handshake.** The connect request and its accept carry a 24-byte hello in rdma_cm's private
 /// data: magic `"DMA4"`, then, as big-endian 32-bit integers, the *credits* the sender grants
 /// (how many data messages the peer may have in flight), its *room* (how many credit updates it
-/// can absorb: as many as it takes of the peer's credits) and the size of its receive slots, and as a big-endian 64-bit integer the
-/// *largest message* it accepts (larger than a slot: by rendezvous, below; at most 1 TiB, the
-/// largest area).
+/// can absorb: as many as it takes of the peer's credits) and the size of its receive slots, and
+/// as a big-endian 64-bit integer the *largest message* it accepts (larger than a slot: by
+/// rendezvous, below; at most 1 TiB, the largest area).
 ///
 /// **Rendezvous** (messages larger than the peer's slot; docs/large-messages.md). The sender
 /// binds a memory window to the buffer (remote read only, this queue pair only) and sends a
@@ -32,9 +32,10 @@ import RDMAVerbs
 /// never needed for correctness. A slow receiver keeps its slots, hands back no credits, and
 /// the sender's messages wait in its queue, in order: it is throttled, never failed.
 ///
-/// A side takes no more of the peer's grant than it grants itself (a server's room is at most
-/// its own grant; over a socket both take the smaller grant), so both directions use the smaller
-/// grant and a peer's announcement never decides how much of the other side's area it gets. The
+/// A side takes no more of the peer's grant than it grants itself, unless its `sendCredits` asks
+/// for more (a server's room is at most that; over a socket each side says in the second
+/// exchange how many it takes), so by default both directions use the smaller grant, and a
+/// peer's announcement never decides how much of the other side's area it gets. The
 /// receiver checks every message (``ConnectionCore/creditViolation(credits:dones:isCreditUpdate:)``):
 /// a data message when the peer holds no credit, credits handed back beyond those spent, and a
 /// credit update that hands back nothing are protocol errors that end the connection.
