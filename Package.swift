@@ -138,7 +138,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DMAIOUnitTests",
-            dependencies: ["DMAIO"],
+            dependencies: ["DMAIO", "ExampleSupport"],
             path: "Tests/DMAIOUnitTests"
         ),
         .testTarget(

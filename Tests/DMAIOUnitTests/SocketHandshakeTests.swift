@@ -1,6 +1,7 @@
 import RDMAVerbs
 import Testing
 @testable import DMAIO
+import ExampleSupport
 
 /// The TCP-upgrade handshake parser takes bytes from whoever is on the other end of a socket:
 /// every input must give a valid hello or a clear `connectionFailed` error, never a crash.
@@ -95,18 +96,5 @@ import Testing
         print("socket handshake fuzz: \(inputs) inputs, \(accepted) accepted, \(refused) refused")
         #expect(accepted + refused == inputs)
         #expect(accepted > 0 && refused > 0)
-    }
-}
-
-/// A small deterministic generator, so that a failing input can be reproduced.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
