@@ -566,18 +566,25 @@ static void flow_peer(struct ctx *c)
 /* dma_assoc: "The bytes become receive slots (size / slot size of them, each a credit granted to
  * the peer ...)". The receiver here has two slots and the sender one: with DMA_SEND_CREDITS(2)
  * the sender may have two messages in flight, whatever its own slot count. */
-static void credits_main(struct ctx *c)
+/* The sender of both credits scenarios: one slot of its own, two 4 KiB messages, both reported
+ * sent once the peer released them (it gives up on message 1 after 5 s at most). */
+static void send_two_messages(struct ctx *c, int flags)
 {
     struct side s;
-    if (!side_up(&s, c, 1 << 20, 4096, SLOT_4K | DMA_SEND_CREDITS(2)))
+    if (!side_up(&s, c, 1 << 20, 4096, flags))
         return;
     send_message(&s, 4096, 0);
     send_message(&s, 4096, 1);
-    expect_sent_within(&s, 2, T(12000)); /* the peer gives up on message 1 after 5 s, then releases */
+    expect_sent_within(&s, 2, T(12000));
     if (!sync_wait(c->link, 'R', NULL, SYNC_MS))
         return;
     side_down(&s);
     sync_send(c->link, 'X', 0);
+}
+
+static void credits_main(struct ctx *c)
+{
+    send_two_messages(c, SLOT_4K | DMA_SEND_CREDITS(2));
 }
 
 static void credits_peer(struct ctx *c)
@@ -614,16 +621,7 @@ static void credits_peer(struct ctx *c)
  * released. */
 static void credits_default_main(struct ctx *c)
 {
-    struct side s;
-    if (!side_up(&s, c, 1 << 20, 4096, SLOT_4K))
-        return;
-    send_message(&s, 4096, 0);
-    send_message(&s, 4096, 1);
-    expect_sent_within(&s, 2, T(12000));
-    if (!sync_wait(c->link, 'R', NULL, SYNC_MS))
-        return;
-    side_down(&s);
-    sync_send(c->link, 'X', 0);
+    send_two_messages(c, SLOT_4K);
 }
 
 static void credits_default_peer(struct ctx *c)
