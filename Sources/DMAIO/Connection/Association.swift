@@ -42,7 +42,8 @@ struct Association: Handshake, ~Copyable {
         /// Socket: hellos are being exchanged.
         case exchangingHellos(SocketHandshake.Hello, gidIndex: Int)
         /// Socket: queue pair numbers are being exchanged.
-        case exchangingQueuePairs(QueuePair, SocketHandshake.Hello, peer: SocketHandshake.Hello, gidIndex: Int, offsets: [Int], sendDepth: Int)
+        case exchangingQueuePairs(QueuePair, SocketHandshake.Hello, peer: SocketHandshake.Hello, gidIndex: Int, offsets: [Int], sendDepth: Int,
+                                  room: Int)
         /// Socket: ready bytes are being exchanged.
         case exchangingReady(room: Int, grantUsed: Int, peerSlotSize: Int, peerLargestMessage: Int)
         case done
@@ -214,9 +215,9 @@ struct Association: Handshake, ~Copyable {
             try queuePair.moveToInit(port: 1, access: .peerAccess)
             let numbers = SocketHandshake.QueuePairNumbers(queuePairNumber: queuePair.number, creditsTaken: UInt32(room))
             exchange.start(sending: numbers.bytes, receiving: SocketHandshake.QueuePairNumbers.size)
-            step = .exchangingQueuePairs(queuePair, hello, peer: peer, gidIndex: gidIndex, offsets: offsets, sendDepth: sendDepth)
+            step = .exchangingQueuePairs(queuePair, hello, peer: peer, gidIndex: gidIndex, offsets: offsets, sendDepth: sendDepth, room: room)
             return try advance(over: socket)
-        case .exchangingQueuePairs(let queuePair, let hello, let peer, let gidIndex, let offsets, let sendDepth):
+        case .exchangingQueuePairs(let queuePair, let hello, let peer, let gidIndex, let offsets, let sendDepth, let room):
             if case let progress = try exchange.advance(on: socket), !progress.isDone { return progress }
             let peerNumbers = try SocketHandshake.QueuePairNumbers(parsing: exchange.incoming, granted: UInt32(credits))
             let peerQueuePair = peerNumbers.queuePairNumber
@@ -227,7 +228,7 @@ struct Association: Handshake, ~Copyable {
             try queuePair.moveToReadyToSend(packetSequenceNumber: hello.endpoint.packetSequenceNumber, timeout: PeerTimeout.ackTimeout, retryCount: PeerTimeout.retryCount)
             // Both sides have posted their receives: data may flow once the peer says so.
             exchange.start(sending: [SocketHandshake.readyByte], receiving: 1)
-            step = .exchangingReady(room: min(Int(peer.credits), creditsToTake), grantUsed: Int(peerNumbers.creditsTaken),
+            step = .exchangingReady(room: room, grantUsed: Int(peerNumbers.creditsTaken),
                                     peerSlotSize: Int(peer.slotSize), peerLargestMessage: Int(peer.largestMessage))
             return try advance(over: socket)
         case .exchangingReady(let room, let grantUsed, let peerSlotSize, let peerLargestMessage):
