@@ -86,6 +86,10 @@ extension Registry {
             var translated = ec_event(type: EC_EVENT_DISCONNECTED, socket: socket)
             translated.error = ECONNRESET
             return reference.deliver(translated, from: reference)
+        case .interrupted(let connection), .resumed(let connection):
+            guard let socket = channel.socketsByConnection[connection.rawValue] else { return false }
+            let type = if case .interrupted = event { EC_EVENT_INTERRUPTED } else { EC_EVENT_RESUMED }
+            return reference.deliver(ec_event(type: type, socket: socket), from: reference)
         }
     }
 

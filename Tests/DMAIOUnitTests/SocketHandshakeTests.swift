@@ -55,6 +55,34 @@ import ExampleSupport
         }
     }
 
+    /// The resume after a queue pair failed: 32 bytes as documented, and every field checked —
+    /// the magic, the version, the reserved bytes, credits at most what this side took (8 here),
+    /// a 24-bit queue pair number that is not 0, a 24-bit PSN.
+    @Test func resumeMessagesAreLaidOutAsDocumentedAndChecked() throws {
+        let resume = SocketHandshake.Resume(messagesReceived: 0x1_0000_0002, credits: 8, queuePairNumber: 0x11, packetSequenceNumber: 0xABCDEF)
+        #expect(resume.bytes == [0x44, 0x4D, 0x41, 0x52, 0, 5, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 8, 0, 0, 0, 0x11, 0, 0xAB, 0xCD, 0xEF, 0, 0, 0, 0])
+        #expect(resume.bytes[0] == SocketHandshake.Resume.firstByte)
+        #expect(try SocketHandshake.Resume(parsing: resume.bytes, creditLimit: 8) == resume)
+        func changed(_ offset: Int, _ value: UInt8) -> [UInt8] {
+            var bytes = resume.bytes
+            bytes[offset] = value
+            return bytes
+        }
+        let bad: [([UInt8], String)] = [
+            (changed(0, 0x45), "does not start with \"DMAR\""), (changed(5, 4), "is version 4"), (changed(6, 1), "reserved"),
+            (changed(31, 1), "reserved"), (changed(19, 9), "hands out 9 credits"), (changed(23, 0), "names queue pair 0"),
+            (changed(20, 1), "names queue pair 16777233"), (changed(24, 1), "not a 24-bit number"), (Array(resume.bytes.prefix(31)), "31 bytes"),
+        ]
+        for (bytes, reason) in bad {
+            #expect {
+                try SocketHandshake.Resume(parsing: bytes, creditLimit: 8)
+            } throws: { error in
+                let error = error as? RDMAError
+                return error?.errno == .protocolError && error?.message.contains(reason) == true
+            }
+        }
+    }
+
     /// Property-based fuzzing: 200,000 inputs — random bytes of random lengths, valid hellos
     /// with random bytes flipped, truncated and extended ones — each parsed. Anything accepted
     /// must satisfy every invariant the queue-pair setup relies on; anything refused must be

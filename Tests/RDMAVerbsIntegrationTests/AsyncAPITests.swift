@@ -119,25 +119,33 @@ extension RxeIntegration {
         }
 
         /// A peer that goes silent (its queue pair drops every packet without an answer, as a
-        /// dead host would), while the only consumer is a `for try await` loop that never calls
-        /// anything else: the loop gets the disconnect within the documented bound (two
-        /// keepalive intervals and the retries: about 6 s).
+        /// dead host would, and it never answers the resume), while the only consumer is a
+        /// `for try await` loop that never calls anything else: the loop gets the interruption
+        /// within the documented bound (two keepalive intervals and the retries: about 6 s), and
+        /// the disconnect once the resume deadline passed (1 s here, and at most one keepalive
+        /// sweep more).
         @Test func aSilentPeerEndsTheAsyncLoopInTime() async throws {
             let pair = try ConnectedPair(transport: .tcpSocket)  // no rdma_cm: nothing but silence
             while try pair.clientEvents.next() != nil {}
+            pair.client.resumeDeadline = .seconds(1)
+            pair.server.stopWatchingSocketForTesting()
             try #require(pair.server.queuePair != nil)
             try pair.server.queuePair!.moveToError()
             let start = ContinuousClock.now
-            let loop = Task { () throws -> Duration? in
+            let loop = Task { () throws -> (interrupted: Duration?, disconnected: Duration)? in
+                var interrupted: Duration?
                 for try await event in pair.clientEvents {
-                    if case .disconnected = event { return ContinuousClock.now - start }
+                    if case .interrupted = event { interrupted = ContinuousClock.now - start }
+                    if case .disconnected = event { return (interrupted, ContinuousClock.now - start) }
                 }
                 return nil
             }
             let elapsed = try await value(of: loop, within: .seconds(20)) ?? nil
             let seen = try #require(elapsed, "the loop saw no disconnect within 20 s of the peer going silent")
-            print("async: a silent peer was reported to the for-await loop after \(seen)")
-            #expect(seen < .seconds(8), "the silent peer was seen after \(seen)")
+            print("async: a silent peer was reported to the for-await loop: interrupted after \(seen.interrupted.map(String.init(describing:)) ?? "never"), disconnected after \(seen.disconnected)")
+            let interrupted = try #require(seen.interrupted, "no interruption before the disconnect")
+            #expect(interrupted < .seconds(8), "the silent peer was noticed after \(interrupted)")
+            #expect(seen.disconnected - interrupted < .seconds(1) + PeerTimeout.keepAliveInterval + .seconds(1))
         }
 
         /// Peers that send a connect request and never finish connecting do not hold up an

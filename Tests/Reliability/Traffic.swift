@@ -118,7 +118,7 @@ final class Traffic {
                 flow.disconnectedAt = flow.disconnectedAt ?? .now
                 flow.fail("disconnected")
             }
-        case .received, .connected:
+        case .received, .connected, .interrupted, .resumed:
             break
         }
     }

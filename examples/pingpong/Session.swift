@@ -21,6 +21,7 @@ struct Session {
     let pattern: Pattern
     /// Sends posted and not yet completed.
     let outstanding = Counter()
+    let interruptions = InterruptionLog(tool: "pingpong")
 
     final class Counter {
         var value = 0
@@ -239,6 +240,12 @@ struct Session {
             outstanding.value -= 1
             return false
         case .connected:
+            return false
+        case .interrupted:
+            interruptions.interrupted()
+            return false
+        case .resumed:
+            interruptions.resumed()
             return false
         case .disconnected:
             throw RDMAError(.disconnected, operation: operation, errno: .connectionReset, message: "the peer disconnected (the event channel reported it): is the other side still running?")

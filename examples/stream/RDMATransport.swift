@@ -13,6 +13,7 @@ struct RDMATransport {
     let window: Int
     let useEvents: Bool
     let pattern: Pattern?
+    let interruptions = InterruptionLog(tool: "stream")
 
     /// Large messages in flight are bounded by this many bytes of each side's area.
     static let largeBytesInFlight = 64 << 20
@@ -127,6 +128,12 @@ struct RDMATransport {
             throw RDMAError(.workCompletion, operation: "aio_send", message: "message \(cookie) failed: \(status)")
         case .disconnected:
             throw RDMAError(.disconnected, operation: operation, errno: .connectionReset, message: "the receiver disconnected (the event channel reported it): is it still running?")
+        case .interrupted:
+            interruptions.interrupted()
+            return 0
+        case .resumed:
+            interruptions.resumed()
+            return 0
         default: return 0
         }
     }

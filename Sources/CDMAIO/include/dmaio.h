@@ -230,9 +230,17 @@ enum ec_event_type {
     EC_EVENT_RECV_FAILED = 6,  /* a receive failed; status is the verbs status; for an
                                   aio_recv_cb request error says why (EMSGSIZE, ECONNRESET,
                                   ECANCELED) */
-    EC_EVENT_ASSOC_FAILED = 7  /* a dma_assoc with DMA_NONBLOCK failed; error is the errno the
+    EC_EVENT_ASSOC_FAILED = 7, /* a dma_assoc with DMA_NONBLOCK failed; error is the errno the
                                   blocking call would have returned (ETIMEDOUT, EPROTO,
                                   ECONNRESET, ...), or ECANCELED after sio_close */
+    EC_EVENT_INTERRUPTED = 8,  /* the connection's queue pair failed (the peer stopped answering
+                                  for a while, or the link went down) and it is resuming on a
+                                  new one: sends queue, nothing is lost. EC_EVENT_RESUMED
+                                  follows, or EC_EVENT_DISCONNECTED when the peer is not back
+                                  within 30 s (dma_last_error says so). Connections upgraded
+                                  from a TCP socket resume; rdma_cm ones end at once, as before */
+    EC_EVENT_RESUMED = 9       /* an interrupted connection is back: what the peer had not
+                                  received was sent again, in order, once; data flows */
 };
 
 /* One event. */

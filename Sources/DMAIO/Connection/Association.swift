@@ -43,7 +43,7 @@ struct Association: Handshake, ~Copyable {
         case exchangingHellos(SocketHandshake.Hello, gidIndex: Int)
         /// Socket: queue pair numbers are being exchanged.
         case exchangingQueuePairs(QueuePair, SocketHandshake.Hello, peer: SocketHandshake.Hello, gidIndex: Int, offsets: [Int], sendDepth: Int,
-                                  room: Int)
+                                  room: Int, capabilities: QueuePairCapabilities)
         /// Socket: ready bytes are being exchanged.
         case exchangingReady(room: Int, grantUsed: Int, peerSlotSize: Int, peerLargestMessage: Int)
         case done
@@ -116,11 +116,11 @@ struct Association: Handshake, ~Copyable {
             let sendDepth = Self.sendDepth(granting: granted, taking: room)
             try events.reserveCapacity(sendDepth + granted + room, for: id)
             let offsets = try claimSlots(granted + room)
+            let capabilities = Self.capabilities(sendDepth: sendDepth, receives: granted + room, pool: pool)
             let queuePair = try cmID.createQueuePair(
                 protectionDomain: area.protectionDomain, sendQueue: events.completionQueue, receiveQueue: events.completionQueue,
-                capabilities: Self.capabilities(sendDepth: sendDepth, receives: granted + room, pool: pool),
-                sharedReceiveQueue: pool?.queue)
-            try install(queuePair, granted: granted, slotOffsets: offsets, sendDepth: sendDepth)
+                capabilities: capabilities, sharedReceiveQueue: pool?.queue)
+            try install(queuePair, granted: granted, slotOffsets: offsets, sendDepth: sendDepth, capabilities: capabilities)
             let hello = WireProtocol.Hello(credits: UInt32(granted), room: UInt32(room), slotSize: UInt32(slotSize),
                                            largestMessage: UInt64(largestMessage))
             // One RDMA read each way (a large message's receiver reads it: docs/large-messages.md),
@@ -208,24 +208,31 @@ struct Association: Handshake, ~Copyable {
             let sendDepth = Self.sendDepth(granting: credits, taking: room)
             try events.reserveCapacity(sendDepth + credits + room, for: id)
             let offsets = try claimSlots(credits + room)
+            let capabilities = Self.capabilities(sendDepth: sendDepth, receives: credits + room, pool: pool)
             let queuePair = try QueuePair(
                 protectionDomain: area.protectionDomain, sendQueue: events.completionQueue, receiveQueue: events.completionQueue,
-                capabilities: Self.capabilities(sendDepth: sendDepth, receives: credits + room, pool: pool),
-                sharedReceiveQueue: pool?.queue)
+                capabilities: capabilities, sharedReceiveQueue: pool?.queue)
             try queuePair.moveToInit(port: 1, access: .peerAccess)
             let numbers = SocketHandshake.QueuePairNumbers(queuePairNumber: queuePair.number, creditsTaken: UInt32(room))
             exchange.start(sending: numbers.bytes, receiving: SocketHandshake.QueuePairNumbers.size)
-            step = .exchangingQueuePairs(queuePair, hello, peer: peer, gidIndex: gidIndex, offsets: offsets, sendDepth: sendDepth, room: room)
+            step = .exchangingQueuePairs(queuePair, hello, peer: peer, gidIndex: gidIndex, offsets: offsets, sendDepth: sendDepth, room: room,
+                                         capabilities: capabilities)
             return try advance(over: socket)
-        case .exchangingQueuePairs(let queuePair, let hello, let peer, let gidIndex, let offsets, let sendDepth, let room):
+        case .exchangingQueuePairs(let queuePair, let hello, let peer, let gidIndex, let offsets, let sendDepth, let room, let capabilities):
             if case let progress = try exchange.advance(on: socket), !progress.isDone { return progress }
             let peerNumbers = try SocketHandshake.QueuePairNumbers(parsing: exchange.incoming, granted: UInt32(credits))
             let peerQueuePair = peerNumbers.queuePairNumber
-            try install(queuePair, granted: credits, slotOffsets: offsets, sendDepth: sendDepth)
+            try install(queuePair, granted: credits, slotOffsets: offsets, sendDepth: sendDepth, capabilities: capabilities)
             var remote = peer.endpoint
             remote.queuePairNumber = peerQueuePair
-            try queuePair.moveToReadyToReceive(remote: remote, port: 1, gidIndex: gidIndex, mtu: ibv_mtu(rawValue: min(UInt32(hello.mtu), UInt32(peer.mtu))))
+            let mtu = ibv_mtu(rawValue: min(UInt32(hello.mtu), UInt32(peer.mtu)))
+            try queuePair.moveToReadyToReceive(remote: remote, port: 1, gidIndex: gidIndex, mtu: mtu)
             try queuePair.moveToReadyToSend(packetSequenceNumber: hello.endpoint.packetSequenceNumber, timeout: PeerTimeout.ackTimeout, retryCount: PeerTimeout.retryCount)
+            // What a replacement queue pair is brought up with, should this one fail.
+            let id = self.id
+            events.state.withLock { state in
+                state.connections.core(id.rawValue)?.pointee.socketLink = SocketLink(gidIndex: gidIndex, mtu: mtu, peer: peer.endpoint)
+            }
             // Both sides have posted their receives: data may flow once the peer says so.
             exchange.start(sending: [SocketHandshake.readyByte], receiving: 1)
             step = .exchangingReady(room: room, grantUsed: Int(peerNumbers.creditsTaken),
@@ -300,7 +307,8 @@ struct Association: Handshake, ~Copyable {
     }
 
     /// Hands the queue pair and the slots to the connection and posts the receives.
-    private mutating func install(_ queuePair: QueuePair, granted: Int, slotOffsets: [Int], sendDepth: Int) throws(RDMAError) {
+    private mutating func install(_ queuePair: QueuePair, granted: Int, slotOffsets: [Int], sendDepth: Int,
+                                  capabilities: QueuePairCapabilities) throws(RDMAError) {
         let slots = slotOffsets.count
         let (id, area, pool, slotSize, blocks) = (self.id, self.area, self.pool, self.slotSize, self.blocks)
         try events.state.withLock { state throws(RDMAError) in
@@ -316,6 +324,9 @@ struct Association: Handshake, ~Copyable {
             core.pointee.readPiece = readPiece
             core.pointee.releasedSlots = ReceiveBatch(capacity: ConnectionCore.repostBatchSize(granting: granted))
             core.pointee.sendQueueFree = sendDepth
+            core.pointee.sendDepth = sendDepth
+            core.pointee.queuePairCapabilities = capabilities
+            core.pointee.slotHeld = [Bool](repeating: false, count: slotOffsets.count)
             core.pointee.arrivals.reserveCapacity(slots)
             core.pointee.inFlight.reserveCapacity(sendDepth)
             core.pointee.pending.reserveCapacity(sendDepth)

@@ -200,6 +200,22 @@ public final class Connection: Sendable {
     /// Whether the connection is associated and established.
     public var isConnected: Bool { events.state.withLock { $0.connections.core(id.rawValue)?.pointee.status == .connected } }
 
+    /// How long the connection may stay interrupted before it is given up: when its queue pair
+    /// fails — the peer stopped answering for about two seconds, or the link went down — it
+    /// resumes on a new one (``Event/interrupted(connection:)``, then
+    /// ``Event/resumed(connection:)``) and loses nothing; a peer that is not back within this
+    /// time is reported gone (``Event/disconnected(connection:)``, and later calls say why).
+    /// 30 seconds by default; may be set at any time, and counts from the interruption.
+    ///
+    /// Connections upgraded from a TCP socket (``init(socket:events:gidIndex:)``) resume; those
+    /// made through rdma_cm end at once when their queue pair fails, for now. A peer whose
+    /// program closed the connection or died is never waited for: its kernel closes the socket,
+    /// and that ends the connection at once.
+    public var resumeDeadline: Duration {
+        get { events.state.withLock { $0.connections.core(id.rawValue)?.pointee.resumeDeadline ?? PeerTimeout.resumeDeadline } }
+        set { events.state.withLock { $0.connections.core(id.rawValue)?.pointee.resumeDeadline = newValue } }
+    }
+
     /// The send side's bookkeeping, for diagnostics: credits held, messages waiting for a
     /// credit, and messages posted to the queue pair and not yet completed.
     package var sendCounters: (credits: Int, waiting: Int, posted: Int) {
@@ -222,6 +238,15 @@ public final class Connection: Sendable {
 
     /// The connection's queue pair; for tests that break it on purpose.
     var queuePair: QueuePair? { events.state.withLock { $0.connections.core(id.rawValue)?.pointee.queuePair } }
+
+    /// Stops watching the connection's TCP socket, so that the peer's resume goes unseen; for
+    /// tests of a peer that never answers.
+    func stopWatchingSocketForTesting() {
+        events.state.withLock { state in
+            guard let core = state.connections.core(id.rawValue) else { return }
+            state.stopWatchingSocket(core)
+        }
+    }
 
     /// Where the last data send was posted from; for tests of the zero-copy path.
     var lastPostedSendAddress: UnsafeRawPointer? {

@@ -40,6 +40,7 @@ extension ConnectionCore {
         send.window = window
         send.key = key
         inFlight.append(send)
+        messagesSent &+= 1
         largeInFlight += 1
         credits -= 1
         sendQueueFree -= 2

@@ -17,6 +17,9 @@ struct ConnectionCore: ~Copyable {
         case unassociated
         /// Associated and established: data flows.
         case connected
+        /// The queue pair failed and a new one is being brought up with the peer
+        /// (``Resumption``): sends queue, nothing is lost; ``PeerTimeout/resumeDeadline`` bounds it.
+        case interrupted
         /// The peer went away or the connection broke.
         case disconnected
         /// Closed by this side.
@@ -24,8 +27,9 @@ struct ConnectionCore: ~Copyable {
     }
 
     struct PendingSend {
-        /// The buffer's block in the area, or -1 once it went back (an inline send's bytes
-        /// are copied into the work request, so its block is free at once).
+        /// The buffer's block in the area, or -1 once it went back. An inline send's block, too,
+        /// is kept until the send completes: a resumed connection sends it again when the peer
+        /// did not get it (``Resumption``).
         var offset: Int
         var count: Int
         var cookie: UInt64
@@ -84,8 +88,17 @@ struct ConnectionCore: ~Copyable {
     /// An association (``Association``) is under way: a second one is refused.
     var associating = false
     var queuePair: QueuePair? {
-        didSet { borrowedQueuePair = queuePair.map(Borrowed.init) }
+        didSet {
+            borrowedQueuePair = queuePair.map(Borrowed.init)
+            queuePairNumber = queuePair?.number ?? 0
+        }
     }
+    /// The number of ``queuePair``: a completion that names another queue pair is a late one
+    /// of a queue pair the connection replaced (``Resumption``), and is not the connection's.
+    private(set) var queuePairNumber: UInt32 = 0
+    /// The send queue's depth, and what a replacement queue pair is made with.
+    var sendDepth = 0
+    var queuePairCapabilities = QueuePairCapabilities()
     var area: DMAArea? {
         didSet { borrowedArea = area.map(Borrowed.init) }
     }
@@ -113,6 +126,18 @@ struct ConnectionCore: ~Copyable {
     /// protocol (it would take a slot another message was promised): the connection ends.
     var peerCredits = 0
     var peerSlotSize = 0
+    /// Data messages posted since the association (wrapping): the number of the next one. A
+    /// resumed connection replays from the peer's count of messages received (``Resumption``).
+    var messagesSent = 0
+    /// Which slots the program holds (handed out, not yet released), by slot number: a queue
+    /// pair that replaces a failed one gets every other free slot posted.
+    var slotHeld: [Bool] = []
+    /// The resume under way while ``status`` is ``Status/interrupted``.
+    var resumption: Resumption?
+    /// What a socket connection's queue pair was brought up with, to bring up another.
+    var socketLink: SocketLink?
+    /// How long an interrupted connection may take to resume before it is given up.
+    var resumeDeadline = PeerTimeout.resumeDeadline
     /// Data messages this side may still send before the peer hands credits back.
     var credits = 0
     /// The most credits this side holds at once: the peer's grant as this side took it.
@@ -258,6 +283,9 @@ struct ConnectionCore: ~Copyable {
     /// Whether the connection can carry no more data: the peer went away, it broke, or it was
     /// closed.
     var hasEnded: Bool { status == .disconnected || status == .closed }
+
+    /// Whether data flows or will again: connected, or interrupted and resuming.
+    var isOpen: Bool { status == .connected || status == .interrupted }
 
     /// Whether the connection may be forgotten: closed, every buffer it handed out back, every
     /// posted send completed (so each has had its event).
@@ -449,24 +477,20 @@ struct ConnectionCore: ~Copyable {
     /// the peer ride along.
     @inline(__always)
     private mutating func post(_ send: PendingSend, on queuePair: Borrowed<QueuePair>, from area: Borrowed<DMAArea>) throws(RDMAError) {
-        var send = send
         let (returned, dones) = takeCreditsAndDones()
         let immediate = WireProtocol.immediate(returning: returned, dones: dones, creditUpdate: false)
         let segment = area.with { $0.segment(at: send.offset, count: send.count) }
         let request = requestID(.dataSend)
         // Small payloads go inline where the device allows: the bytes travel inside the work
-        // request and the buffer is back in the area at once.
-        let inline = try queuePair.with { queuePair throws(RDMAError) -> Bool in
+        // request. The buffer is kept until the send completes all the same (a resume may
+        // send it again).
+        try queuePair.with { queuePair throws(RDMAError) in
             let inline = send.count <= queuePair.capabilities.maxInlineData
             try queuePair.postSend(segment, requestID: request, operation: .sendWithImmediate(immediate), inline: inline)
-            return inline
         }
         lastPostedSendAddress = UnsafeRawPointer(bitPattern: UInt(segment.address))
-        if inline {
-            area.with { $0.free(send.offset) }
-            send.offset = -1
-        }
         inFlight.append(send)
+        messagesSent &+= 1
         credits -= 1
         sendQueueFree -= 1
     }

@@ -100,8 +100,9 @@ extension ChannelState {
     mutating func receive(_ id: Connection.ID) throws(RDMAError) -> ConnectionCore.Arrival? {
         let core = try core(id, for: "aio_recv")
         var next = core.pointee.popVisibleArrival()
-        // After the peer left, too: what it sent before may still be in the queue.
-        if next == nil, core.pointee.status == .connected || core.pointee.status == .disconnected {
+        // After the peer left, too: what it sent before may still be in the queue; and while
+        // the connection resumes, which the pump drives.
+        if next == nil, core.pointee.status != .unassociated && core.pointee.status != .closed {
             next = try pump(handingOutTo: core) ?? core.pointee.popVisibleArrival()
             afterChange()
         }
@@ -111,7 +112,11 @@ extension ChannelState {
         }
         core.pointee.handedOut += 1
         core.pointee.held += 1
-        if arrival.isLarge { core.pointee.handOutLarge(arrival) }
+        if arrival.isLarge {
+            core.pointee.handOutLarge(arrival)
+        } else {
+            core.pointee.slotHeld[arrival.slot] = true
+        }
         return arrival
     }
 
@@ -140,7 +145,7 @@ extension ChannelState {
     /// and every message was handed out.
     mutating func nextArrival(_ id: Connection.ID) throws(RDMAError) -> ConnectionCore.Arrival? {
         let core = try core(id, for: "aio_recv")
-        if core.pointee.arrivals.isEmpty, core.pointee.status == .connected || core.pointee.status == .disconnected {
+        if core.pointee.arrivals.isEmpty, core.pointee.status != .unassociated && core.pointee.status != .closed {
             try pump()
             afterChange()
         }
@@ -177,7 +182,10 @@ extension ChannelState {
         guard let core = connections.core(raw) else { return nil }
         if slot < 0 { return releaseLarge(slot: slot, of: raw, core: core) }
         core.pointee.held -= 1
-        guard core.pointee.status == .connected else {
+        core.pointee.slotHeld[slot] = false
+        // While the connection resumes, the slot is posted on the new queue pair (its credit
+        // goes back once data flows again).
+        guard core.pointee.isOpen else {
             // A pool's slot goes back to the pool; a private slot waits for the connection to go.
             if let pool = core.pointee.pool { try? pool.repost(slot: slot) }
             return core.pointee.status == .closed ? forgetIfFinished(raw) : nil
@@ -198,7 +206,7 @@ extension ChannelState {
     private mutating func releaseLarge(slot: Int, of raw: UInt32, core: UnsafeMutablePointer<ConnectionCore>) -> EventChannel? {
         core.pointee.held -= 1
         core.pointee.releaseLarge(block: ConnectionCore.Arrival(slot: slot, length: 0).block!)
-        guard core.pointee.status == .connected else {
+        guard core.pointee.isOpen else {
             return core.pointee.status == .closed ? forgetIfFinished(raw) : nil
         }
         pumpSends(core)
@@ -213,7 +221,7 @@ extension ChannelState {
     func checkUsable(_ core: UnsafeMutablePointer<ConnectionCore>, for operation: String) throws(RDMAError) {
         let id = core.pointee.id
         switch core.pointee.status {
-        case .connected: return
+        case .connected, .interrupted: return
         case .unassociated:
             throw RDMAError(.notConnected, operation: operation, errno: .socketNotConnected,
                             message: "\(id) is not associated with an area yet: call associate (dma_assoc) first")

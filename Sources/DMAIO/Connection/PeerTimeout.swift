@@ -1,13 +1,18 @@
 import RDMAVerbs
 
-/// How long a connection waits for a peer that went silent — its host died, its link was cut —
-/// before it fails the sends in flight and reports the connection broken.
+/// How long a connection waits for a peer that went silent — its host stalled or died, its link
+/// was cut — before its queue pair fails, and how long it then has to resume.
 ///
 /// A queue pair sends a packet again when no acknowledgement came within the ACK timeout, and
-/// gives up after `retryCount` more tries: 7 × 268 ms ≈ 1.9 s of silence. A shorter timeout
-/// detects a dead peer sooner but resends on every pause of a busy or emulated host (soft-RoCE
-/// under QEMU pauses for tens of milliseconds); a longer one leaves the application waiting.
-/// A peer whose process dies is seen at once instead: its kernel closes the connection.
+/// gives up after `retryCount` more tries: 7 × 268 ms ≈ 1.9 s of silence. That failure is not the
+/// connection's end where it can resume (``ConnectionCore/Resumption``): a new queue pair takes
+/// over and nothing is lost, and the connection is given up only after ``resumeDeadline``. So the
+/// queue pair's own timeout is kept short, which serves resume best: a lost packet costs 268 ms,
+/// not seconds (soft-RoCE loses packets under load), and a stall is noticed soon and handed to
+/// the resume, which waits as long as the deadline says. A longer ACK timeout (2^20 × 4.096 µs
+/// ≈ 4.3 s, eight tries ≈ 34 s) would ride out a stall without resuming, at 4.3 s per lost
+/// packet (docs/resume.md). A peer whose process dies is seen at once instead: its kernel
+/// closes the connection.
 ///
 /// A connection with nothing in flight would never notice: one that is idle, or waiting for
 /// credits that a vanished peer will never hand back. So every ``keepAliveInterval`` the
@@ -30,6 +35,11 @@ package enum PeerTimeout {
     package static let retryCount: UInt8 = 6
     /// How often the event channel looks for connections that went quiet, and probes them.
     package static let keepAliveInterval: Duration = .seconds(2)
+    /// How long a connection whose queue pair failed may take to resume on a new one before
+    /// it is given up (``ConnectionCore/Resumption``): a peer unreachable that long — its host
+    /// stalled, its link down — is reported gone. A peer whose process closed the connection or
+    /// died is not waited for: its kernel says so at once.
+    package static let resumeDeadline: Duration = .seconds(30)
 }
 
 extension AccessFlags {

@@ -19,6 +19,10 @@ import Glibc
 /// 3. one ``readyByte``: data may flow once the peer's has arrived, so no message can reach a
 ///    queue pair that is not ready.
 ///
+/// After that the socket carries one thing: a ``Resume``, when a side's queue pair failed and
+/// the connection resumes on a new one (``ConnectionCore/Resumption``), again followed by one
+/// ready byte each way. Anything else is a protocol error; the socket's end is the connection's.
+///
 /// The hello is 48 bytes, big-endian:
 ///
 /// ```
@@ -40,7 +44,8 @@ import Glibc
 /// queue pair number alone, and took the whole grant.)
 enum SocketHandshake {
     static let magic: UInt32 = 0x444D_4153  // "DMAS"
-    static let version: UInt16 = 4
+    /// 5: resume (``Resume``). 4: credits taken (``QueuePairNumbers``).
+    static let version: UInt16 = 5
     static let helloSize = 48
     static let readyByte: UInt8 = 0x52  // "R"
 
@@ -152,6 +157,74 @@ enum SocketHandshake {
                 throw RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
                                 message: "the peer takes \(creditsTaken) credits of the \(granted) this side granted: protocol error")
             }
+        }
+    }
+
+    /// What a side sends when its connection resumes on a new queue pair, 32 bytes, big-endian:
+    ///
+    /// ```
+    ///  0  magic "DMAR"          4  version (5)     6  0 (16 bits)
+    ///  8  data messages received since the association (64 bits)
+    /// 16  credits the peer holds on the new queue pair
+    /// 20  the new queue pair's number          24  its first PSN      28  0
+    /// ```
+    ///
+    /// The count tells the peer which of its messages arrived: it sends the others again, in
+    /// order. The credits are this side's slots that are free (posted on the new queue pair):
+    /// the grant, less the messages waiting here or held by the program.
+    struct Resume: Equatable {
+        static let size = 32
+        static let magic: UInt32 = 0x444D_4152  // "DMAR"
+        /// The magic's first byte: a socket that turns readable with this byte after the
+        /// handshake carries a resume.
+        static let firstByte: UInt8 = 0x44
+        var messagesReceived: UInt64
+        var credits: UInt32
+        var queuePairNumber: UInt32
+        var packetSequenceNumber: UInt32
+
+        init(messagesReceived: UInt64, credits: UInt32, queuePairNumber: UInt32, packetSequenceNumber: UInt32) {
+            self.messagesReceived = messagesReceived
+            self.credits = credits
+            self.queuePairNumber = queuePairNumber
+            self.packetSequenceNumber = packetSequenceNumber
+        }
+
+        var bytes: [UInt8] {
+            var bytes = [UInt8](repeating: 0, count: Self.size)
+            func put<T: FixedWidthInteger>(_ value: T, at offset: Int) {
+                withUnsafeBytes(of: value.bigEndian) { bytes.replaceSubrange(offset..<offset + $0.count, with: $0) }
+            }
+            put(Self.magic, at: 0)
+            put(SocketHandshake.version, at: 4)
+            put(messagesReceived, at: 8)
+            put(credits, at: 16)
+            put(queuePairNumber, at: 20)
+            put(packetSequenceNumber, at: 24)
+            return bytes
+        }
+
+        /// Parses the peer's resume, checking its credits against what this side may hold.
+        init(parsing bytes: [UInt8], creditLimit: Int) throws(RDMAError) {
+            func refuse(_ what: String) -> RDMAError {
+                RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
+                          message: "the peer's resume \(what): protocol error")
+            }
+            guard bytes.count == Self.size else { throw refuse("is \(bytes.count) bytes, not \(Self.size)") }
+            func word<T: FixedWidthInteger>(_: T.Type, at offset: Int) -> T {
+                bytes[offset..<offset + MemoryLayout<T>.size].reduce(T.zero) { $0 << 8 | T($1) }
+            }
+            guard word(UInt32.self, at: 0) == Self.magic else { throw refuse("does not start with \"DMAR\"") }
+            let version = word(UInt16.self, at: 4)
+            guard version == SocketHandshake.version else { throw refuse("is version \(version); this side speaks \(SocketHandshake.version)") }
+            guard word(UInt16.self, at: 6) == 0, word(UInt32.self, at: 28) == 0 else { throw refuse("has reserved bytes that are not 0") }
+            messagesReceived = word(UInt64.self, at: 8)
+            credits = word(UInt32.self, at: 16)
+            guard credits <= creditLimit else { throw refuse("hands out \(credits) credits, more than the \(creditLimit) this side took") }
+            queuePairNumber = word(UInt32.self, at: 20)
+            guard queuePairNumber != 0, queuePairNumber <= 0xFF_FFFF else { throw refuse("names queue pair \(queuePairNumber)") }
+            packetSequenceNumber = word(UInt32.self, at: 24)
+            guard packetSequenceNumber <= 0xFF_FFFF else { throw refuse("names PSN \(packetSequenceNumber), not a 24-bit number") }
         }
     }
 

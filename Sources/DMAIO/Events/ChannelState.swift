@@ -164,7 +164,9 @@ struct ChannelState: ~Copyable {
     /// when it was the last connection.
     mutating func close(_ id: Connection.ID) -> EventChannel? {
         guard let core = connections.core(id.rawValue), core.pointee.status != .closed else { return nil }
-        let wasConnected = core.pointee.status == .connected
+        let wasConnected = core.pointee.isOpen
+        // The sends of a failed queue pair never complete now.
+        if core.pointee.status == .interrupted { core.pointee.abandonInterruptedSends(into: &events) }
         core.pointee.status = .closed
         if wasConnected { core.pointee.disconnectTransport() }
         stopWatchingSocket(core)
@@ -205,7 +207,8 @@ struct ChannelState: ~Copyable {
             var kept = RingBuffer<Event>(capacity: events.count)
             while let event = events.popFirst() {
                 switch event {
-                case .connected(let connection), .disconnected(let connection), .receiveFailed(let connection, _):
+                case .connected(let connection), .disconnected(let connection), .receiveFailed(let connection, _),
+                     .interrupted(let connection), .resumed(let connection):
                     if connection.rawValue != raw { kept.append(event) }
                 default:
                     kept.append(event)

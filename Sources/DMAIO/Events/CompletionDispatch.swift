@@ -225,6 +225,17 @@ extension ChannelState {
     private mutating func handle(
         _ completion: UnsafePointer<WorkCompletion>, kind: ConnectionCore.RequestKind, slot: Int, core: UnsafeMutablePointer<ConnectionCore>
     ) {
+        // A late completion of a queue pair the connection replaced: what it says is settled
+        // by the resume (``ConnectionCore/Resumption``).
+        guard completion.pointee.queuePairNumber == core.pointee.queuePairNumber else { return }
+        // A queue pair that failed because the peer stopped answering (its retries ran out), or
+        // went into error for a reason of the link or port (its requests flushed while the
+        // connection was connected), interrupts the connection when it can resume; this
+        // completion is the failed queue pair's then. Other failures (this side's protection
+        // or length errors, a peer's refusal) would only fail again: they end it as before.
+        if !completion.pointee.isSuccess, core.pointee.status == .connected, Self.resumes(after: completion.pointee.status), interrupt(core) {
+            return
+        }
         core.pointee.activity &+= 1
         switch kind {
         case .dataSend:
@@ -259,6 +270,12 @@ extension ChannelState {
             handleReceive(completion, slot: slot, core: core)
         }
         pumpSends(core)
+    }
+
+    /// Whether a request that completed with `status` is worth a new queue pair.
+    @inline(never)
+    private static func resumes(after status: WorkCompletion.Status) -> Bool {
+        status == .retryExceeded || status == .flushed
     }
 
     /// A completion of a large message's other work: a window's bind (seen only when it
@@ -416,7 +433,8 @@ extension ChannelState {
         let requestID = completion.pointee.requestID
         guard ConnectionCore.kind(of: requestID) == .receive,
               ConnectionCore.connection(of: requestID) == core.pointee.id.rawValue,
-              completion.pointee.isSuccess, core.pointee.arrivals.isEmpty, core.pointee.status == .connected
+              completion.pointee.isSuccess, core.pointee.arrivals.isEmpty, core.pointee.status == .connected,
+              completion.pointee.queuePairNumber == core.pointee.queuePairNumber
         else { return nil }
         let immediate = completion.pointee.immediateData ?? 0
         // Credit updates, large messages and dones take the long way, as does a message that
@@ -471,7 +489,8 @@ extension ChannelState {
     /// pair (socket), fails what was not sent, reports it — after every message that arrived
     /// before it.
     mutating func peerWentAway(_ core: UnsafeMutablePointer<ConnectionCore>) {
-        guard core.pointee.status == .connected else { return }
+        guard core.pointee.isOpen else { return }
+        if core.pointee.status == .interrupted { core.pointee.abandonInterruptedSends(into: &events) }
         core.pointee.status = .disconnected
         core.pointee.disconnectTransport()
         stopWatchingSocket(core)
@@ -487,10 +506,11 @@ extension ChannelState {
     }
 
     /// What a connection's readable TCP socket says: nothing (a wake-up with nothing to read),
-    /// an orderly close (EOF: the peer closed it, or its process ended), or a failure — the TCP
-    /// connection's error, or bytes a peer should not have sent — for the reason later calls give.
+    /// an orderly close (EOF: the peer closed it, or its process ended), the peer's resume (its
+    /// queue pair failed), or a failure — the TCP connection's error, or bytes a peer should not
+    /// have sent — for the reason later calls give.
     private enum SocketEnd {
-        case nothing, closed, failed(RDMAError)
+        case nothing, closed, resume, failed(RDMAError)
     }
 
     private static func socketEnd(_ socket: Int32, of id: Connection.ID) -> SocketEnd {
@@ -498,6 +518,7 @@ extension ChannelState {
         let count = recv(socket, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
         if count == 0 { return .closed }
         if count > 0 {
+            if byte == SocketHandshake.Resume.firstByte { return .resume }
             return .failed(RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
                                      message: "the peer of \(id) sent bytes on its TCP socket after the handshake (protocol error): the connection ended"))
         }
@@ -512,7 +533,9 @@ extension ChannelState {
     /// end the connection too).
     private mutating func takeSocketEnds() {
         let watch = io.descriptors.with { $0.socketWatch }
-        while true {
+        // A few rounds: a socket still readable after them (a resume waiting to write, say)
+        // gets its turn on the next pump.
+        for _ in 0..<8 {
             let ready = withUnsafeTemporaryAllocation(of: epoll_event.self, capacity: 8) { buffer -> [UInt64] in
                 let count = epoll_wait(watch, buffer.baseAddress, 8, 0)
                 return (0..<Int(Swift.max(count, 0))).map { buffer[$0].data.u64 }
@@ -520,9 +543,19 @@ extension ChannelState {
             guard !ready.isEmpty else { return }
             for data in ready {
                 if let core = connections.core(UInt32(truncatingIfNeeded: data)), core.pointee.socketWatched, let socket = core.pointee.socket {
+                    if core.pointee.status == .interrupted {
+                        advanceResumption(core)
+                        continue
+                    }
                     switch Self.socketEnd(socket, of: core.pointee.id) {
                     case .nothing: continue
                     case .closed: peerWentAway(core)
+                    case .resume:
+                        // The peer's queue pair failed: this side's goes too, and both resume.
+                        if !interrupt(core) {
+                            end(core, after: RDMAError(.connectionFailed, operation: "dma_assoc", errno: .protocolError,
+                                                       message: "the peer of \(core.pointee.id) asked to resume the connection, which cannot resume now (a large message is under way): the connection ended"))
+                        }
                     case .failed(let error): end(core, after: error)
                     }
                 } else {

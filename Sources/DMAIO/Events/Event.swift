@@ -21,4 +21,12 @@ public enum Event: Sendable, Hashable {
     case sendFailed(connection: Connection.ID, cookie: UInt64, status: WorkCompletion.Status)
     /// A receive failed on the connection (the connection is unusable afterwards).
     case receiveFailed(connection: Connection.ID, status: WorkCompletion.Status)
+    /// The connection's queue pair failed — the peer stopped answering for a while, or the link
+    /// to it went down — and the connection is resuming on a new one. Sends queue meanwhile;
+    /// nothing is lost. ``resumed(connection:)`` follows, or ``disconnected(connection:)`` when
+    /// the peer does not come back within ``Connection/resumeDeadline``.
+    case interrupted(connection: Connection.ID)
+    /// An interrupted connection is back: what the peer did not receive was sent again, in
+    /// order, and data flows.
+    case resumed(connection: Connection.ID)
 }

@@ -10,6 +10,7 @@ extension ChannelState {
         let now = MonotonicInstant.now
         guard now >= nextKeepAliveSweep else { return }
         nextKeepAliveSweep = now + (PeerTimeout.keepAliveInterval - .milliseconds(100))
+        giveUpOverdueResumptions(now: now)
         for raw in connections.identifiers {
             guard let core = connections.core(raw), core.pointee.status == .connected else { continue }
             guard core.pointee.activity == core.pointee.activitySeen else {

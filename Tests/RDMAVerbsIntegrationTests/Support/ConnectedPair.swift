@@ -24,10 +24,22 @@ final class ConnectedPair: @unchecked Sendable {
     let server: Connection
     /// The TCP sockets under a socket pair (client, server); closed with the pair.
     let sockets: (client: Int32, server: Int32)?
+    /// What the pair keeps alive beside its connections (a shared pool).
+    private let kept: AnyObject?
+
+    /// A pair made by the caller.
+    init(client: (Connection, EventChannel, DMAArea), server: (Connection, EventChannel, DMAArea),
+         sockets: (client: Int32, server: Int32)?, keeping kept: AnyObject? = nil) {
+        (self.client, clientEvents, clientArea) = client
+        (self.server, serverEvents, serverArea) = server
+        self.sockets = sockets
+        self.kept = kept
+    }
 
     /// `serverAreaSize`: the server's area, when it differs from the client's (`areaSize`).
     init(areaSize: Int = 4 << 20, serverAreaSize: Int? = nil, receiveBytes: Int = 256 << 10, slotSize: Int = 4096,
          transport: Transport = .connectionManager) throws {
+        kept = nil
         serverEvents = try EventChannel()
         clientEvents = try EventChannel()
         serverArea = try DMAArea(size: serverAreaSize ?? areaSize)
