@@ -30,6 +30,11 @@ final class Traffic {
         var disconnectedAt: ContinuousClock.Instant?
         var errors: [String] = []
         var broken: Bool { firstError != nil }
+        /// When the connection was interrupted (its queue pair failed) and when it resumed.
+        var interruptions: [ContinuousClock.Instant] = []
+        var resumptions: [ContinuousClock.Instant] = []
+        /// How long each interruption that resumed lasted.
+        var interruptedFor: [Duration] { zip(interruptions, resumptions).map { $1 - $0 } }
 
         init(connection: Connection, stream: UInt32, budget: Int, window: Int) {
             self.connection = connection
@@ -118,7 +123,11 @@ final class Traffic {
                 flow.disconnectedAt = flow.disconnectedAt ?? .now
                 flow.fail("disconnected")
             }
-        case .received, .connected, .interrupted, .resumed:
+        case .interrupted(let id):
+            byID[id]?.interruptions.append(.now)
+        case .resumed(let id):
+            byID[id]?.resumptions.append(.now)
+        case .received, .connected:
             break
         }
     }

@@ -229,10 +229,11 @@ extension ChannelState {
         // by the resume (``ConnectionCore/Resumption``).
         guard completion.pointee.queuePairNumber == core.pointee.queuePairNumber else { return }
         // A queue pair that failed because the peer stopped answering (its retries ran out), or
-        // went into error for a reason of the link or port (its requests flushed while the
-        // connection was connected), interrupts the connection when it can resume; this
-        // completion is the failed queue pair's then. Other failures (this side's protection
-        // or length errors, a peer's refusal) would only fail again: they end it as before.
+        // for a reason of the link or port (soft-RoCE's "local QP operation error" when its
+        // network device went down; requests flushed while the connection was connected),
+        // interrupts the connection when it can resume; this completion is the failed queue
+        // pair's then. Other failures (this side's protection or length errors, a peer's
+        // refusal) would only fail again: they end it as before.
         if !completion.pointee.isSuccess, core.pointee.status == .connected, Self.resumes(after: completion.pointee.status), interrupt(core) {
             return
         }
@@ -275,7 +276,7 @@ extension ChannelState {
     /// Whether a request that completed with `status` is worth a new queue pair.
     @inline(never)
     private static func resumes(after status: WorkCompletion.Status) -> Bool {
-        status == .retryExceeded || status == .flushed
+        status == .retryExceeded || status == .flushed || status == .localQueuePairOperationError
     }
 
     /// A completion of a large message's other work: a window's bind (seen only when it

@@ -44,6 +44,8 @@ public struct WorkCompletion: Sendable {
         public static let receiverNotReadyRetryExceeded = Status(IBV_WC_RNR_RETRY_EXC_ERR)
         public static let localProtectionError = Status(IBV_WC_LOC_PROT_ERR)
         public static let localLengthError = Status(IBV_WC_LOC_LEN_ERR)
+        /// soft-RoCE's status for a send whose port or network device went down.
+        public static let localQueuePairOperationError = Status(IBV_WC_LOC_QP_OP_ERR)
         public static let remoteAccessError = Status(IBV_WC_REM_ACCESS_ERR)
         public static let remoteInvalidRequest = Status(IBV_WC_REM_INV_REQ_ERR)
 
