@@ -3,6 +3,16 @@ import Testing
 import RDMAVerbs
 
 @Suite struct WireProtocolTests {
+    /// A hello whose last (reserved) byte is 1.
+    static let reservedNotZero: [UInt8] = {
+        var bytes = WireProtocol.Hello(credits: 1, room: 1, slotSize: 64, largestMessage: 64).bytes
+        bytes[35] = 1
+        return bytes
+    }()
+    /// A version 4 peer's hello ("DMA4", 24 bytes, padded by rdma_cm).
+    static let versionFour: [UInt8] = [0x44, 0x4D, 0x41, 0x34, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0x10, 0]
+        + [UInt8](repeating: 0, count: 32)
+
     @Test func helloRoundTripsThroughPaddedPrivateData() throws {
         let hello = WireProtocol.Hello(credits: 32, room: 16, slotSize: 65536, largestMessage: 1 << 24)
         #expect(hello.bytes.count == WireProtocol.helloSize)
@@ -13,12 +23,35 @@ import RDMAVerbs
             let large = WireProtocol.Hello(credits: 1, room: 1, slotSize: 4096, largestMessage: largest)
             #expect(try WireProtocol.Hello(parsing: large.bytes) == large)
         }
+        // A server's resume token and port (a client sends 0 for both).
+        var server = hello
+        server.resumeToken = 0x0123_4567_89AB_CDEF
+        server.resumePort = 0xC0DE
+        #expect(Array(server.bytes[24...]) == [0x01, 0x23, 0x45, 0x67, 0x89, 0xAB, 0xCD, 0xEF, 0xC0, 0xDE, 0, 0])
+        #expect(try WireProtocol.Hello(parsing: server.bytes + [0, 0, 0, 0]) == server)
+        #expect(hello.resumeToken == 0 && hello.resumePort == 0)
+    }
+
+    /// A resume over rdma_cm: 28 bytes as documented; anything else is not one.
+    @Test func resumeRequestRoundTripsAndOnlyAResumeParses() {
+        let request = WireProtocol.ResumeRequest(token: 0x0102_0304_0506_0708, messagesReceived: 0x1_0000_0005, credits: 16)
+        #expect(request.bytes == [0x44, 0x4D, 0x41, 0x55, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 16])
+        #expect(WireProtocol.ResumeRequest(parsing: request.bytes + Array(repeating: 0, count: 28)) == request)
+        #expect(WireProtocol.ResumeRequest(parsing: Array(request.bytes.prefix(27))) == nil)
+        var reserved = request.bytes
+        reserved[7] = 1
+        #expect(WireProtocol.ResumeRequest(parsing: reserved) == nil)
+        #expect(WireProtocol.ResumeRequest(parsing: WireProtocol.Refusal(errno: 2).bytes + [UInt8](repeating: 0, count: 48)) == nil)
+        #expect(WireProtocol.ResumeRequest(parsing: WireProtocol.Hello(credits: 1, room: 1, slotSize: 64, largestMessage: 64).bytes) == nil)
     }
 
     @Test(arguments: [
         ([UInt8](), "not a DMAIO hello"),
         (WireProtocol.Hello(credits: 1, room: 0, slotSize: 64, largestMessage: 64).bytes, "not usable"),
-        ([UInt8](repeating: 0, count: 24), "does not start with the DMAIO magic"),
+        ([UInt8](repeating: 0, count: 36), "does not start with the DMAIO magic"),
+        ([UInt8](repeating: 0, count: 24), "not a DMAIO hello"),
+        (WireProtocolTests.reservedNotZero, "reserved bytes that are not 0"),
+        (WireProtocolTests.versionFour, "does not start with the DMAIO magic (wrong protocol or version)"),
         (WireProtocol.Hello(credits: 0, room: 1, slotSize: 64, largestMessage: 64).bytes, "not usable"),
         (WireProtocol.Hello(credits: 1 << 25, room: 1, slotSize: 64, largestMessage: 64).bytes, "not usable"),
         (WireProtocol.Hello(credits: 1, room: 1, slotSize: 4096, largestMessage: 64).bytes, "not usable"),

@@ -70,18 +70,21 @@ extension RxeIntegration {
 
         /// Where the queue pairs fail: which side's, after how many messages that side sent.
         struct Failures: Sendable, CustomTestStringConvertible {
+            var transport: ConnectedPair.Transport
             var breaks: [(server: Bool, after: Int)]
             var serverPool = false
             var testDescription: String {
-                breaks.map { "\($0.server ? "server" : "client") after \($0.after)" }.joined(separator: ", ")
+                "\(transport.testDescription): " + breaks.map { "\($0.server ? "server" : "client") after \($0.after)" }.joined(separator: ", ")
                     + (serverPool ? ", server on a shared pool" : "")
             }
-            static let all = [
-                Failures(breaks: [(false, 200)]),
-                Failures(breaks: [(true, 200)]),
-                Failures(breaks: [(false, 150), (true, 300), (false, 450)]),
-                Failures(breaks: [(true, 150), (false, 300)], serverPool: true),
-            ]
+            static let all = [ConnectedPair.Transport.tcpSocket, .connectionManager].flatMap { transport in
+                [
+                    Failures(transport: transport, breaks: [(false, 200)]),
+                    Failures(transport: transport, breaks: [(true, 200)]),
+                    Failures(transport: transport, breaks: [(false, 150), (true, 300), (false, 450)]),
+                    Failures(transport: transport, breaks: [(true, 150), (false, 300)], serverPool: true),
+                ]
+            }
         }
 
         /// A stream both ways, 600 messages of 1 B to 4 KiB each, 24 in flight; at the points
@@ -93,8 +96,8 @@ extension RxeIntegration {
         @Test(arguments: Failures.all)
         func aFailedQueuePairResumesAndLosesNothing(failures: Failures) throws {
             let slotSize = 4096, total = 600, window = 24
-            let pair = try failures.serverPool ? Self.pairWithServerPool(slotSize: slotSize, credits: 16)
-                : ConnectedPair(receiveBytes: 16 * slotSize, slotSize: slotSize, transport: .tcpSocket)
+            let pair = try failures.serverPool ? Self.pairWithServerPool(slotSize: slotSize, credits: 16, transport: failures.transport)
+                : ConnectedPair(receiveBytes: 16 * slotSize, slotSize: slotSize, transport: failures.transport)
             let ends = [
                 End("client", pair.client, pair.clientArea, pair.clientEvents, total: total),
                 End("server", pair.server, pair.serverArea, pair.serverEvents, total: total),
@@ -129,12 +132,15 @@ extension RxeIntegration {
             #expect(pair.client.isConnected && pair.server.isConnected)
         }
 
-        /// A pair over a TCP socket whose server receives through a shared pool of `credits`
-        /// slots.
-        static func pairWithServerPool(slotSize: Int, credits: Int) throws -> ConnectedPair {
+        /// A pair whose server receives through a shared pool of `credits` slots.
+        static func pairWithServerPool(slotSize: Int, credits: Int, transport: ConnectedPair.Transport) throws -> ConnectedPair {
             let serverEvents = try EventChannel(), clientEvents = try EventChannel()
             let serverArea = try DMAArea(size: 4 << 20), clientArea = try DMAArea(size: 4 << 20)
             let pool = try SharedReceivePool(area: serverArea, receiveBytes: 2 * credits * slotSize, slotSize: slotSize)
+            if transport == .connectionManager {
+                let (client, server) = try ConnectedPair.connect(client: (clientEvents, clientArea), toPool: pool, serverEvents: serverEvents, credits: credits)
+                return ConnectedPair(client: (client, clientEvents, clientArea), server: (server, serverEvents, serverArea), sockets: nil, keeping: pool)
+            }
             let sockets = try TCPSockets.pair()
             let upgraded = OnThread { () throws -> Connection in
                 let connection = try Connection(socket: sockets.server, events: serverEvents)

@@ -237,8 +237,9 @@ enum ec_event_type {
                                   for a while, or the link went down) and it is resuming on a
                                   new one: sends queue, nothing is lost. EC_EVENT_RESUMED
                                   follows, or EC_EVENT_DISCONNECTED when the peer is not back
-                                  within 30 s (dma_last_error says so). Connections upgraded
-                                  from a TCP socket resume; rdma_cm ones end at once, as before */
+                                  within 30 s (dma_last_error says so). A connection with a
+                                  message larger than a slot between its request and its read
+                                  ends at once instead (EC_EVENT_DISCONNECTED) */
     EC_EVENT_RESUMED = 9       /* an interrupted connection is back: what the peer had not
                                   received was sent again, in order, once; data flows */
 };

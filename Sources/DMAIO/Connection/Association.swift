@@ -121,8 +121,13 @@ struct Association: Handshake, ~Copyable {
                 protectionDomain: area.protectionDomain, sendQueue: events.completionQueue, receiveQueue: events.completionQueue,
                 capabilities: capabilities, sharedReceiveQueue: pool?.queue)
             try install(queuePair, granted: granted, slotOffsets: offsets, sendDepth: sendDepth, capabilities: capabilities)
-            let hello = WireProtocol.Hello(credits: UInt32(granted), room: UInt32(room), slotSize: UInt32(slotSize),
+            var hello = WireProtocol.Hello(credits: UInt32(granted), room: UInt32(room), slotSize: UInt32(slotSize),
                                            largestMessage: UInt64(largestMessage))
+            // A server names the connection for a resume, and says where to send it.
+            if connection.peerHello != nil, let resume = events.prepareResume(id, localAddress: cmID.localAddress) {
+                hello.resumeToken = resume.token
+                hello.resumePort = resume.port
+            }
             // One RDMA read each way (a large message's receiver reads it: docs/large-messages.md),
             // no atomics. The queue pair allows remote write for the zero-length keepalive writes
             // (see PeerTimeout) and remote read for windows the sender binds, one buffer at a
@@ -162,6 +167,16 @@ struct Association: Handshake, ~Copyable {
                 }
                 // The server takes as many of this side's credits as it made room for.
                 (taken, grantUsed) = (Int(peer.credits), min(granted, Int(peer.room)))
+                // Where this side resumes the connection, should its queue pair fail.
+                if peer.resumeToken != 0, peer.resumePort != 0 {
+                    let id = self.id
+                    events.state.withLock { state in
+                        guard let core = state.connections.core(id.rawValue) else { return }
+                        core.pointee.resumeToken = peer.resumeToken
+                        core.pointee.resumePort = peer.resumePort
+                        core.pointee.resumesActively = true
+                    }
+                }
             }
             try queuePair.setRemoteAccess(.peerAccess)
             try finish(credits: taken, grantUsed: grantUsed, peerSlotSize: Int(peer.slotSize), peerLargestMessage: Int(peer.largestMessage))

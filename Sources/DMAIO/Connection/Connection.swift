@@ -207,10 +207,11 @@ public final class Connection: Sendable {
     /// time is reported gone (``Event/disconnected(connection:)``, and later calls say why).
     /// 30 seconds by default; may be set at any time, and counts from the interruption.
     ///
-    /// Connections upgraded from a TCP socket (``init(socket:events:gidIndex:)``) resume; those
-    /// made through rdma_cm end at once when their queue pair fails, for now. A peer whose
-    /// program closed the connection or died is never waited for: its kernel closes the socket,
-    /// and that ends the connection at once.
+    /// Over rdma_cm the client reconnects to the server's event channel; over an upgraded TCP
+    /// socket the peers talk over the socket (docs/resume.md). A peer whose program closed the
+    /// connection or died is never waited for: its kernel says so (a disconnect, the socket's
+    /// end), and that ends the connection at once. A connection with a message larger than a
+    /// slot between its request and its read does not resume, for now: it ends at the failure.
     public var resumeDeadline: Duration {
         get { events.state.withLock { $0.connections.core(id.rawValue)?.pointee.resumeDeadline ?? PeerTimeout.resumeDeadline } }
         set { events.state.withLock { $0.connections.core(id.rawValue)?.pointee.resumeDeadline = newValue } }

@@ -13,10 +13,12 @@ struct SocketLink {
 extension ConnectionCore {
     /// A connection resuming after its queue pair failed (docs/resume.md).
     ///
-    /// The failed queue pair is destroyed and a new one made at once; the free receive slots are
-    /// posted on it. Each side then tells the other how many data messages it received since
-    /// the association and how many credits it hands out on the new queue pair
-    /// (``SocketHandshake/Resume``); the sends the peer did not get go out again, in order,
+    /// The failed queue pair is destroyed and a new one made (at once over a socket; on the new
+    /// rdma_cm id once its route is resolved); the free receive slots are posted on it. Each side
+    /// then tells the other how many data messages it received since the association and how
+    /// many credits it hands out on the new queue pair (``SocketHandshake/Resume`` over the
+    /// socket, ``WireProtocol/ResumeRequest`` in rdma_cm's private data, see
+    /// `ChannelState+ResumeOverConnectionManager.swift`); the sends the peer did not get go out again, in order,
     /// before anything queued after them. A send completed on the old queue pair was
     /// acknowledged, so it arrived; one that failed or never completed may or may not have
     /// (the acknowledgement may be what was lost): the peer's count decides. Messages arriving
@@ -31,19 +33,39 @@ extension ConnectionCore {
         var step: Step
 
         enum Step {
-            /// Sending this side's ``SocketHandshake/Resume`` and reading the peer's.
+            /// Socket: sending this side's ``SocketHandshake/Resume`` and reading the peer's.
             case exchangingCounts(packetSequenceNumber: UInt32)
-            /// The new queue pair is ready to send: ready bytes are exchanged, as at the
+            /// Socket: the new queue pair is ready to send: ready bytes are exchanged, as at the
             /// association, so that nothing reaches a queue pair that is not ready.
             case exchangingReady(peer: SocketHandshake.Resume)
+            /// rdma_cm, client: a new id resolves the server's resume listener, then connects
+            /// to it with this side's ``WireProtocol/ResumeRequest``.
+            case resolving(ConnectionID)
+            case connecting(ConnectionID)
+            /// rdma_cm, client: the last try failed (the link may still be down); the next one
+            /// starts then.
+            case retrying(at: MonotonicInstant)
+            /// rdma_cm, server: waiting for the client's resume.
+            case awaitingPeer
+            /// rdma_cm, server: the client's resume was accepted on a new id.
+            case accepting(ConnectionID, peer: WireProtocol.ResumeRequest)
+        }
+
+        /// The new rdma_cm id this step works on, if any.
+        var attempt: ConnectionID? {
+            switch step {
+            case .resolving(let id), .connecting(let id), .accepting(let id, _): id
+            default: nil
+            }
         }
     }
 
-    /// Whether a failed queue pair may be replaced without losing anything: a socket connection
-    /// (rdma_cm connections end, for now) with no large message between its request and its
-    /// done, on either side — its window and its read are bound to the failed queue pair.
+    /// Whether a failed queue pair may be replaced without losing anything: a socket connection,
+    /// or an rdma_cm one whose server gave a resume token, with no large message between its
+    /// request and its done, on either side — its window and its read are bound to the failed
+    /// queue pair (for now such a connection ends).
     var canResume: Bool {
-        socketLink != nil && largeInFlight == 0 && awaitingDone.isEmpty && invalidating.isEmpty
+        (socketLink != nil || resumeToken != 0) && largeInFlight == 0 && awaitingDone.isEmpty && invalidating.isEmpty
             && largeReceives.isEmpty && hiddenArrivals == 0 && donesReceived == 0 && donesToReturn == 0
     }
 

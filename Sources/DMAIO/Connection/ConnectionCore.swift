@@ -83,7 +83,8 @@ struct ConnectionCore: ~Copyable {
     }
 
     let id: Connection.ID
-    let endpoint: Endpoint
+    /// How the connection is carried; an rdma_cm connection's id changes when it resumes.
+    var endpoint: Endpoint
     var status = Status.unassociated
     /// An association (``Association``) is under way: a second one is refused.
     var associating = false
@@ -136,6 +137,12 @@ struct ConnectionCore: ~Copyable {
     var resumption: Resumption?
     /// What a socket connection's queue pair was brought up with, to bring up another.
     var socketLink: SocketLink?
+    /// An rdma_cm connection's resume: the token that names it at the server, and the port of
+    /// the server's resume listener (0: the connection does not resume). The client resumes by
+    /// connecting there; the server waits for it.
+    var resumeToken: UInt64 = 0
+    var resumePort: UInt16 = 0
+    var resumesActively = false
     /// How long an interrupted connection may take to resume before it is given up.
     var resumeDeadline = PeerTimeout.resumeDeadline
     /// Data messages this side may still send before the peer hands credits back.

@@ -184,8 +184,8 @@ extension ChannelState {
         core.pointee.held -= 1
         core.pointee.slotHeld[slot] = false
         // While the connection resumes, the slot is posted on the new queue pair (its credit
-        // goes back once data flows again).
-        guard core.pointee.isOpen else {
+        // goes back once data flows again); before there is one, it is posted when it is made.
+        guard core.pointee.status == .connected || core.pointee.status == .interrupted && core.pointee.queuePair != nil else {
             // A pool's slot goes back to the pool; a private slot waits for the connection to go.
             if let pool = core.pointee.pool { try? pool.repost(slot: slot) }
             return core.pointee.status == .closed ? forgetIfFinished(raw) : nil

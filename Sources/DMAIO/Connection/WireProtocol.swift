@@ -2,12 +2,14 @@ import RDMAVerbs
 
 /// What two associated peers tell each other, and how credits ride on messages.
 ///
-/// **Handshake.** The connect request and its accept carry a 24-byte hello in rdma_cm's private
-/// data: magic `"DMA4"`, then, as big-endian 32-bit integers, the *credits* the sender grants
+/// **Handshake.** The connect request and its accept carry a 36-byte hello in rdma_cm's private
+/// data: magic `"DMA5"`, then, as big-endian 32-bit integers, the *credits* the sender grants
 /// (how many data messages the peer may have in flight), its *room* (how many credit updates it
-/// can absorb: as many as it takes of the peer's credits) and the size of its receive slots, and
-/// as a big-endian 64-bit integer the *largest message* it accepts (larger than a slot: by
-/// rendezvous, below; at most 1 TiB, the largest area).
+/// can absorb: as many as it takes of the peer's credits) and the size of its receive slots, as
+/// a big-endian 64-bit integer the *largest message* it accepts (larger than a slot: by
+/// rendezvous, below; at most 1 TiB, the largest area), then what a resume needs
+/// (``ResumeRequest``): the server's *resume token* (64 bits) naming the connection and the
+/// 16-bit port of its *resume listener*, then 16 bits of 0 (a client sends 0 for both).
 ///
 /// **Rendezvous** (messages larger than the peer's slot; docs/large-messages.md). The sender
 /// binds a memory window to the buffer (remote read only, this queue pair only) and sends a
@@ -40,10 +42,10 @@ import RDMAVerbs
 /// a data message when the peer holds no credit, credits handed back beyond those spent, and a
 /// credit update that hands back nothing are protocol errors that end the connection.
 enum WireProtocol {
-    /// Version 4: a server's room says how many of the client's credits it takes (at most its
-    /// own grant); version 3 took them all.
-    static let magic: UInt32 = 0x444D_4134  // "DMA4"
-    static let helloSize = 24
+    /// Version 5: the resume token and port. Version 4: a server's room says how many of the
+    /// client's credits it takes (at most its own grant); version 3 took them all.
+    static let magic: UInt32 = 0x444D_4135  // "DMA5"
+    static let helloSize = 36
     static let creditMask: UInt32 = 0x00FF_FFFF
     static let creditUpdateFlag: UInt32 = 1 << 31
     static let rendezvousFlag: UInt32 = 1 << 30
@@ -59,6 +61,9 @@ enum WireProtocol {
         var slotSize: UInt32
         /// The largest message this side accepts (at least its slot size).
         var largestMessage: UInt64
+        /// A server's: what names the connection in a resume, and where to send it (0: none).
+        var resumeToken: UInt64 = 0
+        var resumePort: UInt16 = 0
 
         var bytes: [UInt8] {
             var bytes: [UInt8] = []
@@ -66,6 +71,9 @@ enum WireProtocol {
                 withUnsafeBytes(of: value.bigEndian) { bytes.append(contentsOf: $0) }
             }
             withUnsafeBytes(of: largestMessage.bigEndian) { bytes.append(contentsOf: $0) }
+            withUnsafeBytes(of: resumeToken.bigEndian) { bytes.append(contentsOf: $0) }
+            withUnsafeBytes(of: resumePort.bigEndian) { bytes.append(contentsOf: $0) }
+            bytes += [0, 0]
             return bytes
         }
 
@@ -87,6 +95,12 @@ enum WireProtocol {
             room = word(2)
             slotSize = word(3)
             largestMessage = UInt64(word(4)) << 32 | UInt64(word(5))
+            resumeToken = UInt64(word(6)) << 32 | UInt64(word(7))
+            resumePort = UInt16(word(8) >> 16)
+            guard word(8) & 0xFFFF == 0 else {
+                throw RDMAError(.connectionFailed, operation: "rdma_cm private data",
+                                message: "the peer's hello has reserved bytes that are not 0: is it a DMAIO peer of this version?")
+            }
             guard credits > 0, credits <= WireProtocol.creditMask, room > 0, room <= WireProtocol.creditMask, slotSize > 0,
                   largestMessage >= slotSize, largestMessage <= UInt64(WireProtocol.largestMessageLimit) else {
                 throw RDMAError(.connectionFailed, operation: "rdma_cm private data",
@@ -99,6 +113,45 @@ enum WireProtocol {
             self.room = room
             self.slotSize = slotSize
             self.largestMessage = largestMessage
+        }
+    }
+
+    /// A resume over rdma_cm (``ConnectionCore/Resumption``): the private data of the client's
+    /// connect request to the server's resume listener, and of the server's accept. 28 bytes,
+    /// big-endian: magic `"DMAU"`, 0 (32 bits), the resume token (64 bits: the server's, from
+    /// its hello), the data messages the sender received since the association (64 bits), and
+    /// the credits it hands out on the new queue pair (32 bits).
+    struct ResumeRequest: Equatable {
+        static let magic: UInt32 = 0x444D_4155  // "DMAU"
+        static let size = 28
+        var token: UInt64
+        var messagesReceived: UInt64
+        var credits: UInt32
+
+        var bytes: [UInt8] {
+            var bytes: [UInt8] = []
+            withUnsafeBytes(of: Self.magic.bigEndian) { bytes.append(contentsOf: $0) }
+            bytes += [0, 0, 0, 0]
+            withUnsafeBytes(of: token.bigEndian) { bytes.append(contentsOf: $0) }
+            withUnsafeBytes(of: messagesReceived.bigEndian) { bytes.append(contentsOf: $0) }
+            withUnsafeBytes(of: credits.bigEndian) { bytes.append(contentsOf: $0) }
+            return bytes
+        }
+
+        init(token: UInt64, messagesReceived: UInt64, credits: UInt32) {
+            self.token = token
+            self.messagesReceived = messagesReceived
+            self.credits = credits
+        }
+
+        /// A resume, or nil when `data` is not one (private data is padded with zeros).
+        init?(parsing data: [UInt8]) {
+            guard data.count >= Self.size else { return nil }
+            func word(_ index: Int) -> UInt32 { data[index * 4..<index * 4 + 4].reduce(0) { $0 << 8 | UInt32($1) } }
+            guard word(0) == Self.magic, word(1) == 0 else { return nil }
+            token = UInt64(word(2)) << 32 | UInt64(word(3))
+            messagesReceived = UInt64(word(4)) << 32 | UInt64(word(5))
+            credits = word(6)
         }
     }
 

@@ -8,7 +8,7 @@ extension ChannelState {
     /// resume). Starts the resume and reports `.interrupted`; false when the connection cannot
     /// resume (``ConnectionCore/canResume``): then the caller ends it as before.
     mutating func interrupt(_ core: UnsafeMutablePointer<ConnectionCore>) -> Bool {
-        guard core.pointee.status == .connected, core.pointee.canResume, let area = core.pointee.area else { return false }
+        guard core.pointee.status == .connected, core.pointee.canResume, core.pointee.area != nil else { return false }
         let id = core.pointee.id
         // The failed queue pair goes now; its completions still queued name its number, not the
         // new one's, and are dropped (``handle(_:)``). Shared receives it consumed go back to the
@@ -27,10 +27,23 @@ extension ChannelState {
         core.pointee.sendQueueFree = core.pointee.sendDepth
         core.pointee.releasedSlots = ReceiveBatch(capacity: ConnectionCore.repostBatchSize(granting: core.pointee.creditsGranted))
         core.pointee.probeOutstanding = false
+        if core.pointee.socket != nil {
+            interruptOverSocket(core)
+        } else {
+            interruptOverConnectionManager(core)
+        }
+        return true
+    }
+
+    /// A socket connection's new queue pair is made at once, its free slots posted, and this
+    /// side's resume sent.
+    private mutating func interruptOverSocket(_ core: UnsafeMutablePointer<ConnectionCore>) {
+        let id = core.pointee.id
         do throws(RDMAError) {
             let queuePair = try QueuePair(
-                protectionDomain: area.protectionDomain, sendQueue: io.completionQueue.with { $0 }, receiveQueue: io.completionQueue.with { $0 },
-                capabilities: core.pointee.queuePairCapabilities, sharedReceiveQueue: core.pointee.pool?.queue)
+                protectionDomain: core.pointee.area!.protectionDomain, sendQueue: io.completionQueue.with { $0 },
+                receiveQueue: io.completionQueue.with { $0 }, capabilities: core.pointee.queuePairCapabilities,
+                sharedReceiveQueue: core.pointee.pool?.queue)
             try queuePair.moveToInit(port: 1, access: .peerAccess)
             core.pointee.queuePair = queuePair
             if let pool = core.pointee.pool { attach(id, queuePairNumber: queuePair.number, pool: pool) }
@@ -49,10 +62,9 @@ extension ChannelState {
         } catch {
             giveUp(core, after: RDMAError(error.code, operation: error.operation, errno: error.errno,
                                           message: "\(id) could not resume after its queue pair failed: \(error.message)"))
-            return true
+            return
         }
         advanceResumption(core)
-        return true
     }
 
     /// Goes on with the resume of `core` as far as the socket allows: called when the socket is
@@ -80,8 +92,10 @@ extension ChannelState {
                                         message: "the peer sent \(resumption.exchange.incoming[0]) instead of the resume's ready byte: protocol error")
                     }
                     core.pointee.resumption = nil
-                    try resumed(core, peer: peer)
+                    try resumed(core, messagesReceived: peer.messagesReceived, credits: peer.credits)
                     return
+                case .resolving, .connecting, .retrying, .awaitingPeer, .accepting:
+                    return  // rdma_cm steps: not a socket's
                 }
             }
             core.pointee.resumption = resumption
@@ -97,9 +111,9 @@ extension ChannelState {
     }
 
     /// Both queue pairs are ready: the peer's unreceived messages go out again, and data flows.
-    private mutating func resumed(_ core: UnsafeMutablePointer<ConnectionCore>, peer: SocketHandshake.Resume) throws(RDMAError) {
-        try core.pointee.replay(peerReceived: peer.messagesReceived, into: &events)
-        core.pointee.credits += Int(peer.credits)
+    mutating func resumed(_ core: UnsafeMutablePointer<ConnectionCore>, messagesReceived: UInt64, credits: UInt32) throws(RDMAError) {
+        try core.pointee.replay(peerReceived: messagesReceived, into: &events)
+        core.pointee.credits += Int(credits)
         core.pointee.status = .connected
         core.pointee.activity &+= 1
         events.append(.resumed(connection: core.pointee.id))
@@ -117,6 +131,7 @@ extension ChannelState {
     /// Gives up the interrupted connections whose deadline passed (``PeerTimeout/resumeDeadline``):
     /// from the keepalive sweep.
     mutating func giveUpOverdueResumptions(now: MonotonicInstant) {
+        retryDueResumptions(now: now)
         for raw in connections.identifiers {
             guard let core = connections.core(raw), core.pointee.status == .interrupted, let resumption = core.pointee.resumption,
                   now >= resumption.began + core.pointee.resumeDeadline

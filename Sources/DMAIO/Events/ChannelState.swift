@@ -31,6 +31,10 @@ struct ChannelState: ~Copyable {
     var connections = ConnectionRegistry()
     var nextConnection: UInt32 = 1
     var connectionsByCMID: [ConnectionID.ID: UInt32] = [:]
+    /// The resume listeners of this channel's rdma_cm server connections, one per local
+    /// address, and those connections by resume token (``prepareResume(_:localAddress:)``).
+    var resumeListeners: [String: ConnectionID] = [:]
+    var connectionsByToken: [UInt64: UInt32] = [:]
     /// Connections receiving through a shared pool, by queue pair number: a shared receive's
     /// completion names the queue pair, not the connection.
     var connectionsByQueuePair: [UInt32: UInt32] = [:]
@@ -166,7 +170,11 @@ struct ChannelState: ~Copyable {
         guard let core = connections.core(id.rawValue), core.pointee.status != .closed else { return nil }
         let wasConnected = core.pointee.isOpen
         // The sends of a failed queue pair never complete now.
-        if core.pointee.status == .interrupted { core.pointee.abandonInterruptedSends(into: &events) }
+        if core.pointee.status == .interrupted {
+            dropAttempt(core)
+            core.pointee.abandonInterruptedSends(into: &events)
+        }
+        if core.pointee.resumeToken != 0 { connectionsByToken[core.pointee.resumeToken] = nil }
         core.pointee.status = .closed
         if wasConnected { core.pointee.disconnectTransport() }
         stopWatchingSocket(core)

@@ -477,7 +477,15 @@ extension ChannelState {
     }
 
     private mutating func handle(_ event: ConnectionEvent) {
+        if event.kind == .connectRequest, let listener = event.listenerID, resumeListeners.values.contains(where: { $0.id == listener }) {
+            takeResumeRequest(event)
+            return
+        }
         guard let raw = connectionsByCMID[event.id], let core = connections.core(raw) else { return }
+        if core.pointee.status == .interrupted {
+            resumeEvent(event, core: core)
+            return
+        }
         switch event.kind {
         case .disconnected, .deviceRemoval, .connectError, .unreachable, .rejected:
             peerWentAway(core)
@@ -491,7 +499,10 @@ extension ChannelState {
     /// before it.
     mutating func peerWentAway(_ core: UnsafeMutablePointer<ConnectionCore>) {
         guard core.pointee.isOpen else { return }
-        if core.pointee.status == .interrupted { core.pointee.abandonInterruptedSends(into: &events) }
+        if core.pointee.status == .interrupted {
+            dropAttempt(core)
+            core.pointee.abandonInterruptedSends(into: &events)
+        }
         core.pointee.status = .disconnected
         core.pointee.disconnectTransport()
         stopWatchingSocket(core)

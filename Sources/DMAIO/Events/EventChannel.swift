@@ -205,6 +205,12 @@ public final class EventChannel: Sendable {
         try state.withLock { state throws(RDMAError) in try state.connected(id) }
     }
 
+    /// A server connection's resume token and resume listener's port (see
+    /// ``ChannelState/prepareResume(_:localAddress:)``).
+    func prepareResume(_ id: Connection.ID, localAddress: SocketAddress?) -> (token: UInt64, port: UInt16)? {
+        state.withLock { $0.prepareResume(id, localAddress: localAddress) }
+    }
+
     /// Closes connection `id` (see ``ChannelState/close(_:)``).
     func close(_ id: Connection.ID) {
         let kept = state.withLock { state in
