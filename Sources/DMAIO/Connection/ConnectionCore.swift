@@ -143,6 +143,8 @@ struct ConnectionCore: ~Copyable {
     var resumeToken: UInt64 = 0
     var resumePort: UInt16 = 0
     var resumesActively = false
+    /// A server connection's local address, whose resume listener it uses.
+    var resumeHost: String?
     /// How long an interrupted connection may take to resume before it is given up.
     var resumeDeadline = PeerTimeout.resumeDeadline
     /// Data messages this side may still send before the peer hands credits back.

@@ -28,22 +28,34 @@ extension ChannelState {
         guard let core = connections.core(id.rawValue), let host = localAddress?.host else { return nil }
         let listener: ConnectionID
         if let existing = resumeListeners[host] {
-            listener = existing
+            listener = existing.id
         } else {
             guard let made = try? ConnectionID(channel: io.connectionEvents.with { $0 }),
                   let address = try? SocketAddress(host: host, port: 0),
                   (try? made.bind(to: address)) != nil, (try? made.listen(backlog: 64)) != nil
             else { return nil }
-            resumeListeners[host] = made
+            resumeListeners[host] = (made, 0)
             listener = made
         }
         guard let port = listener.localAddress?.port, port != 0 else { return nil }
         var token: UInt64
         repeat { token = .random(in: 1...UInt64.max) } while connectionsByToken[token] != nil
         connectionsByToken[token] = id.rawValue
+        resumeListeners[host]!.users += 1
         core.pointee.resumeToken = token
         core.pointee.resumePort = port
+        core.pointee.resumeHost = host
         return (token, port)
+    }
+
+    /// A server connection closed: its token names nothing now, and a resume listener that no
+    /// open connection uses goes (its rdma_cm id with it).
+    mutating func forgetResumeToken(_ core: UnsafeMutablePointer<ConnectionCore>) {
+        guard core.pointee.resumeToken != 0, let host = core.pointee.resumeHost else { return }
+        connectionsByToken[core.pointee.resumeToken] = nil
+        core.pointee.resumeHost = nil
+        resumeListeners[host]?.users -= 1
+        if resumeListeners[host]?.users == 0 { resumeListeners[host] = nil }
     }
 
     /// The queue pair of rdma_cm connection `core` failed: it goes now (its id stays until the

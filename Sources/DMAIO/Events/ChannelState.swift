@@ -32,8 +32,9 @@ struct ChannelState: ~Copyable {
     var nextConnection: UInt32 = 1
     var connectionsByCMID: [ConnectionID.ID: UInt32] = [:]
     /// The resume listeners of this channel's rdma_cm server connections, one per local
-    /// address, and those connections by resume token (``prepareResume(_:localAddress:)``).
-    var resumeListeners: [String: ConnectionID] = [:]
+    /// address while such connections are open (how many), and those connections by resume
+    /// token (``prepareResume(_:localAddress:)``).
+    var resumeListeners: [String: (id: ConnectionID, users: Int)] = [:]
     var connectionsByToken: [UInt64: UInt32] = [:]
     /// Connections receiving through a shared pool, by queue pair number: a shared receive's
     /// completion names the queue pair, not the connection.
@@ -174,7 +175,7 @@ struct ChannelState: ~Copyable {
             dropAttempt(core)
             core.pointee.abandonInterruptedSends(into: &events)
         }
-        if core.pointee.resumeToken != 0 { connectionsByToken[core.pointee.resumeToken] = nil }
+        forgetResumeToken(core)
         core.pointee.status = .closed
         if wasConnected { core.pointee.disconnectTransport() }
         stopWatchingSocket(core)

@@ -477,7 +477,7 @@ extension ChannelState {
     }
 
     private mutating func handle(_ event: ConnectionEvent) {
-        if event.kind == .connectRequest, let listener = event.listenerID, resumeListeners.values.contains(where: { $0.id == listener }) {
+        if event.kind == .connectRequest, let listener = event.listenerID, resumeListeners.values.contains(where: { $0.id.id == listener }) {
             takeResumeRequest(event)
             return
         }
