@@ -49,6 +49,6 @@ protocol ReliabilityCase {
 enum ReliabilityCases {
     nonisolated(unsafe) static let all: [any ReliabilityCase.Type] = [
         PeerKilled.self, LinkFlap.self, LinkDown.self, StalledReceiver.self, MemoryLockLimitCase.self,
-        SixtyFourConnections.self, HostileHandshake.self, MixedSizes.self, Soak.self,
+        SixtyFourConnections.self, HostileHandshake.self, MixedSizes.self, Soak.self, LoadedSoak.self,
     ]
 }
