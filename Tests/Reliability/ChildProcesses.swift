@@ -10,19 +10,31 @@ import Glibc
 /// `RLIMIT_MEMLOCK`. They say what they saw as lines on standard output: `check ok|FAILED TEXT`
 /// and `figure NAME VALUE` (`_` for spaces in NAME), which their parent copies into its record.
 enum ChildProcesses {
-    /// `child-stream ADDRESS PORT STREAM`: connects and sends stamped messages until killed
-    /// (or for 10 minutes at most).
+    /// `child-stream ADDRESS PORT STREAM [COUNT]`: connects and sends stamped messages until
+    /// killed (or for 10 minutes at most); with COUNT, sends COUNT and receives COUNT, reports
+    /// what it saw (`check` and `figure` lines) and closes.
     static func stream(_ arguments: [String]) throws {
-        guard arguments.count == 3, let port = UInt16(arguments[1]), let stream = UInt32(arguments[2]) else {
-            throw ReliabilityError("usage: child-stream ADDRESS PORT STREAM")
+        guard arguments.count == 3 || arguments.count == 4, let port = UInt16(arguments[1]), let stream = UInt32(arguments[2]) else {
+            throw ReliabilityError("usage: child-stream ADDRESS PORT STREAM [COUNT]")
         }
+        let count = arguments.count == 4 ? Int(arguments[3]) : nil
         let events = try EventChannel()
         let area = try DMAArea(size: 2 << 20)
         let connection = try Endpoints.connect(to: arguments[0], port: port, events: events, area: area, receiveBytes: 16 << 10, slotSize: 1024)
         let traffic = Traffic(events: events, area: area, size: 1024)
-        let flow = traffic.add(connection, stream: stream, budget: .max, window: 8)
+        let flow = traffic.add(connection, stream: stream, budget: count ?? .max, window: 8)
         say("child-stream: connected, streaming")
-        try traffic.run(until: { flow.broken }, timeout: .seconds(600), what: "child-stream")
+        guard let count else {
+            try traffic.run(until: { flow.broken }, timeout: .seconds(600), what: "child-stream")
+            return
+        }
+        try traffic.run(until: { flow.broken || flow.completed + flow.failed == count && flow.account.received >= count },
+                        timeout: .seconds(600), what: "child-stream")
+        func check(_ condition: Bool, _ text: String) { say("check \(condition ? "ok" : "FAILED") \(text)") }
+        check(!flow.broken && flow.completed == count, "the child's \(count) sends all completed: \(flow.completed) completed, \(flow.failed) failed \(flow.errors)")
+        check(flow.account.received == count && flow.account.clean, "the child received all \(count) messages once, in order, intact: \(flow.account.summary)")
+        say("figure *interrupted_(child) \(flow.interruptions.isEmpty ? "never" : flow.interruptedFor.map(\.millisecondsText).joined(separator: ", "))")
+        connection.close()
     }
 
     /// `child-memlock ADDRESS PORT`: lowers RLIMIT_MEMLOCK to 64 KiB (its parent dropped

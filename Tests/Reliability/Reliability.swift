@@ -4,7 +4,7 @@
 //
 //   dmaio-reliability run [--cases NAME,...] [--results DIR] [--soak-messages N]
 //       (on each host; reads RXE_HOST_INDEX, RXE_ADDR, RXE_PEER_ADDR, RXE_DEVICE, RXE_NETDEV)
-//   dmaio-reliability child-stream ADDRESS PORT STREAM    (started by the peer-killed case)
+//   dmaio-reliability child-stream ADDRESS PORT STREAM [COUNT]  (started by the peer-killed and peer-stopped cases)
 //   dmaio-reliability child-memlock ADDRESS PORT          (started by the memlock case)
 
 import CProcessMemory

@@ -48,7 +48,7 @@ protocol ReliabilityCase {
 
 enum ReliabilityCases {
     nonisolated(unsafe) static let all: [any ReliabilityCase.Type] = [
-        PeerKilled.self, LinkFlap.self, LinkDown.self, StalledReceiver.self, MemoryLockLimitCase.self,
+        PeerKilled.self, PeerStopped.self, LinkFlap.self, LinkDown.self, StalledReceiver.self, MemoryLockLimitCase.self,
         SixtyFourConnections.self, HostileHandshake.self, MixedSizes.self, Soak.self, LoadedSoak.self,
     ]
 }
