@@ -54,6 +54,7 @@ public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: UInt, _ 
                 }
                 entry.connection = connection
                 channel.socketsByConnection[connection.id.rawValue] = socket
+                if let deadline = entry.resumeDeadline { connection.resumeDeadline = deadline }
             }
             entry.associating = true
             if nonblocking {
@@ -98,6 +99,30 @@ public func dmaAssoc(_ socket: Int32, _ handle: OpaquePointer?, _ size: UInt, _ 
         if let failure {
             _ = try? areaReference.withOpen("dma_assoc") { area in area.sockets -= 1 }
             throw failure
+        }
+        return 0
+    }
+}
+
+/// `int sio_set_resume_deadline(int socket, int timeout_ms)`: how long the socket's connection
+/// may stay interrupted before it is given up (``Connection/resumeDeadline``); before dma_assoc
+/// on a TCP socket, kept for its connection.
+@_cdecl("sio_set_resume_deadline")
+public func sioSetResumeDeadline(_ socket: Int32, _ timeoutMilliseconds: Int32) -> Int32 {
+    cCall { () throws(Failure) -> Int32 in
+        guard Registry.shared.socketChannel(socket) != nil else {
+            throw Failure(EBADF, "sio_set_resume_deadline: descriptor \(socket) is not a DMAIO socket: call ec_bind(ec, socket) first, or use sio_connect / sio_accept")
+        }
+        guard timeoutMilliseconds >= 0 else {
+            throw Failure(EINVAL, "sio_set_resume_deadline: a deadline of \(timeoutMilliseconds) ms: give 0 or more milliseconds")
+        }
+        let deadline = Duration.milliseconds(timeoutMilliseconds)
+        try Registry.shared.withSocket(socket, "sio_set_resume_deadline") { _, entry throws(Failure) in
+            if case .listener = entry.kind {
+                throw Failure(EINVAL, "sio_set_resume_deadline: descriptor \(socket) is listening: set the deadline on the descriptors sio_accept returns")
+            }
+            entry.resumeDeadline = deadline
+            entry.connection?.resumeDeadline = deadline
         }
         return 0
     }

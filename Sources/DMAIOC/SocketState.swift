@@ -25,6 +25,8 @@ final class SocketState {
     var area: AreaReference?
     /// A dma_assoc is running on another thread.
     var associating = false
+    /// sio_set_resume_deadline's before the connection exists (a TCP socket before dma_assoc).
+    var resumeDeadline: Duration?
     /// sio_close is collecting the last events: sends that fail now were cancelled by it.
     var closing = false
     /// A non-blocking dma_assoc (DMA_NONBLOCK) in progress: the task running the handshake, the

@@ -573,6 +573,9 @@ void test_rdma_cm_errors(void)
                   S("it names %s and the port chosen", cfg.addr), "%s port %u, length %u", text, ntohs(in.sin_port), (unsigned)len);
         EXPECT_ERR(sio_getsockname(l, NULL, &len), EINVAL, "sio_getsockname with a NULL address");
         EXPECT_ERR(sio_getsockname(pipefd[0], (struct sockaddr *)&in, &len), EBADF, "sio_getsockname of a pipe");
+        EXPECT_ERR(sio_set_resume_deadline(l, 1000), EINVAL, "sio_set_resume_deadline on a listening descriptor");
+        EXPECT_ERR(sio_set_resume_deadline(pipefd[0], 1000), EBADF, "sio_set_resume_deadline on a pipe");
+        EXPECT_ERR(sio_set_resume_deadline(NOT_A_FD, 1000), EBADF, "sio_set_resume_deadline on a number that is no descriptor");
         EXPECT_OK(sio_close(l), "sio_close of the port-0 listener");
     }
 

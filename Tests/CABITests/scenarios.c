@@ -71,6 +71,7 @@ static bool side_up(struct side *s, struct ctx *c, size_t area_bytes, size_t rec
     EXPECT_OK(ec_bind(s->ec, sock), D("ec_bind of the TCP socket"));
     if (!tap_passed())
         return false;
+    EXPECT_OK(sio_set_resume_deadline(sock, 20000), D("sio_set_resume_deadline of 20 s before dma_assoc"));
     sync_send(c->link, 'U', 0);
     if (!sync_wait(c->link, 'U', NULL, SYNC_MS))
         return false;
@@ -585,6 +586,34 @@ static void send_two_messages(struct ctx *c, int flags)
 static void credits_main(struct ctx *c)
 {
     send_two_messages(c, SLOT_4K | DMA_SEND_CREDITS(2));
+}
+
+/* sio_set_resume_deadline on an associated socket, and its refusals. */
+static void resume_deadline_main(struct ctx *c)
+{
+    struct side s;
+    if (!side_up(&s, c, 1 << 20, 4096, SLOT_4K))
+        return;
+    EXPECT_OK(sio_set_resume_deadline(s.sock, 0), D("sio_set_resume_deadline of 0 ms on an associated socket"));
+    EXPECT_OK(sio_set_resume_deadline(s.sock, 45000), D("sio_set_resume_deadline of 45 s on an associated socket"));
+    EXPECT_ERR(sio_set_resume_deadline(s.sock, -1), EINVAL, D("sio_set_resume_deadline of -1 ms"));
+    send_message(&s, 64, 0);
+    expect_sent_within(&s, 1, T(5000));
+    sync_send(c->link, 'D', 0);
+    side_down(&s);
+}
+
+static void resume_deadline_peer(struct ctx *c)
+{
+    struct side s;
+    if (!side_up(&s, c, 1 << 20, 4096, SLOT_4K))
+        return;
+    void *message = NULL;
+    expect_message(&s.log, s.sock, 64, 0, &message, D("the message after the deadlines were set"));
+    if (message != NULL)
+        EXPECT_OK(sio_release_buffer(s.area, message), D("sio_release_buffer"));
+    sync_wait(c->link, 'D', NULL, SYNC_MS);
+    side_down(&s);
 }
 
 static void credits_peer(struct ctx *c)
@@ -1308,6 +1337,8 @@ static const struct scenario scenarios[] = {
       credits_main, credits_peer },
     { "credits-default", "a sender with one slot takes one of the two credits granted", false, false,
       credits_default_main, credits_default_peer },
+    { "resume-deadline", "sio_set_resume_deadline on an associated socket; a message still goes through", false, false,
+      resume_deadline_main, resume_deadline_peer },
     { "small-slots", "dma_assoc of 16 slots of 64 bytes in a one-page (4 KiB) area, and a message each way", false,
       false, small_slots_main, small_slots_peer },
     { "aiocb", "aio_send_cb / aio_recv_cb: cookies, the named channel, in-order requests", false, false, aiocb_main,

@@ -393,6 +393,14 @@ int sio_listen(ec_t ec, const char *address, uint16_t port, int backlog);
  *           ETIMEDOUT nobody came in time.  EINVAL a negative timeout other than -1. */
 int sio_accept(int listener, int timeout_ms);
 
+/* How long the socket's connection may stay interrupted (EC_EVENT_INTERRUPTED: its queue pair
+ * failed, the peer stopped answering or the link went down) before it is given up
+ * (EC_EVENT_DISCONNECTED); 30 s by default. Counts from each interruption; may be set before
+ * dma_assoc on a socket bound with ec_bind, or any time after. A peer whose program closed the
+ * connection or died is never waited for.
+ *   Errors: EBADF not a DMAIO socket.  EINVAL a negative timeout, or a listening descriptor. */
+int sio_set_resume_deadline(int socket, int timeout_ms);
+
 /* The local address of a DMAIO socket, as getsockname(2) gives it: for a listening
  * descriptor the address and port it listens on (the port chosen when it asked for port 0).
  *   Errors: EBADF not a DMAIO socket.  EINVAL address or length is NULL.
