@@ -17,9 +17,9 @@ extension ConnectionCore {
     /// rdma_cm id once its route is resolved); the free receive slots are posted on it. Each side
     /// then tells the other how many data messages it received since the association and how
     /// many credits it hands out on the new queue pair (``SocketHandshake/Resume`` over the
-    /// socket, ``WireProtocol/ResumeRequest`` in rdma_cm's private data, see
-    /// `ChannelState+ResumeOverConnectionManager.swift`); the sends the peer did not get go out again, in order,
-    /// before anything queued after them. A send completed on the old queue pair was
+    /// socket; ``WireProtocol/ResumeRequest`` in rdma_cm's private data, see
+    /// `ChannelState+ResumeOverConnectionManager.swift`); the sends the peer did not get go out
+    /// again, in order, before anything queued after them. A send completed on the old queue pair was
     /// acknowledged, so it arrived; one that failed or never completed may or may not have
     /// (the acknowledgement may be what was lost): the peer's count decides. Messages arriving
     /// after this side counted are dropped — their sender sends them again — so each is
