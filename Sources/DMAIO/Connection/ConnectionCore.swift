@@ -145,6 +145,8 @@ struct ConnectionCore: ~Copyable {
     var resumesActively = false
     /// A server connection's local address, whose resume listener it uses.
     var resumeHost: String?
+    /// The rdma_cm ids a resume replaced, kept until the connection goes (one per resume).
+    var retiredIDs: [ConnectionID] = []
     /// How long an interrupted connection may take to resume before it is given up.
     var resumeDeadline = PeerTimeout.resumeDeadline
     /// Data messages this side may still send before the peer hands credits back.

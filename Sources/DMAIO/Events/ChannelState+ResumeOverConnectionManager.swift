@@ -14,8 +14,8 @@ import Glibc
 /// ``WireProtocol/ResumeRequest`` (the token and its counts); the server finds the connection by
 /// the token, accepts on the new id with its own counts, and both go on over the new id's queue
 /// pair. The program's listener is not involved: a server that no longer accepts still resumes.
-/// The old ids stay until the connection goes (their connection object holds them), so neither
-/// side's old id sends the other a disconnect.
+/// The old ids stay until the connection goes (``ConnectionCore/retiredIDs``), so neither side's
+/// old id sends the other a disconnect.
 extension ChannelState {
     /// How long one try of the client's resolve or connect may take, and how long it waits
     /// before the next when one failed (the link may still be down).
@@ -220,7 +220,12 @@ extension ChannelState {
         _ core: UnsafeMutablePointer<ConnectionCore>, on id: ConnectionID, peer: WireProtocol.ResumeRequest
     ) throws(RDMAError) {
         try core.pointee.queuePair?.setRemoteAccess(.peerAccess)
-        if let old = core.pointee.cmID { connectionsByCMID[old.id] = nil }
+        if let old = core.pointee.cmID {
+            connectionsByCMID[old.id] = nil
+            // Kept until the connection goes: destroyed now, it would disconnect its peer id,
+            // which the peer may still hold while its side of this resume completes.
+            core.pointee.retiredIDs.append(old)
+        }
         connectionsByCMID[id.id] = core.pointee.id.rawValue
         core.pointee.endpoint = .connectionManager(id)
         core.pointee.resumption = nil
