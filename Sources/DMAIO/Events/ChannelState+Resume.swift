@@ -20,12 +20,9 @@ extension ChannelState {
         core.pointee.queuePair = nil
         core.pointee.status = .interrupted
         events.append(.interrupted(connection: id))
-        // Credits owed and slots gathered for re-posting are folded into the new grant; the
-        // peer's new grant comes with its resume (and its credit updates may come before it).
-        core.pointee.creditsToReturn = 0
+        // The peer's new grant comes with its resume (and its credit updates may come before it).
         core.pointee.credits = 0
         core.pointee.sendQueueFree = core.pointee.sendDepth
-        core.pointee.releasedSlots = ReceiveBatch(capacity: ConnectionCore.repostBatchSize(granting: core.pointee.creditsGranted))
         core.pointee.probeOutstanding = false
         if core.pointee.socket != nil {
             interruptOverSocket(core)
@@ -45,13 +42,7 @@ extension ChannelState {
                 receiveQueue: io.completionQueue.with { $0 }, capabilities: core.pointee.queuePairCapabilities,
                 sharedReceiveQueue: core.pointee.pool?.queue)
             try queuePair.moveToInit(port: 1, access: .peerAccess)
-            core.pointee.queuePair = queuePair
-            if let pool = core.pointee.pool { attach(id, queuePairNumber: queuePair.number, pool: pool) }
-            for slot in core.pointee.freeSlots() { try core.pointee.postReceive(slot: slot) }
-            // The peer's messages may arrive on the new queue pair before its ready byte: what
-            // it holds counts from now.
-            let credits = core.pointee.restartCredits
-            core.pointee.peerCredits = credits
+            let credits = try installReplacement(queuePair, in: core)
             let packetSequenceNumber = UInt32.random(in: 0...0xFF_FFFF)
             let resume = SocketHandshake.Resume(
                 messagesReceived: UInt64(truncatingIfNeeded: core.pointee.arrived), credits: UInt32(credits),
@@ -65,6 +56,21 @@ extension ChannelState {
             return
         }
         advanceResumption(core)
+    }
+
+    /// Makes `queuePair` `core`'s replacement for the failed one: shared receives routed to it,
+    /// every free private slot posted on it. Credits owed and slots gathered for re-posting are
+    /// folded into the new grant; returns it, the credits the peer holds from now (its messages
+    /// may arrive on the new queue pair before its resume is read).
+    mutating func installReplacement(_ queuePair: QueuePair, in core: UnsafeMutablePointer<ConnectionCore>) throws(RDMAError) -> Int {
+        core.pointee.queuePair = queuePair
+        if let pool = core.pointee.pool { attach(core.pointee.id, queuePairNumber: queuePair.number, pool: pool) }
+        core.pointee.releasedSlots = ReceiveBatch(capacity: ConnectionCore.repostBatchSize(granting: core.pointee.creditsGranted))
+        core.pointee.creditsToReturn = 0
+        for slot in core.pointee.freeSlots() { try core.pointee.postReceive(slot: slot) }
+        let credits = core.pointee.restartCredits
+        core.pointee.peerCredits = credits
+        return credits
     }
 
     /// Goes on with the resume of `core` as far as the socket allows: called when the socket is

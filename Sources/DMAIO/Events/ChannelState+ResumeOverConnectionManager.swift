@@ -205,14 +205,7 @@ extension ChannelState {
         let queuePair = try id.createQueuePair(
             protectionDomain: area.protectionDomain, sendQueue: io.completionQueue.with { $0 }, receiveQueue: io.completionQueue.with { $0 },
             capabilities: core.pointee.queuePairCapabilities, sharedReceiveQueue: core.pointee.pool?.queue)
-        core.pointee.queuePair = queuePair
-        if let pool = core.pointee.pool { attach(core.pointee.id, queuePairNumber: queuePair.number, pool: pool) }
-        core.pointee.releasedSlots = ReceiveBatch(capacity: ConnectionCore.repostBatchSize(granting: core.pointee.creditsGranted))
-        core.pointee.creditsToReturn = 0
-        for slot in core.pointee.freeSlots() { try core.pointee.postReceive(slot: slot) }
-        let credits = core.pointee.restartCredits
-        core.pointee.peerCredits = credits
-        return credits
+        return try installReplacement(queuePair, in: core)
     }
 
     /// The new id is established: it carries the connection from now on.
