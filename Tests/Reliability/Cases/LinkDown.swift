@@ -77,13 +77,7 @@ enum LinkDown: ReliabilityCase {
         let neighbour = try runTool("ip", ["neigh", "show", session.peerAddress, "dev", session.netdev])
         let downAt = try cut(session, port: port, &record)
         pause(max(.zero, .seconds(5) - (ContinuousClock.now - downAt)))
-        try runTool("ip", ["link", "set", "dev", session.netdev, "up"])
-        // The neighbour entries went with the link; put host 0's back as rxe-setup made it.
-        if let lladdr = neighbour.split(separator: " ").drop(while: { $0 != "lladdr" }).dropFirst().first {
-            try runTool("ip", ["neigh", "replace", session.peerAddress, "lladdr", String(lladdr), "dev", session.netdev, "nud", "permanent"])
-        }
-        let active = try waitForActivePort(session, timeout: .seconds(30))
-        record.did("brought \(session.netdev) up again after \((ContinuousClock.now - downAt).millisecondsText), \(session.device) ACTIVE again after \(active.millisecondsText)")
+        try bringLinkUp(session, neighbour: neighbour, downAt: downAt, &record)
         try session.control.send("up")
         let events = try EventChannel()
         let area = try DMAArea(size: 8 << 20)
@@ -124,6 +118,17 @@ enum LinkDown: ReliabilityCase {
         record.figure("*failure seen after", detection.millisecondsText)
         record.check(flow.account.clean, "what arrived before the cut was intact and in order: \(flow.account.summary)")
         return downAt
+    }
+
+    /// Brings the link up again, puts host 0's neighbour entry back as rxe-setup made it (it went
+    /// with the link; `neighbour` is `ip neigh show` from before) and waits for the port.
+    static func bringLinkUp(_ session: Session, neighbour: String, downAt: ContinuousClock.Instant, _ record: inout CaseRecord) throws {
+        try runTool("ip", ["link", "set", "dev", session.netdev, "up"])
+        if let lladdr = neighbour.split(separator: " ").drop(while: { $0 != "lladdr" }).dropFirst().first {
+            try runTool("ip", ["neigh", "replace", session.peerAddress, "lladdr", String(lladdr), "dev", session.netdev, "nud", "permanent"])
+        }
+        let active = try waitForActivePort(session, timeout: .seconds(30))
+        record.did("brought \(session.netdev) up again after \((ContinuousClock.now - downAt).millisecondsText), \(session.device) ACTIVE again after \(active.millisecondsText)")
     }
 
     /// Waits until rxe0's port is ACTIVE and has this host's IPv4 GID again; how long it took.

@@ -72,13 +72,7 @@ enum LinkFlap: ReliabilityCase {
         while ContinuousClock.now - downAt < downFor {
             if !traffic.step() { pause(.milliseconds(1)) }
         }
-        try runTool("ip", ["link", "set", "dev", session.netdev, "up"])
-        // The neighbour entries went with the link; put host 0's back as rxe-setup made it.
-        if let lladdr = neighbour.split(separator: " ").drop(while: { $0 != "lladdr" }).dropFirst().first {
-            try runTool("ip", ["neigh", "replace", session.peerAddress, "lladdr", String(lladdr), "dev", session.netdev, "nud", "permanent"])
-        }
-        let active = try LinkDown.waitForActivePort(session, timeout: .seconds(30))
-        record.did("brought \(session.netdev) up again after \((ContinuousClock.now - downAt).millisecondsText), \(session.device) ACTIVE again after \(active.millisecondsText)")
+        try LinkDown.bringLinkUp(session, neighbour: neighbour, downAt: downAt, &record)
         try finish(traffic, flow, &record)
         try session.control.send("done")
     }
